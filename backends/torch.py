@@ -1,0 +1,363 @@
+"""PyTorch backend: any ``torch.nn.Module``; layers are ``named_modules`` paths.
+
+The module is put in eval mode for each call and left exactly as it was afterwards
+(training flags, ``requires_grad``, grad mode, BatchNorm statistics, hooks), also when the
+call raises. A module called more than once per pass is reachable as ``name#2``, ``name#3``.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+
+from convscope._validate import as_images, check_choice, check_name, param_error
+from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients, Layer
+from convscope.hookspecs import hookimpl
+
+__all__ = ["TorchBackend"]
+
+
+@hookimpl
+def convscope_make_backend(model, options):
+    if "torch" not in sys.modules:
+        return None
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return TorchBackend(model, **options)
+    return None
+
+
+class _Stop(Exception):
+    """Raised by a hook once every asked layer is captured, to skip the rest of the pass."""
+
+
+def _kind(module, torch) -> str:
+    nn = torch.nn
+    table = [
+        ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "conv"),
+        ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "deconv"),
+        ((nn.ReLU, nn.ReLU6), "relu"),
+        ((nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Tanh), "activation"),
+        ((nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+          nn.AdaptiveMaxPool2d, nn.LPPool2d), "pool"),
+        ((nn.Linear, nn.Bilinear), "linear"),
+        ((nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.LocalResponseNorm), "norm"),
+        ((nn.Dropout, nn.Dropout2d), "dropout"),
+        ((nn.Flatten,), "flatten"),
+        ((nn.Softmax, nn.LogSoftmax), "softmax"),
+    ]
+    for types, kind in table:
+        if isinstance(module, types):
+            return kind
+    return "block" if any(True for _ in module.children()) else "other"
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _geometry(module, in_shape, torch) -> dict:
+    nn = torch.nn
+    if isinstance(module, nn.Conv2d):
+        pad = module.padding
+        if isinstance(pad, str):  # 'same' pads (k - 1) * d, the extra pixel at the end
+            total = [(k - 1) * d if pad == "same" else 0 for k, d in zip(module.kernel_size, module.dilation)]
+            pad = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+        else:
+            pad = (pad[0], pad[1], pad[0], pad[1])
+        return dict(kernel=tuple(module.kernel_size), stride=tuple(module.stride), padding=pad,
+                    dilation=tuple(module.dilation))
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        p = _pair(module.padding)
+        return dict(kernel=_pair(module.kernel_size), stride=_pair(module.stride or module.kernel_size),
+                    padding=(p[0], p[1], p[0], p[1]), dilation=_pair(getattr(module, "dilation", 1)))
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and in_shape and len(in_shape) == 3:
+        out = _pair(module.output_size)
+        if all(o in (1, None) for o in out):  # global pooling: one window over the whole map
+            return dict(kernel=tuple(in_shape[1:]), stride=tuple(in_shape[1:]), padding=(0, 0, 0, 0), dilation=(1, 1))
+    return {}
+
+
+def _relu_rule_function(torch):
+    class RuleReLU(torch.autograd.Function):
+        """max(x, 0) (or clamp to [0, upper]) with the guided or deconvnet backward rule."""
+
+        @staticmethod
+        def forward(ctx, x, upper, rule):
+            ctx.save_for_backward(x)
+            ctx.upper, ctx.rule = upper, rule
+            return x.clamp(min=0) if upper is None else x.clamp(0, upper)
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.clamp(min=0)
+            if ctx.rule == "guided":
+                (x,) = ctx.saved_tensors
+                mask = x > 0 if ctx.upper is None else (x > 0) & (x < ctx.upper)
+                grad = grad * mask
+            return grad, None, None
+
+    return RuleReLU
+
+
+def _relu_rule_mode(rule, torch):
+    """A TorchFunctionMode that routes every ReLU call (modules, functional, in-place, ReLU6)."""
+    from torch.overrides import TorchFunctionMode
+
+    F = torch.nn.functional
+    relus = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, getattr(F, "relu_", F.relu)}
+    clamps = {F.hardtanh, torch.nn.functional.hardtanh_, F.relu6}
+    rule_relu = _relu_rule_function(torch)
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in relus:
+                return rule_relu.apply(args[0], None, rule)
+            if func in clamps:
+                if func is F.relu6:
+                    lo, hi = 0.0, 6.0
+                else:
+                    lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+                    hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+                if lo == 0:
+                    return rule_relu.apply(args[0], hi, rule)
+            return func(*args, **kwargs)
+
+    return Mode()
+
+
+class TorchBackend:
+    """Backend for a ``torch.nn.Module``.
+
+    ``input_shape`` (C, H, W) sets the probe used by :meth:`layers`; by default it is the
+    shape of the last batch seen, else the first conv's channels at 224 x 224. ``output``
+    picks one output of a model that returns a tuple or dict.
+    """
+
+    name = "torch"
+
+    def __init__(self, module, *, input_shape=None, output=None):
+        import torch
+
+        self._torch = torch
+        self.module = module
+        self.output = output
+        self._named = {n: m for n, m in module.named_modules() if n}
+        self._lock = threading.RLock()
+        self._layers = {}
+        self._last_shape = None
+        self._input_shape = tuple(input_shape) if input_shape is not None else None
+        first_conv = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        self.channels = self._input_shape[0] if self._input_shape else (first_conv.in_channels if first_conv else None)
+        param = next(module.parameters(), None)
+        self._device = param.device if param is not None else torch.device("cpu")
+        self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    # ----------------------------------------------------------------- state and hooks
+    @contextmanager
+    def _eval_mode(self):
+        """Eval mode for the call; every module's training flag restored afterwards."""
+        flags = [(m, m.training) for m in self.module.modules()]
+        try:
+            for m, _ in flags:
+                m.training = False
+            yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+    @contextmanager
+    def _capture(self, names, store, replace, stop_when_done=False):
+        """Forward hooks that record the outputs of ``names`` into ``store``.
+
+        With ``replace`` the hook hands a clone downstream so that in-place operations
+        after the layer cannot change (or break the gradient of) the recorded tensor.
+        """
+        wanted = {}
+        for n in names:
+            base, _, call = n.partition("#")
+            wanted.setdefault(base, {})[int(call or 1)] = n
+        calls = dict.fromkeys(wanted, 0)
+        handles = []
+
+        def make_hook(base):
+            def hook(module, inputs, out):
+                calls[base] += 1
+                name = wanted[base].get(calls[base])
+                if name is None:
+                    return None
+                if not isinstance(out, self._torch.Tensor):
+                    raise TypeError(f"Layer {name!r} returns a {type(out).__name__}, not a tensor; "
+                                    "pick one of its children instead.")
+                store[name] = out if replace else out.detach().clone()
+                if stop_when_done and len(store) == len(names):
+                    raise _Stop
+                return out.clone() if replace else None
+            return hook
+
+        try:
+            for base in wanted:
+                handles.append(self._named[base].register_forward_hook(make_hook(base)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _run(self, xt):
+        out = self.module(xt)
+        if isinstance(out, self._torch.Tensor) and self.output is None:
+            return out
+        if self.output is None:
+            raise TypeError(f"The model returns a {type(out).__name__}; pass output=<index or key> to convscope.load "
+                            "to pick the scores to explain.")
+        return out[self.output]
+
+    def _tensor(self, x):
+        return self._torch.from_numpy(x).to(self._device, self._dtype)
+
+    def _check(self, x, owner):
+        x = as_images(x, owner=owner, channels=self.channels)
+        if self._input_shape is None:
+            self._last_shape = x.shape[1:]
+        return x
+
+    def _numpy(self, t):
+        return t.detach().to("cpu", self._torch.float32).numpy()
+
+    # ----------------------------------------------------------------- the protocol
+    def _known(self):
+        return [layer.name for layer in self.layers()]
+
+    def _check_names(self, names, param, owner, allow=(INPUT, OUTPUT)):
+        if isinstance(names, str):
+            names = [names]
+        names = list(names)
+        for n in names:
+            if n not in allow and n not in self._named:
+                check_name(n, [*allow, *self._known()], param, owner)
+        return names
+
+    def layers(self):
+        """Records in execution order, shapes for ``input_shape`` or else the last batch seen."""
+        shape = self._input_shape or self._last_shape or (self.channels or 3, 224, 224)
+        with self._lock:
+            if shape not in self._layers:
+                try:
+                    self._layers[shape] = self._probe(shape)
+                except RuntimeError as err:
+                    raise ValueError(f"Could not run the model on a probe of shape {shape} to list its layers ({err}). "
+                                     "Pass input_shape=(C, H, W) to convscope.load, or run a batch first.") from None
+            return list(self._layers[shape])
+
+    def _probe(self, shape):
+        torch = self._torch
+        order, info, producer, handles = [], {}, {}, []
+        calls, current = {}, {}
+
+        def pre(name):
+            def hook(module, inputs):
+                calls[name] = calls.get(name, 0) + 1
+                key = name if calls[name] == 1 else f"{name}#{calls[name]}"
+                ins = tuple(dict.fromkeys(producer[id(t)] for t in inputs if isinstance(t, torch.Tensor) and id(t) in producer))
+                first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+                info[key] = dict(inputs=ins, in_shape=tuple(first.shape[1:]) if first is not None else None)
+                current[name] = key
+            return hook
+
+        def post(name):
+            def hook(module, inputs, out):
+                key = current.pop(name, name)
+                if isinstance(out, torch.Tensor):
+                    info[key]["shape"] = tuple(out.shape[1:])
+                    producer[id(out)] = key
+                order.append((key, module))
+            return hook
+
+        try:
+            for name, m in self._named.items():
+                handles.append(m.register_forward_pre_hook(pre(name)))
+                handles.append(m.register_forward_hook(post(name)))
+            with self._eval_mode(), torch.inference_mode():
+                self.module(torch.zeros((1, *shape), dtype=self._dtype, device=self._device))
+        finally:
+            for h in handles:
+                h.remove()
+        records = []
+        for key, m in order:
+            d = info[key]
+            records.append(Layer(name=key, kind=_kind(m, torch), shape=d.get("shape"), inputs=d["inputs"],
+                                 op=type(m).__name__, **_geometry(m, d["in_shape"], torch)))
+        seen = {r.name for r in records}
+        records += [Layer(name=n, kind=_kind(m, torch), op=type(m).__name__) for n, m in self._named.items() if n not in seen]
+        return records
+
+    def forward(self, x):
+        x = self._check(x, "forward")
+        with self._lock, self._eval_mode(), self._torch.inference_mode():
+            return self._numpy(self._run(self._tensor(x)))
+
+    def activations(self, x, layers):
+        x = self._check(x, "activations")
+        names = self._check_names(layers, "layers", "activations")
+        store = {}
+        inner = [n for n in names if n not in (INPUT, OUTPUT)]
+        stop = OUTPUT not in names and len(set(inner)) == len(inner)
+        with self._lock, self._eval_mode(), self._torch.inference_mode():
+            xt = self._tensor(x)
+            try:
+                with self._capture(inner, store, replace=False, stop_when_done=stop):
+                    out = self._run(xt)
+                    store[OUTPUT] = out
+            except _Stop:
+                pass
+            store[INPUT] = xt
+            return {n: self._numpy(store[n]) for n in names}
+
+    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
+        torch = self._torch
+        x = self._check(x, "gradient")
+        check_choice(relu, RELU_RULES, "relu", "gradient")
+        wrt = self._check_names(wrt, "wrt", "gradient")
+        if at is None:
+            at = list(seeds) if not callable(seeds) else [OUTPUT]
+        at = self._check_names(at, "at", "gradient")
+        inner = list(dict.fromkeys(n for n in [*at, *wrt] if n not in (INPUT, OUTPUT)))
+        store = {}
+        with self._lock, ExitStack() as stack:
+            stack.enter_context(self._eval_mode())
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(self._capture(inner, store, replace=True))
+            if relu != "standard":
+                stack.enter_context(_relu_rule_mode(relu, torch))
+            xt = self._tensor(x).requires_grad_(True)
+            store[OUTPUT] = self._run(xt)
+            store[INPUT] = xt
+            missing = [n for n in inner if n not in store]
+            if missing:
+                raise ValueError(f"Layers {missing} did not run in the forward pass; they cannot be seeded or differentiated.")
+            acts = {n: self._numpy(store[n]) for n in dict.fromkeys([*at, *wrt])}
+            seed_map = seeds({n: acts[n] for n in at}) if callable(seeds) else seeds
+            outs, grads_out = [], []
+            for n, s in seed_map.items():
+                self._check_names([n], "seeds", "gradient")
+                if n not in store:
+                    raise ValueError(f"The 'seeds' parameter of gradient names {n!r}, which is not in at={at}.")
+                s = np.asarray(s, dtype=np.float32)
+                if s.shape != tuple(store[n].shape):
+                    raise param_error("seeds", "gradient", f"shaped like {n!r}, {tuple(store[n].shape)}",
+                                      f"shape {s.shape}")
+                outs.append(store[n])
+                grads_out.append(torch.from_numpy(np.ascontiguousarray(s)).to(self._device, store[n].dtype))
+            targets = [store[n] for n in wrt]
+            got = torch.autograd.grad(outs, targets, grads_out, allow_unused=True) if outs else [None] * len(targets)
+        grads = {n: self._numpy(g) if g is not None else np.zeros(tuple(t.shape), np.float32)
+                 for n, g, t in zip(wrt, got, targets)}
+        return Gradients(grads=grads, activations=acts, outputs=acts.get(OUTPUT, self._numpy(store[OUTPUT])))
+
+    def weights(self, layer):
+        check_name(layer, self._named, "layer", "weights")
+        return {k: self._numpy(v) for k, v in self._named[layer].named_parameters(recurse=False)}

@@ -1,0 +1,54 @@
+"""Turning any model into a Backend through the registered plugins."""
+from __future__ import annotations
+
+import importlib
+import threading
+
+import pluggy
+
+from . import hookspecs
+from .backend import Backend
+
+BUILTIN_BACKENDS = ("convscope.backends.torch",)
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager: specs, then the entry-point group, then built-ins."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            pm = pluggy.PluginManager("convscope")
+            pm.add_hookspecs(hookspecs)
+            pm.load_setuptools_entrypoints("convscope")
+            for path in BUILTIN_BACKENDS:
+                module = importlib.import_module(path)
+                if not pm.is_registered(module):
+                    pm.register(module, name=path.rsplit(".", 1)[1])
+            _manager = pm
+        return _manager
+
+
+def installed_backends() -> list[str]:
+    """Names of the registered backend plugins."""
+    return [name for name, _ in plugin_manager().list_name_plugin()]
+
+
+def load(model, **options) -> Backend:
+    """Wrap ``model`` in a Backend.
+
+    ``model`` may be a ``torch.nn.Module``, a Keras model or ``.keras`` file, an ONNX file
+    path, bytes or ``onnx.ModelProto``, anything a third-party plugin claims, or a Backend
+    (returned unchanged). ``options`` go to the plugin (for example ``input_shape``).
+    """
+    if isinstance(model, Backend) and not options:
+        return model
+    backend = plugin_manager().hook.convscope_make_backend(model=model, options=dict(options))
+    if backend is None:
+        raise TypeError(
+            f"No convscope backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}. "
+            f"Installed backends: {', '.join(installed_backends())}. Pass a torch.nn.Module, a Keras model or "
+            "'.keras' file, an '.onnx' file, or register a plugin with the hook convscope_make_backend.")
+    return backend

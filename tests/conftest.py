@@ -1,0 +1,35 @@
+"""Shared fixtures. Backend tests skip cleanly when their framework is missing;
+``--backend NAME`` restricts a run to one backend's tests."""
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="append", default=[],
+                     help="run only the tests of this backend (torch, onnxruntime, tensorflow); repeatable")
+
+
+def pytest_collection_modifyitems(config, items):
+    chosen = config.getoption("--backend")
+    if not chosen:
+        return
+    for item in items:
+        marks = {m.args[0] for m in item.iter_markers("backend")}
+        if marks and not marks & set(chosen):
+            item.add_marker(pytest.mark.skip(reason=f"--backend {' '.join(chosen)} given"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backend(name): test of one backend, selected with --backend")
+
+
+@pytest.fixture(scope="session")
+def demo_data():
+    from convscope.data import shapes
+
+    return shapes(16, seed=5)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
