@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import threading
 
 import pluggy
@@ -9,7 +10,8 @@ import pluggy
 from . import hookspecs
 from .backend import Backend
 
-BUILTIN_BACKENDS = ("convscope.backends.torch",)
+BUILTIN_BACKENDS = ("convscope.backends.torch", "convscope.backends.onnxruntime",
+                    "convscope.backends.tensorflow")
 
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
@@ -24,6 +26,8 @@ def plugin_manager() -> pluggy.PluginManager:
             pm.add_hookspecs(hookspecs)
             pm.load_setuptools_entrypoints("convscope")
             for path in BUILTIN_BACKENDS:
+                if importlib.util.find_spec(path) is None:  # a trimmed install may leave one out
+                    continue
                 module = importlib.import_module(path)
                 if not pm.is_registered(module):
                     pm.register(module, name=path.rsplit(".", 1)[1])

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks: each prints ratios measured in one run."""
