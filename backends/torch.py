@@ -21,7 +21,7 @@ __all__ = ["TorchBackend"]
 
 @hookimpl
 def convscope_make_backend(model, options):
-    if "torch" not in sys.modules:
+    if sys.modules.get("torch") is None:  # never imported (or blocked): no torch model can exist
         return None
     import torch
 

@@ -18,8 +18,8 @@ def to_rgb(image: np.ndarray, *, channels_first: bool | None = None, vmin=None, 
     """Any image to (H, W, 3) float32 RGB in [0, 1].
 
     Accepts (H, W), (C, H, W) or (H, W, C); ``channels_first`` says which when it is
-    ambiguous (default: channels first if the first axis has 1, 3 or 4 entries and the
-    last does not). One channel becomes grey; three are RGB (in that order); two or more
+    ambiguous (default: channels last only if the last axis has 1 or 3 entries and the
+    first has neither 1 nor 3). One channel becomes grey; three are RGB (in that order); two or more
     than four are averaged to grey; four drop the alpha. Values outside [0, 1] are mapped
     by ``vmin``/``vmax`` (default: the image's own range when it leaves [0, 1]).
     """
@@ -30,7 +30,7 @@ def to_rgb(image: np.ndarray, *, channels_first: bool | None = None, vmin=None, 
     if a.ndim != 3:
         raise param_error("image", "to_rgb", "a 2-d or 3-d array", f"shape {a.shape}")
     if channels_first is None:  # NCHW is the convention; channels last only when unambiguous
-        channels_first = not (a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3, 4))
+        channels_first = not (a.shape[-1] in (1, 3) and a.shape[0] not in (1, 3))
     if channels_first:
         a = a.transpose(1, 2, 0)
     c = a.shape[-1]

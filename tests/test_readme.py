@@ -1,0 +1,23 @@
+"""The README tells the truth: its Python blocks run as written, its test command is CI's."""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_blocks_run(capsys):
+    pytest.importorskip("torch")
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "['conv1', 'bn1', 'relu1', 'pool1']" in out and "(4, 3, 64, 64) (4, 64, 8, 8)" in out
+
+
+def test_ci_runs_the_readme_test_command():
+    command = re.search(r"## Tests\n\n```bash\n(.*?)\n```", README, re.S).group(1).strip()
+    assert command in (ROOT / ".ci" / "run").read_text()
