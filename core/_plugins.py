@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import threading
+import warnings
 
 import pluggy
 
@@ -15,6 +16,7 @@ BUILTIN_BACKENDS = ("convscope.backends.torch", "convscope.backends.onnxruntime"
 
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
+_broken: dict = {}
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -28,7 +30,12 @@ def plugin_manager() -> pluggy.PluginManager:
             for path in BUILTIN_BACKENDS:
                 if importlib.util.find_spec(path) is None:  # a trimmed install may leave one out
                     continue
-                module = importlib.import_module(path)
+                try:  # one broken backend must not take the others down
+                    module = importlib.import_module(path)
+                except Exception as err:  # noqa: BLE001 - reported, not swallowed
+                    _broken[path] = f"{type(err).__name__}: {err}"
+                    warnings.warn(f"convscope could not load its backend {path}: {_broken[path]}", RuntimeWarning)
+                    continue
                 if not pm.is_registered(module):
                     pm.register(module, name=path.rsplit(".", 1)[1])
             _manager = pm
@@ -53,6 +60,7 @@ def load(model, **options) -> Backend:
     if backend is None:
         raise TypeError(
             f"No convscope backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}. "
-            f"Installed backends: {', '.join(installed_backends())}. Pass a torch.nn.Module, a Keras model or "
+            f"Installed backends: {', '.join(installed_backends())}"
+            f"{''.join(f'; {p} failed to load ({e})' for p, e in _broken.items())}. Pass a torch.nn.Module, a Keras model or "
             "'.keras' file, an '.onnx' file, or register a plugin with the hook convscope_make_backend.")
     return backend

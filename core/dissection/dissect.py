@@ -1,0 +1,145 @@
+"""Network Dissection (Bau et al. 2017): which units of a layer detect which concepts.
+
+For each unit u of the layer: its threshold t_u is the top-``quantile`` value of all its
+activations over the dataset (exact, :mod:`.threshold`); each activation map is upsampled
+bilinearly to the mask resolution and thresholded at t_u; IoU(u, c) = |A_u & M_c| /
+|A_u | M_c| summed over the dataset (:mod:`.iou`). A unit is a detector of its best
+concept when that IoU exceeds ``iou_threshold`` (0.04, as in the paper).
+
+The model runs once over the data (:mod:`._cache`); on Dask distributed each worker runs
+its shard and keeps its cache, and only histograms and integer counts travel, so the
+result is identical to the one-process run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._plugins import load
+from .._validate import check_int, check_name, check_number
+from ._cache import ShardCache
+from .concepts import concept_source
+from .iou import count_iou
+from .result import Dissection
+from .threshold import digit_histogram, key_to_float, rank_k, select_digit
+
+__all__ = ["dissect"]
+
+
+def _stage_fill(model, options, layer, source, start, stop, batch_size, cache_dir):
+    from ._cache import fill_cache
+
+    return fill_cache(load(model, **options), layer, source, start, stop, batch_size, cache_dir)
+
+
+def _stage_low_digit(cache, prefix):
+    hist = None
+    for acts, _ in cache.chunks():
+        h = digit_histogram(acts, prefix)
+        hist = h if hist is None else hist + h
+    return hist
+
+
+def _stage_iou(cache, thresholds, remove=True):
+    inter = above = None
+    try:
+        for acts, masks in cache.chunks(masks=True):
+            i, a = count_iou(acts, masks, thresholds)
+            inter, above = (i, a) if inter is None else (inter + i, above + a)
+        return inter, above
+    finally:
+        if remove:
+            cache.remove()
+
+
+def _shards(n, batch_size, client):
+    if client is None:
+        return [(0, n, None)]
+    from ..data.scan import shard_ranges
+
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise ValueError("The 'client' parameter of dissect must have at least one worker. Got none instead.")
+    return [(a, b, w) for (a, b), w in zip(shard_ranges(n, batch_size, len(workers)), workers)]
+
+
+def _run(client, fn, per_shard):
+    """Run ``fn(*args)`` for each (worker, args), locally or pinned to that Dask worker."""
+    if client is None:
+        return [fn(*args) for _, args in per_shard]
+    futures = [client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w, args in per_shard]
+    return client.gather(futures)
+
+
+def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_threshold: float = 0.04,
+            batch_size: int = 64, client=None, progress: bool = True, cache_dir=None, skip_empty: bool = False,
+            options=None) -> Dissection:
+    """Dissect ``layer`` of ``model`` on a concept dataset.
+
+    Parameters
+    ----------
+    model : anything :func:`convscope.load` accepts.
+    layer : name of a layer with a spatial output (N, U, h, w).
+    concepts : ``convscope.data.shapes(n)``, a Broden folder, :class:`ConceptArrays`, or any
+        concept source (see :mod:`convscope.dissection.concepts`).
+    quantile : fraction of each unit's activations above its threshold (0.005).
+    iou_threshold : IoU a unit's best concept must exceed for the unit to count as its detector.
+    client : a ``dask.distributed.Client``: one shard per worker, identical results.
+    cache_dir : folder for the temporary activation cache (default: the system temp folder).
+    skip_empty : allow concepts with no pixels in the data (their IoU is 0); by default an error.
+    """
+    source = concept_source(concepts)
+    quantile = check_number(quantile, "quantile", "dissect", low=0, strict=True)
+    if quantile >= 1:
+        raise ValueError(f"The 'quantile' parameter of dissect must be < 1. Got {quantile} instead.")
+    iou_threshold = check_number(iou_threshold, "iou_threshold", "dissect", low=0)
+    check_int(batch_size, "batch_size", "dissect", low=1)
+    options = dict(options or {})
+    backend = load(model, **options)
+    check_name(layer, [r.name for r in backend.layers()], "layer", "dissect")
+    n = source.n
+    if not n:
+        raise ValueError("The 'concepts' parameter of dissect must hold at least one image. Got an empty dataset instead.")
+    shards = _shards(n, batch_size, client)
+    target = backend if client is None else model
+
+    from ..data.scan import progress_bar
+
+    bar = progress_bar(total=n, desc=f"dissect {layer}", enabled=progress)
+    try:
+        if client is None:
+            from ._cache import fill_cache
+
+            filled = [fill_cache(backend, layer, source, a, b, batch_size, cache_dir, bar.update) for a, b, _ in shards]
+        else:
+            filled = _run(client, _stage_fill, [(w, (target, options, layer, source, a, b, batch_size, cache_dir))
+                                                 for a, b, w in shards])
+            bar.update(n)
+    finally:
+        bar.close()
+    caches = [f[0] for f in filled]
+    try:
+        hist = sum(f[1] for f in filled)
+        mask_counts = sum(f[2] for f in filled)
+        maxima = np.concatenate([f[3] for f in filled])
+        units, h, w = caches[0].act_shape
+        k = rank_k(n * h * w, quantile)
+        high, rank = select_digit(hist, np.full(units, k))
+        low_hist = sum(_run(client, _stage_low_digit, [(s[2], (c, high)) for s, c in zip(shards, caches)]))
+        low, _ = select_digit(low_hist, rank)
+        thresholds = key_to_float((high.astype(np.uint32) << np.uint32(16)) | low)
+        counts = _run(client, _stage_iou, [(s[2], (c, thresholds)) for s, c in zip(shards, caches)])
+    finally:  # a shard whose IoU stage ran has removed its cache already; this covers errors
+        _run(client, ShardCache.remove, [(s[2], (c,)) for s, c in zip(shards, caches)])
+    inter = sum(c[0] for c in counts)
+    above = sum(c[1] for c in counts)
+    union = above[:, None] + mask_counts[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros(inter.shape, np.float64), where=union > 0)
+    empty = [c for c, m in zip(source.concepts, mask_counts) if m == 0]
+    if empty and not skip_empty:
+        raise ValueError(f"The 'concepts' parameter of dissect must give every concept some pixels. Got no pixels "
+                         f"anywhere for {', '.join(map(repr, empty[:8]))}{' ...' if len(empty) > 8 else ''} instead; "
+                         "pass skip_empty=True to dissect the others.")
+    return Dissection(layer=layer, concepts=list(source.concepts), categories=dict(source.categories), iou=iou,
+                      thresholds=thresholds, intersection=inter, union=union, mask_counts=mask_counts,
+                      unit_maxima=maxima, iou_threshold=iou_threshold, quantile=quantile, empty_concepts=empty,
+                      _source=source, _model=model, _options=options)

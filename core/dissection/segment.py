@@ -1,0 +1,97 @@
+"""Weakly supervised segmentation: object masks from saliency or CAM maps, and their IoU.
+
+- ``method="threshold"``: the pseudo-mask of CAM papers, ``map >= fraction * max(map)``
+  (Zhou et al. use 20% of the maximum).
+- ``method="grabcut"``: GrabCut (Rother et al.) seeded by the map, as Simonyan et al. do
+  with saliency: pixels above ``fg`` x max are probable foreground, the top few per cent
+  sure foreground, pixels below ``bg`` x max probable background, and the image border
+  sure background. Needs OpenCV (``pip install 'convscope[segmentation]'``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import check_choice, check_int, check_number, param_error
+from ..render import resize, to_rgb
+
+__all__ = ["segment", "segmentation_iou", "centre_box"]
+
+
+def _maps(maps, images):
+    maps = np.asarray(getattr(maps, "maps", maps), np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise param_error("maps", "segment", "maps of shape (N, H, W)", f"shape {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise param_error("maps", "segment", "finite", "NaN or Inf values")
+    if images is not None:
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or len(images) != len(maps):
+            raise param_error("images", "segment", f"(N, C, H, W) images for {len(maps)} maps", f"shape {images.shape}")
+        if maps.shape[1:] != images.shape[2:]:
+            maps = resize(maps, images.shape[2:])
+    return maps, images
+
+
+def segment(maps, images=None, *, method: str = "threshold", fraction: float = 0.2, fg: float = 0.5, bg: float = 0.1,
+            iterations: int = 5) -> np.ndarray:
+    """Binary object masks (N, H, W) from attribution maps (N, H, W) (or a result with ``.maps``).
+
+    ``images`` (N, C, H, W) are needed for GrabCut, which segments colours; maps are
+    resized to the images when their sizes differ.
+    """
+    check_choice(method, ("threshold", "grabcut"), "method", "segment")
+    maps, images = _maps(maps, images)
+    peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
+    if method == "threshold":
+        fraction = check_number(fraction, "fraction", "segment", low=0)
+        return (maps >= fraction * peak) & (peak > 0)
+    if images is None:
+        raise param_error("images", "segment", "the images (N, C, H, W) for method='grabcut'", "None")
+    fg, bg = check_number(fg, "fg", "segment", low=0), check_number(bg, "bg", "segment", low=0)
+    check_int(iterations, "iterations", "segment", low=1)
+    try:
+        import cv2
+    except ImportError as err:
+        raise ImportError("GrabCut needs OpenCV: pip install 'convscope[segmentation]'") from err
+    out = np.zeros(maps.shape, bool)
+    for i, (m, img) in enumerate(zip(maps, images)):
+        if peak[i, 0, 0] <= 0:
+            continue
+        rel = m / peak[i, 0, 0]
+        seed = np.full(m.shape, cv2.GC_PR_BGD, np.uint8)
+        seed[rel >= fg] = cv2.GC_PR_FGD
+        seed[rel >= max(fg, np.quantile(rel, 0.97))] = cv2.GC_FGD
+        seed[rel < bg] = cv2.GC_PR_BGD
+        border = np.zeros(m.shape, bool)
+        border[[0, -1], :] = border[:, [0, -1]] = True
+        seed[border & (rel < fg)] = cv2.GC_BGD
+        rgb = (to_rgb(img) * 255).astype(np.uint8)[..., ::-1].copy()  # OpenCV wants BGR
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(rgb, seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:  # a seed with no foreground or no background: fall back to the seed itself
+            out[i] = rel >= fg
+            continue
+        out[i] = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)
+    return out
+
+
+def segmentation_iou(pred, truth) -> np.ndarray:
+    """Per-image IoU |P & T| / |P | T| of boolean masks (N, H, W); 1 where both are empty."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.shape != truth.shape:
+        raise param_error("truth", "segmentation_iou", f"masks of shape {pred.shape}", f"shape {truth.shape}")
+    inter = (pred & truth).sum(axis=(1, 2))
+    union = (pred | truth).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def centre_box(shape, fraction: float = 0.5) -> np.ndarray:
+    """The baseline: a centred box covering ``fraction`` of each side, (N, H, W) bool."""
+    n, h, w = shape
+    box = np.zeros((n, h, w), bool)
+    dh, dw = int(round(h * (1 - fraction) / 2)), int(round(w * (1 - fraction) / 2))
+    box[:, dh:h - dh, dw:w - dw] = True
+    return box
