@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
-from convscope._validate import as_images, check_choice, check_name, param_error
+from convscope._validate import as_images, check_choice, check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients, Layer
 from convscope.hookspecs import hookimpl
 
@@ -225,8 +225,10 @@ class TorchBackend:
             self._last_shape = x.shape[1:]
         return x
 
-    def _numpy(self, t):
-        return t.detach().to("cpu", self._torch.float32).numpy()
+    def _numpy(self, t, what=None, owner=""):
+        """To float32 NumPy; with ``what``, NaN or Inf the model produced is reported."""
+        a = t.detach().to("cpu", self._torch.float32).numpy()
+        return a if what is None else check_finite(a, what, owner)
 
     # ----------------------------------------------------------------- the protocol
     def _known(self):
@@ -298,7 +300,7 @@ class TorchBackend:
     def forward(self, x):
         x = self._check(x, "forward")
         with self._lock, self._eval_mode(), self._torch.inference_mode():
-            return self._numpy(self._run(self._tensor(x)))
+            return self._numpy(self._run(self._tensor(x)), "the output", "forward")
 
     def activations(self, x, layers):
         x = self._check(x, "activations")
@@ -315,7 +317,7 @@ class TorchBackend:
             except _Stop:
                 pass
             store[INPUT] = xt
-            return {n: self._numpy(store[n]) for n in names}
+            return {n: self._numpy(store[n], repr(n), "activations") for n in names}
 
     def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
         torch = self._torch
@@ -339,7 +341,7 @@ class TorchBackend:
             missing = [n for n in inner if n not in store]
             if missing:
                 raise ValueError(f"Layers {missing} did not run in the forward pass; they cannot be seeded or differentiated.")
-            acts = {n: self._numpy(store[n]) for n in dict.fromkeys([*at, *wrt])}
+            acts = {n: self._numpy(store[n], repr(n), "gradient") for n in dict.fromkeys([*at, *wrt])}
             seed_map = seeds({n: acts[n] for n in at}) if callable(seeds) else seeds
             outs, grads_out = [], []
             for n, s in seed_map.items():
@@ -354,7 +356,7 @@ class TorchBackend:
                 grads_out.append(torch.from_numpy(np.ascontiguousarray(s)).to(self._device, store[n].dtype))
             targets = [store[n] for n in wrt]
             got = torch.autograd.grad(outs, targets, grads_out, allow_unused=True) if outs else [None] * len(targets)
-        grads = {n: self._numpy(g) if g is not None else np.zeros(tuple(t.shape), np.float32)
+        grads = {n: self._numpy(g, f"the gradient at {n!r}", "gradient") if g is not None else np.zeros(tuple(t.shape), np.float32)
                  for n, g, t in zip(wrt, got, targets)}
         return Gradients(grads=grads, activations=acts, outputs=acts.get(OUTPUT, self._numpy(store[OUTPUT])))
 

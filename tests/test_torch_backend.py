@@ -252,3 +252,34 @@ def test_float64_model_returns_float32():
     model = TinyResNet().double().eval()
     out = convscope.load(model).forward(images(1))
     assert out.dtype == np.float32 and out.shape == (1, 4)
+
+
+def test_nan_made_inside_the_model_is_reported_not_rendered():
+    class Unstable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return torch.log(self.conv(x) - 100).mean((2, 3))  # log of negatives: NaN
+
+    backend = convscope.load(Unstable())
+    x = images(1)
+    with pytest.raises(FloatingPointError, match="forward: the model produced 2 non-finite values in the output"):
+        backend.forward(x)
+    with pytest.raises(FloatingPointError, match="non-finite values in 'output'"):
+        backend.gradient(x, {"output": np.ones((1, 2), np.float32)}, at=["output"])
+
+
+def test_one_backend_shared_by_threads_gives_the_same_answers(resnet):
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = convscope.load(resnet)
+    xs = [images(2, seed=s) for s in range(8)]
+    seeds = np.ones((2, 4), np.float32)
+    want = [backend.gradient(x, {"output": seeds}, relu="guided")["input"] for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: backend.gradient(x, {"output": seeds}, relu="guided")["input"], xs * 3))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, want[i % 8])
+    assert all(not m.training for m in resnet.modules())
