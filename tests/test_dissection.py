@@ -94,7 +94,7 @@ def test_demo_model_detectors_follow_the_data(tmp_path):
     assert all(r["iou"] > 0.04 for r in late.detectors())
     page = late.report(tmp_path / "dissect.html", units=2, k=2)
     text = page.read_text()
-    assert text.count("<img") == 3 and "Network Dissection of relu4" in text
+    assert text.count("<img") == 3 and "Network Dissection of relu4" in text and "<table>" in text
     assert (tmp_path / "dissect.png").exists()
 
 

@@ -1,14 +1,12 @@
 """The result of a dissection: IoU table, unit labels, detector counts, report and comparisons."""
 from __future__ import annotations
 
-import base64
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..render import Picture, Renderable, bar_chart, grid, png_bytes, resize, to_rgb
+from ..render import Picture, Renderable, bar_chart, grid, resize, to_rgb
 
 __all__ = ["Dissection", "compare", "label_changes"]
 
@@ -97,38 +95,27 @@ class Dissection(Renderable):
             tiles.append(rgb)
         return grid(tiles, ncols=k)
 
-    def to_html(self, units: int = 12, k: int = 4) -> str:
-        """A self-contained HTML page: detector counts, the table, each top unit's images."""
-
-        def img(rgb, alt):
-            data = base64.b64encode(png_bytes(rgb, scale=2 if rgb.shape[1] < 400 else 1)).decode()
-            return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
+    def add_to(self, report, *, units: int = 12, k: int = 4):
+        """Add this dissection to a :class:`convscope.render.Report`: the detector chart, the
+        table, and each top unit's images."""
         rows = self.table()
-        parts = [f"<h2>Network Dissection of {html.escape(self.layer)}</h2>",
-                 f"<p>Threshold: top {self.quantile:g} of each unit's activations; detector when IoU &gt; "
-                 f"{self.iou_threshold:g}. {len(self.detectors())} of {len(rows)} units are detectors.</p>",
-                 img(self.to_rgb(), "unique detectors per category"),
-                 "<table><tr><th>unit</th><th>concept</th><th>category</th><th>IoU</th></tr>"]
-        parts += [f"<tr><td>{r['unit']}</td><td>{html.escape(r['concept'])}</td><td>{r['category']}</td>"
-                  f"<td>{r['iou']:.3f}</td></tr>" for r in rows]
-        parts.append("</table>")
+        report.section(f"Network Dissection of {self.layer}")
+        report.text(f"Threshold: the top {self.quantile:g} of each unit's activations; a unit is a detector when "
+                    f"its best IoU exceeds {self.iou_threshold:g}. {len(self.detectors())} of {len(rows)} units are detectors.")
+        report.picture(self.to_rgb(), "unique detectors per category")
+        report.table(rows, ["unit", "concept", "category", "iou", "detector"])
         if self._source is not None:
             for r in rows[:units]:
-                parts.append(f"<h3>unit {r['unit']}: {html.escape(r['concept'])} (IoU {r['iou']:.3f})</h3>")
-                parts.append(img(self.unit_picture(r["unit"], k), f"top images of unit {r['unit']}"))
-        return "\n".join(parts)
+                report.picture(self.unit_picture(r["unit"], k), f"unit {r['unit']}: {r['concept']} (IoU {r['iou']:.3f}); "
+                               "yellow: above threshold, cyan: the concept's mask", scale=2)
+        return report
 
     def report(self, path, *, units: int = 12, k: int = 4) -> Path:
         """Write the HTML report (and a PNG of the detector chart beside it); returns the HTML path."""
         from ..render.image import save_png
+        from ..render.report import Report
 
-        path = Path(path)
-        page = f"<!doctype html><html><head><meta charset='utf-8'><title>dissection</title></head><body>{self.to_html(units, k)}</body></html>"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(page)
-        tmp.replace(path)
+        path = self.add_to(Report(f"Network Dissection: {self.layer}"), units=units, k=k).write(path)
         save_png(self.to_rgb(), path.with_suffix(".png"))
         return path
 
