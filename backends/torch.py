@@ -133,8 +133,9 @@ def _relu_rule_mode(rule, torch):
 class TorchBackend:
     """Backend for a ``torch.nn.Module``.
 
-    ``input_shape`` (C, H, W) sets the probe used by :meth:`layers`; by default it is the
-    shape of the last batch seen, else the first conv's channels at 224 x 224. ``output``
+    ``input_shape`` (C, H, W) sets the probe used by :meth:`layers` (default: the module's
+    own ``input_shape`` attribute when it has one, else the shape of the last batch seen,
+    else the first conv's channels at 224 x 224). ``output``
     picks one output of a model that returns a tuple or dict.
     """
 
@@ -150,6 +151,9 @@ class TorchBackend:
         self._lock = threading.RLock()
         self._layers = {}
         self._last_shape = None
+        hint = getattr(module, "input_shape", None)  # a model may state its input size (C, H, W)
+        if input_shape is None and isinstance(hint, tuple) and len(hint) == 3:
+            input_shape = hint
         self._input_shape = tuple(input_shape) if input_shape is not None else None
         first_conv = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
         self.channels = self._input_shape[0] if self._input_shape else (first_conv.in_channels if first_conv else None)

@@ -75,4 +75,5 @@ def demo_model(framework: str = "torch"):
     model = build_torch_demo()
     with np.load(path) as state:
         model.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
+    model.input_shape = (3, 64, 64)  # read by the torch backend to size its layer records
     return model.eval()
