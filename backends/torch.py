@@ -16,6 +16,8 @@ from convscope._validate import as_images, check_choice, check_finite, check_nam
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients, Layer
 from convscope.hookspecs import hookimpl
 
+from ._torch_rules import relu_rule_mode
+
 __all__ = ["TorchBackend"]
 
 
@@ -79,55 +81,6 @@ def _geometry(module, in_shape, torch) -> dict:
         if all(o in (1, None) for o in out):  # global pooling: one window over the whole map
             return dict(kernel=tuple(in_shape[1:]), stride=tuple(in_shape[1:]), padding=(0, 0, 0, 0), dilation=(1, 1))
     return {}
-
-
-def _relu_rule_function(torch):
-    class RuleReLU(torch.autograd.Function):
-        """max(x, 0) (or clamp to [0, upper]) with the guided or deconvnet backward rule."""
-
-        @staticmethod
-        def forward(ctx, x, upper, rule):
-            ctx.save_for_backward(x)
-            ctx.upper, ctx.rule = upper, rule
-            return x.clamp(min=0) if upper is None else x.clamp(0, upper)
-
-        @staticmethod
-        def backward(ctx, grad):
-            grad = grad.clamp(min=0)
-            if ctx.rule == "guided":
-                (x,) = ctx.saved_tensors
-                mask = x > 0 if ctx.upper is None else (x > 0) & (x < ctx.upper)
-                grad = grad * mask
-            return grad, None, None
-
-    return RuleReLU
-
-
-def _relu_rule_mode(rule, torch):
-    """A TorchFunctionMode that routes every ReLU call (modules, functional, in-place, ReLU6)."""
-    from torch.overrides import TorchFunctionMode
-
-    F = torch.nn.functional
-    relus = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, getattr(F, "relu_", F.relu)}
-    clamps = {F.hardtanh, torch.nn.functional.hardtanh_, F.relu6}
-    rule_relu = _relu_rule_function(torch)
-
-    class Mode(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func in relus:
-                return rule_relu.apply(args[0], None, rule)
-            if func in clamps:
-                if func is F.relu6:
-                    lo, hi = 0.0, 6.0
-                else:
-                    lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-                    hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-                if lo == 0:
-                    return rule_relu.apply(args[0], hi, rule)
-            return func(*args, **kwargs)
-
-    return Mode()
 
 
 class TorchBackend:
@@ -260,17 +213,37 @@ class TorchBackend:
             return list(self._layers[shape])
 
     def _probe(self, shape):
+        """One forward pass with hooks on every module: order, shapes, geometry and data flow.
+
+        Data flow follows the autograd graph: a module's inputs are the modules whose
+        outputs are reached from its input tensors through functional operations (an add
+        in a residual block records both branches). Outputs are kept alive for the pass so
+        that no node is freed and reused.
+        """
         torch = self._torch
-        order, info, producer, handles = [], {}, {}, []
+        order, info, producer, handles, alive = [], {}, {}, [], []
         calls, current = {}, {}
+
+        def producers(tensor):
+            found, stack, seen = [], [tensor.grad_fn], set()
+            while stack:
+                node = stack.pop()
+                if node is None or node in seen:
+                    continue
+                seen.add(node)
+                if node in producer:
+                    found.append(producer[node])
+                    continue
+                stack.extend(n for n, _ in reversed(node.next_functions))
+            return found
 
         def pre(name):
             def hook(module, inputs):
                 calls[name] = calls.get(name, 0) + 1
                 key = name if calls[name] == 1 else f"{name}#{calls[name]}"
-                ins = tuple(dict.fromkeys(producer[id(t)] for t in inputs if isinstance(t, torch.Tensor) and id(t) in producer))
-                first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
-                info[key] = dict(inputs=ins, in_shape=tuple(first.shape[1:]) if first is not None else None)
+                tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+                ins = tuple(dict.fromkeys(p for t in tensors for p in producers(t)))
+                info[key] = dict(inputs=ins, in_shape=tuple(tensors[0].shape[1:]) if tensors else None)
                 current[name] = key
             return hook
 
@@ -279,7 +252,9 @@ class TorchBackend:
                 key = current.pop(name, name)
                 if isinstance(out, torch.Tensor):
                     info[key]["shape"] = tuple(out.shape[1:])
-                    producer[id(out)] = key
+                    if out.grad_fn is not None:
+                        producer[out.grad_fn] = key
+                    alive.append(out)
                 order.append((key, module))
             return hook
 
@@ -287,8 +262,9 @@ class TorchBackend:
             for name, m in self._named.items():
                 handles.append(m.register_forward_pre_hook(pre(name)))
                 handles.append(m.register_forward_hook(post(name)))
-            with self._eval_mode(), torch.inference_mode():
-                self.module(torch.zeros((1, *shape), dtype=self._dtype, device=self._device))
+            with self._eval_mode(), torch.enable_grad():
+                x = torch.zeros((1, *shape), dtype=self._dtype, device=self._device, requires_grad=True)
+                self.module(x)
         finally:
             for h in handles:
                 h.remove()
@@ -338,7 +314,7 @@ class TorchBackend:
             stack.enter_context(torch.enable_grad())
             stack.enter_context(self._capture(inner, store, replace=True))
             if relu != "standard":
-                stack.enter_context(_relu_rule_mode(relu, torch))
+                stack.enter_context(relu_rule_mode(relu, torch))
             xt = self._tensor(x).requires_grad_(True)
             store[OUTPUT] = self._run(xt)
             store[INPUT] = xt
@@ -363,6 +339,17 @@ class TorchBackend:
         grads = {n: self._numpy(g, f"the gradient at {n!r}", "gradient") if g is not None else np.zeros(tuple(t.shape), np.float32)
                  for n, g, t in zip(wrt, got, targets)}
         return Gradients(grads=grads, activations=acts, outputs=acts.get(OUTPUT, self._numpy(store[OUTPUT])))
+
+    def __getstate__(self):  # picklable (Dask workers): the lock and caches are rebuilt
+        state = dict(self.__dict__)
+        for key in ("_lock", "_torch", "_layers"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        import torch
+
+        self.__dict__.update(state, _lock=threading.RLock(), _torch=torch, _layers={})
 
     def weights(self, layer):
         check_name(layer, self._named, "layer", "weights")

@@ -104,7 +104,7 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
     g = backend.gradient(x, {OUTPUT: r_out}, wrt=[INPUT])
     if g[INPUT].shape != x.shape or g[INPUT].dtype != np.float32:
         _fail(f"gradient at the input: {g[INPUT].dtype} {g[INPUT].shape}, expected float32 {x.shape}")
-    h = 1e-3 * float(np.abs(x).mean() or 1.0)
+    h = 2e-4 * float(np.abs(x).mean() or 1.0)  # below: kinks; above: float32 rounding (measured)
     fd_errors = []
     objectives = [(OUTPUT, r_out, lambda z: float(np.sum(backend.forward(z).astype(np.float64) * r_out)), g[INPUT])]
     for name in layers[:2]:
@@ -145,6 +145,10 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
             consumers.setdefault(i, []).append(r.name)
     pairs = [(r.inputs[0], r) for r in records if r.kind == "relu" and len(r.inputs) == 1
              and consumers.get(r.inputs[0]) == [r.name] and r.shape is not None][:3]
+    if pairs:  # keep the pairs where the ReLU's output really is relu(its input layer's output)
+        pre = backend.activations(x, [p for p, _ in pairs] + [r.name for _, r in pairs])
+        pairs = [(p, r) for p, r in pairs
+                 if np.allclose(pre[r.name], np.clip(pre[p], 0, 6.0 if "6" in r.op else None), atol=1e-6)]
     report["relu_rule_sites"] = len(pairs)
     for rule in RELU_RULES:
         for pre_name, relu in pairs:
@@ -157,7 +161,14 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
         if np.allclose(gs, g[INPUT]):
             _fail("guided gradient equals the standard gradient: the rule did not reach the ReLUs")
     gb = [backend.gradient(x[i:i + 1], {OUTPUT: r_out[i:i + 1]}, wrt=[INPUT])[INPUT] for i in range(len(x))]
-    _close("batch invariance of gradient", np.concatenate(gb), g[INPUT], rtol, atol=1e-6)
+    # Convolutions may sum in another order for another batch size; where two pooled values
+    # nearly tie, max pooling then routes the gradient to the other one. Such switches are
+    # local: judge the whole gradient by its relative L2 error, not element by element.
+    gb = np.concatenate(gb).astype(np.float64)
+    err = np.linalg.norm(gb - g[INPUT]) / max(np.linalg.norm(g[INPUT]), 1e-12)
+    report["gradient_batch_invariance"] = float(err)
+    if err > 1e-3:
+        _fail(f"batch invariance of gradient: relative L2 error {err:.2e} > 1e-03")
 
     # --- bad input is refused with ValueError or TypeError
     bad = {

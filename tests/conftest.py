@@ -1,7 +1,11 @@
 """Shared fixtures. Backend tests skip cleanly when their framework is missing;
 ``--backend NAME`` restricts a run to one backend's tests."""
+import os
+
 import numpy as np
 import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def pytest_addoption(parser):

@@ -11,7 +11,7 @@ import numpy as np
 from .._validate import check_number, param_error
 from .colormaps import apply_colormap
 
-__all__ = ["to_rgb", "overlay", "heatmap", "grid", "resize", "save_png", "png_bytes"]
+__all__ = ["to_rgb", "overlay", "heatmap", "grid", "resize", "save_png", "png_bytes", "atomic_write"]
 
 
 def to_rgb(image: np.ndarray, *, channels_first: bool | None = None, vmin=None, vmax=None) -> np.ndarray:
@@ -131,18 +131,32 @@ def png_bytes(rgb: np.ndarray, *, scale: int = 1) -> bytes:
     return buffer.getvalue()
 
 
-def save_png(rgb: np.ndarray, path, *, scale: int = 1) -> Path:
-    """Write a PNG atomically: to a temporary file in the same folder, then renamed."""
+def atomic_write(path, data) -> Path:
+    """Write ``data`` (bytes, str, or a callable that writes to a path) to ``path`` via a
+    temporary file in the same folder, then rename: a reader never sees half a file, and an
+    error leaves nothing behind. The file gets the usual permissions (umask), not 0600."""
     path = Path(path)
-    data = png_bytes(rgb, scale=scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, str):
+                f.write(data.encode("utf-8"))
+            elif isinstance(data, (bytes, bytearray)):
+                f.write(data)
+        if callable(data):
+            data(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def save_png(rgb: np.ndarray, path, *, scale: int = 1) -> Path:
+    """Write a PNG atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, png_bytes(rgb, scale=scale))

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .image import png_bytes
+from .image import atomic_write, png_bytes
 
 __all__ = ["Report"]
 
@@ -87,16 +85,5 @@ class Report:
                 f"<nav>{nav}</nav><main>{body}</main></body></html>")
 
     def write(self, path) -> Path:
-        """Write the page to ``path`` via a temporary file in the same folder, then rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_html())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        """Write the page to ``path`` atomically (a temporary file, then a rename)."""
+        return atomic_write(path, self.to_html())

@@ -1,0 +1,120 @@
+"""Reverse-mode (adjoint) graphs: the nodes that compute vector-Jacobian products.
+
+For seeds s_t placed at tensors t and a tensor w to differentiate, the adjoint of every
+tensor v is  a(v) = sum over consumers n of v of J_n(v)^T a(outputs of n)  (+ s_v if v is
+seeded), accumulated by walking the forward nodes in reverse. Only *active* nodes get a
+rule: those on a path from some ``wrt`` tensor to some seed (activity analysis), so shape
+arithmetic, the part of the graph before an inner ``wrt`` layer and whatever lies after
+the seeds are never differentiated. An active operator without a rule is reported here,
+before anything runs.
+
+The plan keeps the forward and backward nodes apart, so that one ONNX Runtime session can
+run both (fixed seeds: one run), or a forward session can hand its residuals (the forward
+tensors the backward nodes read) to a backward session after seeds were computed in NumPy.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from . import _onnx_rules, _onnx_rules_pool, _onnx_rules_spatial  # noqa: F401  (they fill the rule table)
+from ._onnx_emit import DIFFERENTIABLE, RULES, Emitter, UnsupportedOperatorError, describe_node
+from ._onnx_shapes import FLOAT
+
+__all__ = ["AdjointPlan", "build_adjoint", "supported_operators"]
+
+_FLOATS = (FLOAT, 10, 11, 16)  # float, float16, double, bfloat16
+
+
+@dataclass
+class AdjointPlan:
+    """Forward nodes (some patched, e.g. MaxPool with indices), backward nodes, constants,
+    the seed inputs ``{tensor: input name}`` and gradient outputs ``{tensor: output name}``."""
+
+    forward: list
+    backward: list
+    initializers: list
+    seed_inputs: dict
+    grad_outputs: dict
+    dtypes: dict = field(default_factory=dict)
+    residuals: list = field(default_factory=list)
+
+
+def supported_operators():
+    """Operator types with a gradient rule."""
+    return sorted(RULES)
+
+
+def _inputs_through(node):
+    slots = DIFFERENTIABLE.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if slots is None:
+        return [i for i in node.input if i]
+    return [node.input[i] for i in slots if i < len(node.input) and node.input[i]]
+
+
+def _activity(nodes, seeds, wrt, dtypes):
+    """Tensors that depend on a wrt tensor (varied) and tensors some seed depends on (useful)."""
+    varied = set(wrt)
+    for node in nodes:
+        if any(i in varied for i in _inputs_through(node)):
+            varied.update(o for o in node.output if o and dtypes.get(o, FLOAT) in _FLOATS)
+    useful = set(seeds)
+    for node in reversed(nodes):
+        if any(o in useful for o in node.output):
+            useful.update(_inputs_through(node))
+    active = [n for n in nodes if any(o in varied and o in useful for o in n.output)
+              and any(i in varied for i in _inputs_through(n))]
+    return varied, active
+
+
+def _check_rules(active):
+    missing = [n for n in active if n.domain not in ("", "ai.onnx") or n.op_type not in RULES]
+    if missing:
+        listed = "; ".join(describe_node(n) for n in missing[:5]) + ("; ..." if len(missing) > 5 else "")
+        raise UnsupportedOperatorError(
+            f"No gradient rule for {len(missing)} operator(s) on the gradient path: {listed}. Gradient methods "
+            f"cannot run on this model; forward and activations still work. Operators with a rule: "
+            f"{', '.join(supported_operators())}.")
+
+
+def build_adjoint(graph, shapes, dtypes, seeds, wrt, relu) -> AdjointPlan:
+    """Plan the gradients of sum_t <s_t, t> over ``seeds`` (tensor names) at each ``wrt`` tensor."""
+    nodes = list(graph.nodes)
+    varied, active = _activity(nodes, seeds, wrt, dtypes)
+    _check_rules(active)
+    taken = {o for n in nodes for o in n.output} | {v.name for v in graph.proto.graph.input}
+    taken |= set(graph.weights) | set(graph.constants)
+    em = Emitter(graph, shapes, relu, varied.__contains__, taken)
+    contributions = defaultdict(list)
+    seed_inputs = {}
+    for name in seeds:
+        seed_inputs[name] = em.fresh(f"seed/{name}")
+        contributions[name].append(seed_inputs[name])
+
+    def total(name):
+        parts = contributions[name]
+        if len(parts) > 1:
+            contributions[name] = parts = [em.op("Sum", parts, stem="accumulate")]
+        return parts[0]
+
+    for node in reversed(active):
+        dys = [total(o) if contributions.get(o) else None for o in node.output]
+        if all(d is None for d in dys):
+            continue
+        dxs = RULES[node.op_type](em, node, dys)
+        for x, dx in zip(node.input, dxs):
+            if dx is not None and x in varied:
+                contributions[x].append(dx)
+    grads = {}
+    for name in wrt:
+        if name in grads:
+            continue
+        g = total(name) if contributions.get(name) else em.zeros_like(name)
+        grads[name] = em.op("Identity", [g], stem=f"d/{name}")
+    forward = [em.patches.get(id(n), n) for n in nodes]
+    produced = {o for n in forward for o in n.output} | {graph.image}
+    backward_reads = {i for n in em.nodes for i in n.input}
+    residuals = sorted(backward_reads & produced)
+    types = {**{r: dtypes.get(r, FLOAT) for r in residuals}, **em.dtypes}
+    return AdjointPlan(forward=forward, backward=em.nodes, initializers=em.initializers, seed_inputs=seed_inputs,
+                       grad_outputs=grads, dtypes=types, residuals=residuals)

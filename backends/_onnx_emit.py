@@ -1,0 +1,156 @@
+"""What a gradient rule writes with: an :class:`Emitter` of ONNX nodes, and the rule table.
+
+A rule is ``rule(em, node, dys) -> dxs``: given a forward node and the adjoints of its
+outputs (tensor names, or None where an output carries none), it emits nodes computing the
+adjoint of each differentiable input and returns their names (None for an input that gets
+no adjoint). Rules only differentiate with respect to activations, never weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._onnx_load import INLINE_BYTES
+
+__all__ = ["Emitter", "RULES", "DIFFERENTIABLE", "UnsupportedOperatorError", "rule", "attr", "describe_node"]
+
+RULES: dict = {}
+DIFFERENTIABLE: dict = {}  # op type -> indices of inputs that carry adjoints (None: all of them)
+
+
+class UnsupportedOperatorError(ValueError):
+    """An operator on the gradient path has no rule (or an attribute the rule cannot handle)."""
+
+
+def rule(*op_types, inputs=(0,)):
+    """Register a rule for ``op_types``; ``inputs`` lists the inputs it differentiates."""
+    def register(fn):
+        for op in op_types:
+            RULES[op] = fn
+            DIFFERENTIABLE[op] = inputs
+        return fn
+    return register
+
+
+def attr(node, name, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def describe_node(node) -> str:
+    label = f"node {node.name!r}" if node.name else "an unnamed node"
+    return f"{node.op_type} ({label} with output {node.output[0]!r})"
+
+
+class Emitter:
+    """Appends backward nodes; knows the forward shapes, constants and the ReLU rule.
+
+    ``varied`` tells whether a tensor depends on what is differentiated (only those get an
+    adjoint); ``taken`` holds the names already used in the graph."""
+
+    def __init__(self, graph, shapes, relu, varied, taken):
+        from onnx import helper
+
+        self._helper = helper
+        self.graph, self.shapes, self.relu = graph, shapes, relu
+        self.varied = varied
+        self.nodes, self.initializers, self.patches, self.dtypes = [], [], {}, {}
+        self._taken = taken
+        self._count = 0
+        self._consts = {}
+
+    # -------------------------------------------------------------- names and nodes
+    def fresh(self, stem):
+        while True:
+            self._count += 1
+            name = f"grad{self._count}/{stem}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def op(self, op_type, inputs, outputs=1, stem=None, **attrs):
+        names = [self.fresh(stem or op_type) for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(self._helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def const(self, value, dtype=np.float32):
+        """A constant tensor, returned by name: small ones (deduplicated) go into the graph, large
+        ones (a flipped kernel) join the weights, which sessions share instead of copying."""
+        from onnx import numpy_helper
+
+        value = np.ascontiguousarray(value, dtype)
+        if value.nbytes >= INLINE_BYTES:
+            name = self.fresh("weight")
+            self.graph.weights[name] = value
+            return name
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key in self._consts:
+            return self._consts[key]
+        name = self._consts[key] = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def ints(self, values):
+        return self.const(np.asarray(values, np.int64).reshape(-1), np.int64)
+
+    def patch_forward(self, node, new_node):
+        """Replace a forward node (e.g. a MaxPool that must also report its argmax)."""
+        self.patches[id(node)] = new_node
+
+    # -------------------------------------------------------------- forward facts
+    def shape(self, name, node=None):
+        """Static shape (batch axis None) of a forward tensor; the rule cannot go on without it."""
+        dims = self.shapes.get(name)
+        if dims is None:
+            where = f" at {describe_node(node)}" if node is not None else ""
+            raise UnsupportedOperatorError(f"The shape of tensor {name!r}{where} is unknown, and the gradient rule "
+                                           "needs it. Pass input_shape=(C, H, W) to convscope.load.")
+        return dims
+
+    def value(self, name):
+        """The value of a constant input (initializer, weight, Constant node), else None."""
+        if not name:
+            return None
+        graph = self.graph
+        return graph.constants[name] if name in graph.constants else graph.weights.get(name)
+
+    def scalar(self, name, default):
+        """A constant scalar input such as Clip's bound: (float or default, is_constant)."""
+        if not name:
+            return default, True
+        value = self.value(name)
+        return (float(np.asarray(value).reshape(-1)[0]), True) if value is not None else (None, False)
+
+    # -------------------------------------------------------------- building blocks
+    def zeros_like(self, name):
+        zero = self._helper.make_tensor("zero", 1, [1], [0.0])
+        return self.op("ConstantOfShape", [self.op("Shape", [name])], value=zero, stem="zeros")
+
+    def reshape_like(self, grad, like):
+        return self.op("Reshape", [grad, self.op("Shape", [like])], stem="reshape_back")
+
+    def relu_rule(self, dy, inside):
+        """The backward rule of a ReLU-like unit, ``inside`` the bool mask where it passes x.
+
+        standard: dy [inside]; guided: max(dy, 0) [inside]; deconvnet: max(dy, 0).
+        """
+        if self.relu == "deconvnet":
+            return self.op("Relu", [dy], stem="deconvnet")
+        if self.relu == "guided":
+            dy = self.op("Relu", [dy], stem="guided")
+        return self.op("Where", [inside, dy, self.const(0.0)], stem="relu_grad")
+
+    def unbroadcast(self, grad, operand, output, node):
+        """Sum ``grad`` (shaped like ``output``) over the axes along which ``operand`` was broadcast."""
+        out, a = self.shape(output, node), self.shape(operand, node)
+        lead = len(out) - len(a)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(a) if d == 1 and out[lead + i] != 1]
+        if not axes:
+            return grad
+        summed = self.op("ReduceSum", [grad, self.ints(axes)], keepdims=1, stem="unbroadcast")
+        return self.reshape_like(summed, operand)

@@ -1,0 +1,112 @@
+"""Running forward and adjoint graphs on ONNX Runtime, a batch at a time.
+
+A model whose file fixes the batch size (often 1) serves any batch: the batch is cut into
+chunks of that size (the last one zero-padded) and the results are put back together.
+Fixed seeds run the forward and backward nodes in one session call; seeds computed from
+the pass's own activations run a forward session that also returns the residuals, then a
+backward session that takes them, as OrtValues, without a copy through NumPy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._onnx_session import RuntimeFailure, _first_line
+from ._onnx_shapes import FLOAT
+
+__all__ = ["Runner"]
+
+
+def _pad(array, missing):
+    if not missing:
+        return array
+    return np.concatenate([array, np.zeros((missing, *array.shape[1:]), array.dtype)])
+
+
+class Runner:
+    """Session calls with batch splitting, for one :class:`OnnxGraph` and its session cache."""
+
+    def __init__(self, graph, sessions, ort):
+        self.graph, self.sessions, self._ort = graph, sessions, ort
+        self._image_info = next(v for v in graph.proto.graph.input if v.name == graph.image)
+        self._quiet = ort.RunOptions()
+        self._quiet.log_severity_level = 4  # failures are raised with their message, not logged
+
+    def _chunks(self, n):
+        """(start, stop, padding) of each session call for a batch of n."""
+        b = self.graph.fixed_batch
+        if not b or b == n:
+            return [(0, n, 0)]
+        return [(s, min(s + b, n), b - (min(s + b, n) - s)) for s in range(0, n, b)]
+
+    def _call(self, session, outputs, feeds, shape, ort_values=False):
+        try:
+            if ort_values:
+                return session.run_with_ort_values(outputs, feeds, self._quiet)
+            return session.run(outputs, feeds, self._quiet)
+        except Exception as err:
+            raise RuntimeFailure(f"ONNX Runtime failed to run the model on a batch of shape {shape}: "
+                                 f"{_first_line(err)}") from err
+
+    def forward(self, x, tensors):
+        """Arrays of ``tensors`` for the batch ``x``, one session call per chunk."""
+        tensors = list(tensors)
+        key = ("forward", tuple(tensors))
+        session = self.sessions.session(key, lambda: self.sessions.model(
+            list(self.graph.nodes), {self.graph.image: self._image_info}, tensors))
+        parts = []
+        for start, stop, pad in self._chunks(len(x)):
+            outs = self._call(session, tensors, {self.graph.image: _pad(x[start:stop], pad)}, x.shape)
+            parts.append([o[:stop - start] for o in outs])
+        return parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
+
+    def combined(self, key, plan, x, seed_map, shown):
+        """One session call per chunk computes the shown tensors and every gradient."""
+        grads = list(plan.grad_outputs.values())
+        outputs = list(dict.fromkeys([*grads, *shown]))
+        inputs = {self.graph.image: self._image_info, **{plan.seed_inputs[t]: FLOAT for t in seed_map}}
+        session = self.sessions.session(("combined", key, tuple(shown)), lambda: self.sessions.model(
+            plan.forward + plan.backward, inputs, outputs, plan.initializers, {o: FLOAT for o in outputs}))
+        parts = []
+        for start, stop, pad in self._chunks(len(x)):
+            feeds = {self.graph.image: _pad(x[start:stop], pad)}
+            feeds.update({plan.seed_inputs[t]: _pad(s[start:stop], pad) for t, s in seed_map.items()})
+            parts.append([o[:stop - start] for o in self._call(session, outputs, feeds, x.shape)])
+        values = dict(zip(outputs, parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]))
+        return ({t: values[t] for t in shown},
+                {t: values[name] for t, name in plan.grad_outputs.items()})
+
+    def split(self, key, plan, x, shown_tensors, seeds):
+        """Forward session (shown tensors and residuals), seeds from NumPy, backward session."""
+        ort, image = self._ort, self.graph.image
+        residuals = [r for r in plan.residuals if r != image]
+        fwd_outputs = list(dict.fromkeys([*shown_tensors, *residuals]))
+        forward = self.sessions.session(("split-forward", key, tuple(shown_tensors)), lambda: self.sessions.model(
+            plan.forward, {image: self._image_info}, fwd_outputs, (), plan.dtypes))
+        grads = list(plan.grad_outputs.values())
+        bwd_inputs = {**{r: plan.dtypes.get(r, FLOAT) for r in plan.residuals},
+                      **{name: FLOAT for name in plan.seed_inputs.values()}}
+        backward = self.sessions.session(("split-backward", key), lambda: self.sessions.model(
+            plan.backward, bwd_inputs, grads, plan.initializers, {g: FLOAT for g in grads}))
+        chunks = self._chunks(len(x))
+        ran = []
+        for start, stop, pad in chunks:
+            xv = ort.OrtValue.ortvalue_from_numpy(_pad(x[start:stop], pad))
+            outs = self._call(forward, fwd_outputs, {image: xv}, x.shape, ort_values=True)
+            ran.append((xv, dict(zip(fwd_outputs, outs))))
+        values = {t: np.concatenate([r[t].numpy()[:stop - start] for (start, stop, _), (_, r) in zip(chunks, ran)])
+                  for t in shown_tensors}
+        values[image] = x
+        seed_map = seeds(values)
+        for t in plan.seed_inputs:  # an asked tensor the callable left unseeded gets a zero seed
+            if t not in seed_map:
+                seed_map[t] = np.zeros_like(values[t])
+        parts = []
+        for (start, stop, pad), (xv, res) in zip(chunks, ran):
+            feeds = {r: (xv if r == image else res[r]) for r in plan.residuals}
+            feeds.update({name: ort.OrtValue.ortvalue_from_numpy(_pad(seed_map[t][start:stop], pad))
+                          for t, name in plan.seed_inputs.items()})
+            outs = self._call(backward, grads, feeds, x.shape, ort_values=True)
+            parts.append([o.numpy()[:stop - start] for o in outs])
+        merged = [np.concatenate(p) for p in zip(*parts)]
+        by_output = dict(zip(grads, merged))
+        return values, {t: by_output[name] for t, name in plan.grad_outputs.items()}

@@ -1,0 +1,182 @@
+"""ONNX Runtime sessions over one shared copy of the weights, cached by what they compute.
+
+Each session is built from a weight-free ModelProto holding only the nodes its outputs
+need. Large matrices that only Gemm and MatMul read (most of a VGG's 550 MB) are handed to
+ONNX Runtime as OrtValues wrapping the backend's own NumPy arrays
+(``SessionOptions.add_initializer``), so no session copies them. Other weights, chiefly
+convolution kernels, which ONNX Runtime re-lays out for its blocked convolutions anyway,
+go in as data. Pre-packing, which would give every session its own re-laid-out copy of
+every matrix, is off.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import weakref
+
+__all__ = ["SessionCache", "RuntimeFailure"]
+
+_PLACEHOLDER = "weights.placeholder"
+_SHARE_BYTES = 1 << 20
+
+
+class RuntimeFailure(RuntimeError):
+    """ONNX Runtime refused to build or run a session; the message says for what."""
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _shareable(nodes, weights, arrays):
+    """Weights ONNX Runtime can use in place: large matrices that only Gemm and MatMul read.
+    Convolution weights are re-laid out by its optimiser (which needs their data), so they go
+    in as data and the optimiser's copy replaces them."""
+    readers = {}
+    for node in nodes:
+        for slot, name in enumerate(node.input):
+            readers.setdefault(name, set()).add((node.op_type, slot))
+    matrix = {("Gemm", 0), ("Gemm", 1), ("Gemm", 2), ("MatMul", 0), ("MatMul", 1)}
+    return [w for w in weights if arrays[w].nbytes >= _SHARE_BYTES and readers.get(w, set()) <= matrix]
+
+
+def _reads(node):
+    """Tensors a node reads: its inputs and what its subgraphs (If, Loop) take from outside."""
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for inner in sub.node:
+                names |= _reads(inner)
+    return names
+
+
+def _needed(nodes, outputs):
+    """The nodes that ``outputs`` depend on, in their original order."""
+    wanted, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in wanted for o in node.output):
+            keep.append(node)
+            wanted |= _reads(node)
+    return keep[::-1]
+
+
+class SessionCache:
+    """Builds and caches ``onnxruntime.InferenceSession`` objects for an :class:`OnnxGraph`."""
+
+    def __init__(self, graph, ort, onnx, *, threads=None):
+        self.graph, self._ort, self._onnx = graph, ort, onnx
+        self._threads = threads
+        self._sessions = {}
+        self._values = {}
+        self._lock = threading.Lock()
+        self._folder, self._files = None, 0
+
+    def _ort_value(self, name):
+        if name not in self._values:
+            self._values[name] = self._ort.OrtValue.ortvalue_from_numpy(self.graph.weights[name])
+        return self._values[name]
+
+    def model(self, nodes, inputs, outputs, initializers=(), dtypes=None):
+        """The graph computing ``outputs`` from ``inputs`` ({name: elem type or ValueInfoProto}).
+
+        Returns (ModelProto without the weights, the weights it reads, those of them that
+        ONNX Runtime can use in place); :meth:`session` attaches them."""
+        onnx, helper = self._onnx, self._onnx.helper
+        dtypes = dtypes or {}
+        graph = self.graph
+        nodes = _needed(nodes, outputs)
+        reads = set(outputs).union(*(_reads(n) for n in nodes))
+        value_infos = []
+        for name, kind in inputs.items():
+            value_infos.append(kind if isinstance(kind, onnx.ValueInfoProto)
+                               else helper.make_tensor_value_info(name, kind, None))
+        outs = [helper.make_tensor_value_info(o, dtypes[o], None) if o in dtypes else onnx.ValueInfoProto(name=o)
+                for o in outputs]
+        inits = [t for t in graph.proto.graph.initializer if t.name in reads] + list(initializers)
+        weights = sorted(n for n in reads if n in graph.weights and n not in inputs)
+        g = helper.make_graph(nodes, "convscope", value_infos, outs, inits)
+        model = helper.make_model(g, opset_imports=list(graph.proto.opset_import), ir_version=graph.proto.ir_version)
+        model.functions.extend(graph.proto.functions)
+        return model, weights, _shareable(nodes, weights, graph.weights)
+
+    def _attach(self, model, inline, shared):
+        """Add the weights to ``model``: ``inline`` as data, ``shared`` as external placeholders."""
+        onnx, helper = self._onnx, self._onnx.helper
+        from onnx import numpy_helper
+
+        for name in inline:
+            model.graph.initializer.append(numpy_helper.from_array(self.graph.weights[name], name))
+        for name in shared:
+            w = self.graph.weights[name]
+            t = model.graph.initializer.add(name=name, data_type=helper.np_dtype_to_tensor_dtype(w.dtype), dims=w.shape)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(w.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+        return model
+
+    def session(self, key, build):
+        """The cached session for ``key``; ``build()`` returns what :meth:`model` returns."""
+        with self._lock:
+            if key in self._sessions:
+                return self._sessions[key]
+        model, weights, shared = build()
+        try:
+            try:
+                session = self._create(model, [w for w in weights if w not in shared], shared)
+            except Exception as err:
+                if not shared or "External" not in str(err):
+                    raise
+                # an optimisation wanted to read a shared weight itself: give it every weight as data
+                session = self._create(model, weights, [])
+        except Exception as err:
+            raise RuntimeFailure(f"ONNX Runtime cannot load the model ({_first_line(err)}).") from err
+        with self._lock:
+            return self._sessions.setdefault(key, session)
+
+    def _options(self, shared):
+        ort = self._ort
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # failures are raised with their message, not logged
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        if self._threads:
+            options.intra_op_num_threads = int(self._threads)
+        for name in shared:
+            options.add_initializer(name, self._ort_value(name))
+        return options
+
+    def _create(self, structure, inline, shared):
+        """A session for ``structure`` with the ``inline`` weights copied in and the ``shared`` ones
+        taken from the backend's arrays.
+
+        A shared weight is declared as external data in an empty placeholder file beside the
+        model: ONNX Runtime checks that the file exists, then takes the weight from
+        ``add_initializer`` and never reads the file. (Loading from bytes, it would insist on
+        ``add_external_initializers``, which copies every weight once more while loading.)"""
+        ort = self._ort
+        model = self._onnx.ModelProto()
+        model.CopyFrom(structure)
+        data = self._attach(model, inline, shared).SerializeToString()
+        del model
+        if not shared:
+            return ort.InferenceSession(data, self._options(()), providers=["CPUExecutionProvider"])
+        with self._lock:
+            if self._folder is None:
+                self._folder = tempfile.TemporaryDirectory(prefix="convscope-onnx-")
+                weakref.finalize(self, self._folder.cleanup)
+                open(os.path.join(self._folder.name, _PLACEHOLDER), "wb").close()
+            self._files += 1
+            path = os.path.join(self._folder.name, f"session{self._files}.onnx")
+        with open(path, "wb") as f:
+            f.write(data)
+        del data
+        try:
+            return ort.InferenceSession(path, self._options(shared), providers=["CPUExecutionProvider"])
+        finally:
+            os.remove(path)
+
+    def __len__(self):
+        return len(self._sessions)

@@ -1,0 +1,216 @@
+"""ONNX Runtime backend: an exported ``.onnx`` file, with gradients, and no framework needed.
+
+``convscope.load("model.onnx")`` (or bytes, or an ``onnx.ModelProto``) wraps the model;
+layers are the graph's tensors (node outputs), ``"input"`` is its image input and
+``"output"`` the scores: the graph output, or the input of a final Softmax unless
+``probabilities=True``. Gradients run on ONNX Runtime through an adjoint graph built from
+the model itself (:mod:`._onnx_adjoint`); a model with a fixed batch serves any batch by
+splitting it. Images are NCHW float32, as everywhere in convscope.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+
+from convscope._validate import as_images, check_choice, check_name, param_error
+from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
+from convscope.hookspecs import hookimpl
+
+from ._onnx_adjoint import build_adjoint
+from ._onnx_emit import UnsupportedOperatorError
+from ._onnx_graph import prepare
+from ._onnx_layers import layer_names, layer_records, layer_weights
+from ._onnx_load import ModelReadError, read_model
+from ._onnx_runs import Runner
+from ._onnx_session import RuntimeFailure, SessionCache
+from ._onnx_shapes import infer_shapes
+
+__all__ = ["OnnxBackend", "ModelReadError", "UnsupportedOperatorError", "RuntimeFailure"]
+
+
+def _claims(model) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model).lower().endswith(".onnx")
+    if isinstance(model, (bytes, bytearray)):
+        return True
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(model, onnx.ModelProto)
+
+
+@hookimpl
+def convscope_make_backend(model, options):
+    if not _claims(model):
+        return None
+    return OnnxBackend(model, **options)
+
+
+def _frameworks():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(f"The ONNX backend needs onnx and onnxruntime ({err}): pip install 'convscope[onnx]'") from None
+    return onnx, onnxruntime
+
+
+class OnnxBackend:
+    """Backend for an ONNX model (path, bytes or ``onnx.ModelProto``).
+
+    ``input_shape`` (C, H, W) sizes the layer records of a model whose file leaves the size
+    open (default: the last batch seen). ``input`` and ``output`` pick a graph input or
+    output by name (``output`` also by index) when there are several. ``probabilities``
+    explains a final Softmax's output instead of its input. ``threads`` sets ONNX Runtime's
+    intra-op threads.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model, *, input_shape=None, input=None, output=None, probabilities=False, threads=None):
+        onnx, ort = _frameworks()
+        self._onnx = onnx
+        structure, weights = read_model(model, onnx)
+        self.graph = prepare(structure, weights, onnx, input=input, output=output, probabilities=probabilities)
+        file_chw = self.graph.file_chw
+        if input_shape is not None:
+            shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+            if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+                raise param_error("input_shape", "convscope.load", "(C, H, W), three positive ints", repr(input_shape))
+            if any(f is not None and f != d for f, d in zip(file_chw, shape)):
+                raise param_error("input_shape", "convscope.load", f"compatible with the model's input {file_chw}",
+                                  repr(input_shape))
+            input_shape = tuple(int(d) for d in shape)
+        self._input_shape = input_shape
+        self.channels = input_shape[0] if input_shape else file_chw[0]
+        self._spatial = tuple(file_chw[1:]) if None not in file_chw[1:] else None
+        self._last_shape = None
+        self._lock = threading.RLock()
+        self._sessions = SessionCache(self.graph, ort, onnx, threads=threads)
+        self._runner = Runner(self.graph, self._sessions, ort)
+        _, dtypes = infer_shapes(self.graph, None, onnx)
+        self._names = layer_names(self.graph, dtypes)
+        self._name_set = set(self._names)
+        self._shapes, self._plans, self._layers = {}, {}, {}
+
+    # ----------------------------------------------------------------- names and shapes
+    def _tensor(self, name):
+        return self.graph.image if name == INPUT else self.graph.scores if name == OUTPUT else name
+
+    def _check_names(self, names, param, owner):
+        names = [names] if isinstance(names, str) else list(names)
+        for n in names:
+            if n not in (INPUT, OUTPUT) and n not in self._name_set:
+                check_name(n, [INPUT, OUTPUT, *self._names], param, owner)
+        return names
+
+    def _check(self, x, owner):
+        x = as_images(x, owner=owner, channels=self.channels, spatial=self._spatial)
+        self._last_shape = tuple(x.shape[1:])
+        return x
+
+    def _probe(self, names, chw):
+        batch = self.graph.fixed_batch or 2
+        zeros = np.zeros((batch, *chw), np.float32)
+        return self._runner.forward(zeros, names)
+
+    def _shapes_for(self, chw):
+        with self._lock:
+            if chw not in self._shapes:
+                self._shapes[chw] = infer_shapes(self.graph, chw, self._onnx, probe=self._probe)
+            return self._shapes[chw]
+
+    def _layer_shape(self, name, n, chw):
+        dims = self._shapes_for(chw)[0].get(self._tensor(name))
+        return None if dims is None or None in dims[1:] else (n, *dims[1:])
+
+    # ----------------------------------------------------------------- the protocol
+    def layers(self):
+        """Records in execution order, shapes for ``input_shape``, the file's size, or the last batch seen."""
+        chw = self._input_shape or self._last_shape
+        if chw is None and None not in self.graph.file_chw:
+            chw = tuple(self.graph.file_chw)
+        if chw is None:
+            raise ValueError("The ONNX model leaves its input size open, so layer shapes are unknown. Pass "
+                             "input_shape=(C, H, W) to convscope.load, or run a batch first.")
+        with self._lock:
+            if chw not in self._layers:
+                self._layers[chw] = layer_records(self.graph, self._names, self._shapes_for(chw)[0])
+            return list(self._layers[chw])
+
+    def forward(self, x):
+        x = self._check(x, "forward")
+        with self._lock:
+            return self._runner.forward(x, [self.graph.scores])[0]
+
+    def activations(self, x, layers):
+        x = self._check(x, "activations")
+        names = self._check_names(layers, "layers", "activations")
+        tensors = list(dict.fromkeys(self._tensor(n) for n in names if n != INPUT))
+        with self._lock:
+            values = dict(zip(tensors, self._runner.forward(x, tensors))) if tensors else {}
+        values[self.graph.image] = x
+        return {n: values[self._tensor(n)] for n in names}
+
+    def _plan(self, chw, seeds, wrt, relu):
+        key = (chw, seeds, wrt, relu)
+        with self._lock:
+            if key not in self._plans:
+                shapes, dtypes = self._shapes_for(chw)
+                self._plans[key] = build_adjoint(self.graph, shapes, dtypes, list(seeds), list(wrt), relu)
+            return key, self._plans[key]
+
+    def _check_seeds(self, seed_map, at, n, chw):
+        if not hasattr(seed_map, "items"):
+            raise param_error("seeds", "gradient", "a mapping {name: array} (or a callable returning one)",
+                              type(seed_map).__name__, TypeError)
+        checked = {}
+        for name, s in seed_map.items():
+            self._check_names([name], "seeds", "gradient")
+            if name not in at:
+                raise ValueError(f"The 'seeds' parameter of gradient names {name!r}, which is not in at={at}.")
+            s = np.asarray(s, dtype=np.float32)
+            want = self._layer_shape(name, n, chw)
+            if want is None or s.shape != want:
+                raise param_error("seeds", "gradient", f"shaped like {name!r}, {want}", f"shape {s.shape}")
+            checked[self._tensor(name)] = np.ascontiguousarray(s)
+        return checked
+
+    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
+        x = self._check(x, "gradient")
+        check_choice(relu, RELU_RULES, "relu", "gradient")
+        wrt = self._check_names(wrt, "wrt", "gradient")
+        if not callable(seeds) and not hasattr(seeds, "items"):
+            raise param_error("seeds", "gradient", "a mapping {name: array} or a callable returning one",
+                              type(seeds).__name__, TypeError)
+        if at is None:
+            at = [OUTPUT] if callable(seeds) else list(seeds)
+        at = self._check_names(at, "at", "gradient")
+        n, chw = len(x), tuple(x.shape[1:])
+        shown = list(dict.fromkeys([*at, *wrt]))
+        wrt_t = tuple(dict.fromkeys(self._tensor(w) for w in wrt))
+        with self._lock:
+            if callable(seeds):
+                at_t = tuple(dict.fromkeys(self._tensor(a) for a in at))
+                key, plan = self._plan(chw, at_t, wrt_t, relu)
+                acts, grads = self._runner.split(key, plan, x, shown_tensors=self._shown(shown),
+                                                 seeds=lambda values: self._check_seeds(
+                                                     seeds({a: values[self._tensor(a)] for a in at}), at, n, chw))
+            else:
+                seed_map = self._check_seeds(seeds, at, n, chw)
+                key, plan = self._plan(chw, tuple(sorted(seed_map)), wrt_t, relu)
+                acts, grads = self._runner.combined(key, plan, x, seed_map, self._shown(shown))
+        acts[self.graph.image] = x
+        activations = {name: acts[self._tensor(name)] for name in shown}
+        return Gradients(grads={w: grads[self._tensor(w)] for w in wrt}, activations=activations,
+                         outputs=acts[self.graph.scores])
+
+    def _shown(self, names):
+        """Forward tensors a gradient call reports: its at and wrt layers and the scores."""
+        return list(dict.fromkeys([*(self._tensor(n) for n in names if n != INPUT), self.graph.scores]))
+
+    def weights(self, layer):
+        check_name(layer, self._names, "layer", "weights")
+        node = self.graph.nodes[self.graph.producer[layer]]
+        return layer_weights(self.graph, node)

@@ -1,0 +1,318 @@
+"""TensorFlow/Keras backend: Keras 3 models (Sequential, functional, subclassed, nested).
+
+NHWC inside, NCHW at the edge: the input, activations, seeds and gradients of 4-d tensors
+are transposed in NumPy around the traced function (cheaper than transposes in the graph),
+and layer records give channels-first shapes.
+Layers are named by their Keras names; a layer of a nested model by its path,
+``"base/block1_conv1"``; the second call of a shared layer by ``name#2``.
+
+Every pass runs the model layer by layer (:mod:`._keras_run`), so any layer's output can be
+recorded, seeded or differentiated, and the guided and deconvnet rules reach every ReLU,
+fused ones included, through ``tf.custom_gradient`` ops placed where the ReLUs are. The
+model object is only read: no activation is swapped on it, no flag or weight changes.
+Why this way: swapping activations on the model, even in try/finally, is visible to other
+threads using it; ``gradient_override_map`` is ignored by ``GradientTape``; a full clone
+costs memory and stops following the user's weights. Walking the graph ourselves costs
+nothing at run time (it happens once, while tracing) and shares the user's variables. A
+ReLU that runs as a raw op inside a layer's own code cannot be reached; a RuntimeWarning
+names such ops when a rule is asked for.
+
+Speed: forward, activations and gradients run as concrete ``tf.function`` graphs traced once
+per (seed names, wrt, rule) key with a ``None`` batch dimension in the input signature,
+kept in a small LRU cache, so calls never retrace; ``compile=False`` runs the same code
+eagerly (for debugging). Layer records come from one eager probe pass per input shape.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+
+from convscope._validate import as_images, check_choice, check_name, describe, param_error
+from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
+from convscope.hookspecs import hookimpl
+
+from ._keras_compiled import SeedCall, activations_body, callable_gradient_body, forward_body, gradient_body
+from ._keras_layers import layer_record, layer_weights, to_channels_first
+from ._keras_model import channels_last, check_input_shape, declared_input_shape, pick_output
+from ._keras_run import RULE_SCOPE, LayerRun, relu_site
+
+__all__ = ["KerasBackend"]
+
+_CACHE_SIZE = 16
+
+
+@hookimpl
+def convscope_make_backend(model, options):
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fsdecode(os.fspath(model))
+        if not path.lower().endswith((".keras", ".h5")):
+            return None
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"convscope.load: no Keras model file at {path!r}.")
+        try:
+            import keras
+        except ImportError as err:
+            raise ImportError(f"Loading {path!r} needs TensorFlow: pip install 'convscope[tensorflow]'") from err
+
+        return KerasBackend(keras.saving.load_model(path, compile=False), **options)
+    if sys.modules.get("keras") is None and sys.modules.get("tensorflow") is None:
+        return None  # no Keras model can exist (a blocked module is None in sys.modules)
+    try:
+        import keras
+    except ImportError:
+        return None
+
+    return KerasBackend(model, **options) if isinstance(model, keras.Model) else None
+
+
+def _traced(names):
+    """The activations a traced gradient returns: the input and the scores are known anyway."""
+    return [n for n in names if n not in (INPUT, OUTPUT)]
+
+
+class KerasBackend:
+    """Backend for a Keras 3 model on TensorFlow.
+
+    ``input_shape`` (C, H, W) sets the probe used by :meth:`layers` (default: the model's
+    declared input, else the last batch seen). ``output`` (index or name) picks one output
+    of a multi-output model. ``compile=False`` runs eagerly instead of through ``tf.function``.
+    """
+
+    name = "tensorflow"
+
+    def __init__(self, model, *, input_shape=None, output=None, compile=True):
+        import keras
+        import tensorflow as tf
+
+        if not isinstance(model, keras.Model):
+            raise param_error("model", "KerasBackend", "a keras.Model", describe(model), TypeError)
+        self._tf, self._keras, self.model, self.output = tf, keras, model, output
+        self._compile = bool(compile)
+        self._lock = threading.RLock()
+        self._functions, self._probes = OrderedDict(), OrderedDict()
+        self._traces = 0  # how many functions were traced: once per cache key, never per call
+        self._seed_call = SeedCall(self._to_edge, self._to_model)
+        self._channels_last = channels_last(model, keras)
+        declared = to_channels_first(declared_input_shape(model), self._channels_last)
+        input_shape = check_input_shape(input_shape)
+        self._input_shape = input_shape
+        self._declared = declared if declared is not None and None not in declared else None
+        self._spatial = tuple(declared[1:]) if declared is not None and None not in declared[1:] else None
+        self.channels = (input_shape or declared or (None,))[0]
+        self._last_shape = None
+        self._output_names = list(getattr(model, "output_names", None) or [])
+        if hasattr(model, "_outputs_struct"):  # functional: check the output choice now
+            struct = model._outputs_struct
+            self._pick(struct[0] if isinstance(struct, (list, tuple)) and len(struct) == 1 else struct)
+
+    @property
+    def fixed_size(self):
+        """(H, W) when the model takes only one image size, else None."""
+        return self._spatial
+
+    @property
+    def input_shape(self):
+        """(C, H, W) from the ``input_shape`` option or the model's declared input, else None."""
+        return self._input_shape or self._declared
+
+    # ----------------------------------------------------------------- helpers
+    @contextmanager
+    def _locked(self):
+        if self._seed_call.thread == threading.get_ident():
+            raise RuntimeError("A seeds callable cannot call the backend whose gradient it is seeding.")
+        with self._lock:
+            yield
+
+    def _pick(self, out):
+        return pick_output(out, self.output, self._output_names)
+
+    def _to_edge(self, a):
+        """A result in the model's layout -> float32 NumPy, NCHW for a 4-d map."""
+        a = np.asarray(a, dtype=np.float32)
+        if self._channels_last and a.ndim == 4:
+            return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+        return a
+
+    def _to_model(self, a):
+        """NCHW (edge) -> the model's layout, for inputs and seeds."""
+        if self._channels_last and a.ndim == 4:
+            return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+        return a
+
+    def _run(self, x, rule):
+        """The pass: ``{name: tensor}`` with ``x`` as ``input`` and the picked scores as ``output``."""
+        run = LayerRun(self._tf, self._keras, rule)
+        out = run.run(self.model, x, INPUT)
+        run.store[OUTPUT] = self._pick(out)
+        return run.store
+
+    def _function(self, key, body, seed_ranks=()):
+        """The concrete function for ``key``, traced once and kept in an LRU cache.
+
+        Calling the concrete function skips ``tf.function``'s signature dispatch (about half
+        of its per-call overhead) and can never retrace."""
+        fn = self._functions.get(key)
+        if fn is not None:
+            self._functions.move_to_end(key)
+            return fn
+        if self._compile:
+            tf = self._tf
+            shape = (None, self.channels, *(self._spatial or (None, None)))
+            shape = (shape[0], *shape[2:], shape[1]) if self._channels_last else shape
+            signature = [tf.TensorSpec(shape, tf.float32)] + [tf.TensorSpec([None] * r, tf.float32) for r in seed_ranks]
+            fn = tf.function(body, input_signature=signature, autograph=False).get_concrete_function()
+            self._traces += 1
+            rule = key[1] if key[0].startswith("gradient") else "standard"
+            if rule != "standard":
+                self._warn_unreached(fn, rule)
+        else:
+            fn = lambda *args: body(*[self._tf.constant(a) for a in args])  # noqa: E731
+        self._functions[key] = fn
+        while len(self._functions) > _CACHE_SIZE:
+            self._functions.popitem(last=False)
+        return fn
+
+    def _warn_unreached(self, concrete, rule):
+        missed = [op.name for op in concrete.graph.get_operations()
+                  if op.type in ("Relu", "Relu6") and RULE_SCOPE not in op.name]
+        if missed:
+            warnings.warn(f"{len(missed)} ReLU operations run outside the layers convscope walks (raw ops in a "
+                          f"subclassed model's call, or inside a custom layer): {', '.join(missed[:3])}. The {rule} "
+                          "rule does not reach them; their gradient follows the standard rule.", RuntimeWarning,
+                          stacklevel=4)
+
+    def _check(self, x, owner):
+        x = as_images(x, owner=owner, channels=self.channels, spatial=self._spatial)
+        if self._input_shape is None:
+            self._last_shape = x.shape[1:]
+        if not self.model.built:  # a subclassed model never called: build it as Keras's first call would
+            self.model(self._to_model(np.zeros((1, *x.shape[1:]), np.float32)), training=False)
+            self.channels = x.shape[1]
+        return x
+
+    # ----------------------------------------------------------------- layer records and names
+    def _probe(self, shape):
+        """(records, {name: NCHW shape without batch}, {name: layer}) for inputs of ``shape``."""
+        if shape in self._probes:
+            self._probes.move_to_end(shape)
+            return self._probes[shape]
+        tf, keras = self._tf, self._keras
+        run = LayerRun(tf, keras, "standard", probe=True)
+        try:
+            out = self._pick(run.run(self.model, tf.constant(self._to_model(np.zeros((1, *shape), np.float32))), INPUT))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+            raise ValueError(f"Could not run the model on a probe of shape {shape} to list its layers ({err}). "
+                             "Pass input_shape=(C, H, W) to convscope.load, or run a batch first.") from None
+        records = [layer_record(name, layer, i, o, inputs, relu_site(layer, tf, keras), self._channels_last, keras)
+                   for name, layer, i, o, inputs in run.records]
+        shapes = {r.name: r.shape for r in records}
+        shapes[INPUT], shapes[OUTPUT] = tuple(shape), self._to_edge(out).shape[1:]
+        self._probes[shape] = (records, shapes, {name: layer for name, layer, *_ in run.records})
+        while len(self._probes) > 8:
+            self._probes.popitem(last=False)
+        return self._probes[shape]
+
+    def _probe_shape(self):
+        shape = self._input_shape or self._last_shape or self._declared or (self.channels, 224, 224)
+        if shape[0] is None:
+            raise ValueError("The model has not been built, so its input shape is unknown. Pass input_shape=(C, H, W) "
+                             "to convscope.load, or run a batch first.")
+        return tuple(int(v) for v in shape)
+
+    def layers(self):
+        """Records in execution order, shapes for ``input_shape``, the model's input or the last batch."""
+        with self._locked():
+            return list(self._probe(self._probe_shape())[0])
+
+    def _check_names(self, names, param, owner, allow=(INPUT, OUTPUT)):
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in allow]
+        if unknown:
+            known = [r.name for r in (next(reversed(self._probes.values()))[0] if self._probes else self.layers())]
+            for n in unknown:
+                if n not in known:
+                    parent = n.rpartition("/")[0] if isinstance(n, str) else ""
+                    inside = [k for k in known if k.startswith(parent + "/")] if parent else []
+                    check_name(n, inside or [*allow, *known], param, owner)
+        return names
+
+    # ----------------------------------------------------------------- the protocol
+    def forward(self, x):
+        with self._locked():
+            x = self._check(x, "forward")
+            fn = self._function(("forward",), forward_body(self._run))
+            return self._to_edge(fn(self._to_model(x)))
+
+    def activations(self, x, layers):
+        with self._locked():
+            x = self._check(x, "activations")
+            names = list(dict.fromkeys(self._check_names(layers, "layers", "activations")))
+            fn = self._function(("activations", tuple(names)), activations_body(self._run, names))
+            return {n: self._to_edge(a) for n, a in zip(names, fn(self._to_model(x)))}
+
+    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
+        with self._locked():
+            x = self._check(x, "gradient")
+            check_choice(relu, RELU_RULES, "relu", "gradient")
+            wrt = list(dict.fromkeys(self._check_names(wrt, "wrt", "gradient")))
+            if at is None:
+                at = [OUTPUT] if callable(seeds) else list(seeds) if hasattr(seeds, "keys") else []
+            at = list(dict.fromkeys(self._check_names(at, "at", "gradient")))
+            acts = list(dict.fromkeys([*at, *wrt]))
+            if callable(seeds):
+                return self._callable_gradient(x, seeds, wrt, at, acts, relu)
+            if not hasattr(seeds, "items"):
+                raise param_error("seeds", "gradient", "a dict {name: array} or a callable", describe(seeds), TypeError)
+            shapes = self._probe(tuple(x.shape[1:]))[1]
+            names, arrays = list(seeds), []
+            for n in names:
+                self._check_names([n], "seeds", "gradient")
+                if n not in at:
+                    raise ValueError(f"The 'seeds' parameter of gradient names {n!r}, which is not in at={at}.")
+                s = np.asarray(seeds[n], dtype=np.float32)
+                want = (len(x), *shapes[n]) if n in shapes else None
+                if want is not None and s.shape != want:
+                    raise param_error("seeds", "gradient", f"shaped like {n!r}, {want}", f"shape {s.shape}")
+                arrays.append(np.ascontiguousarray(s))
+            if not names:
+                raise param_error("seeds", "gradient", "a dict with at least one seed", "an empty dict")
+            key = ("gradient", relu, tuple(names), tuple(a.ndim for a in arrays), tuple(wrt), tuple(acts))
+            body = gradient_body(self._tf, self._run, relu, names, wrt, _traced(acts))
+            fn = self._function(key, body, seed_ranks=key[3])
+            return self._result(fn(self._to_model(x), *[self._to_model(a) for a in arrays]), x, wrt, acts)
+
+    def _callable_gradient(self, x, seeds, wrt, at, acts, relu):
+        if not at:
+            raise param_error("at", "gradient", "at least one tensor name when seeds is a callable", "[]")
+        key = ("gradient_callable", relu, tuple(at), tuple(wrt), tuple(acts))
+        body = callable_gradient_body(self._tf, self._run, relu, at, wrt, _traced(acts), self._seed_call)
+        fn = self._function(key, body)
+        self._seed_call.arm(seeds, at)
+        failure = None
+        try:
+            return self._result(fn(self._to_model(x)), x, wrt, acts)
+        except Exception as err:
+            failure = err
+            raise
+        finally:
+            self._seed_call.disarm(failure)
+
+    def _result(self, result, x, wrt, acts):
+        out, act_values, grad_values = result
+        out = self._to_edge(out)
+        traced = dict(zip(_traced(acts), act_values))
+        activations = {n: x if n == INPUT else out if n == OUTPUT else self._to_edge(traced[n]) for n in acts}
+        return Gradients(grads={n: self._to_edge(g) for n, g in zip(wrt, grad_values)}, activations=activations,
+                         outputs=out)
+
+    def weights(self, layer):
+        with self._locked():
+            self._check_names([layer], "layer", "weights", allow=())
+            objects = next(reversed(self._probes.values()))[2]
+            return layer_weights(objects[layer], self._keras)

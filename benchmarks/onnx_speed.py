@@ -1,0 +1,163 @@
+"""ONNX Runtime backend: speed against the raw frameworks, and the cost of a large model.
+
+    python -m benchmarks.onnx_speed            # all three parts
+    python -m benchmarks.onnx_speed --skip-vgg --threads 1    # same thread count for both
+
+(a) input gradient of one class score, ResNet-18 exported from torch, 224 x 224, batch 1:
+    convscope's ONNX backend vs raw torch autograd on the same module (target <= 0.8);
+(b) forward of the same file: backend.forward vs a bare onnxruntime session.run (target <= 1.05);
+(c) VGG-19 (about 550 MB of float32 weights): load, building the gradient graph and its
+    session, and the first gradient, timed in a fresh process with its peak memory.
+
+Timings interleave the two contenders call by call and report medians, so that load from
+other processes on the machine hits both alike. All ratios come from this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from .models import resnet18, vgg19
+
+
+def _export(model, path=None, size=224):
+    import torch
+
+    target = path or io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), target, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                          opset_version=17, dynamo=False)
+    return path or target.getvalue()
+
+
+def interleaved(calls: dict, repeats: int, warmup: int = 3) -> dict:
+    """Median seconds per call of each named function, run in alternation."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def resnet_speed(repeats: int, threads: int | None = None):
+    import onnxruntime
+    import torch
+
+    import convscope
+
+    model = resnet18()
+    data = _export(model)
+    options = onnxruntime.SessionOptions()
+    if threads:
+        torch.set_num_threads(threads)
+        options.intra_op_num_threads = threads
+    backend = convscope.load(data, threads=threads)
+    bare = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    cls = 207
+    seed = np.zeros((1, 1000), np.float32)
+    seed[0, cls] = 1
+    xt = torch.from_numpy(x).requires_grad_(True)
+
+    def torch_gradient():
+        with torch.enable_grad():
+            return torch.autograd.grad(model(xt)[0, cls], xt)[0]
+
+    ours = backend.gradient(x, {"output": seed})["input"]
+    theirs = torch_gradient().numpy()
+    error = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))  # BatchNorm folded by the export
+    grad = interleaved({"convscope onnx gradient": lambda: backend.gradient(x, {"output": seed}),
+                        "torch autograd": torch_gradient}, repeats)
+    fwd = interleaved({"convscope onnx forward": lambda: backend.forward(x),
+                       "bare session.run": lambda: bare.run(None, {"input": x})}, repeats * 2)
+    return grad, fwd, error
+
+
+_VGG_CHILD = r"""
+import json, sys, time
+import numpy as np
+import convscope
+
+def peak_mb():
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
+
+base = peak_mb()[1]
+t = time.perf_counter(); backend = convscope.load(sys.argv[1]); load = time.perf_counter() - t
+after_load = peak_mb()
+weights = sum(w.nbytes for w in backend.graph.weights.values()) / 2**20
+t = time.perf_counter(); backend._plan((3, 224, 224), (backend.graph.scores,), (backend.graph.image,), "standard")
+plan = time.perf_counter() - t
+x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+seed = {"output": np.eye(1000, dtype=np.float32)[:1]}
+t = time.perf_counter(); backend.gradient(x, seed); first = time.perf_counter() - t
+t = time.perf_counter(); g = backend.gradient(x, seed)["input"]; second = time.perf_counter() - t
+after = peak_mb()
+print(json.dumps(dict(weights_mb=weights, base_mb=base, load_s=load, load_peak_mb=after_load[0] - base,
+                      plan_s=plan, first_gradient_s=first, gradient_s=second, peak_mb=after[0] - base,
+                      rss_mb=after[1] - base, finite=bool(np.isfinite(g).all()))))
+"""
+
+
+def vgg_cost():
+    model = vgg19()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "vgg19.onnx")
+        _export(model, path)
+        del model
+        size = os.path.getsize(path) / 2**20
+        done = subprocess.run([sys.executable, "-c", _VGG_CHILD, path], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["file_mb"] = size
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--skip-vgg", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch and ONNX Runtime alike (default: each framework's own choice)")
+    args = parser.parse_args(argv)
+    grad, fwd, error = resnet_speed(args.repeats, args.threads)
+    print(f"(a) ResNet-18 224x224 batch 1, input gradient of one class score, threads: {args.threads or 'default'}")
+    for name, t in grad.items():
+        print(f"    {name:26s} {t * 1e3:8.1f} ms")
+    ratio_grad = grad["convscope onnx gradient"] / grad["torch autograd"]
+    print(f"    ratio onnx / torch = {ratio_grad:.2f}  (target <= 0.8); relative L2 difference {error:.1e}")
+    print("(b) ResNet-18 forward, same file")
+    for name, t in fwd.items():
+        print(f"    {name:26s} {t * 1e3:8.1f} ms")
+    ratio_fwd = fwd["convscope onnx forward"] / fwd["bare session.run"]
+    print(f"    ratio backend / bare = {ratio_fwd:.2f}  (target <= 1.05)")
+    if not args.skip_vgg:
+        v = vgg_cost()
+        print(f"(c) VGG-19: {v['weights_mb']:.0f} MB of weights ({v['file_mb']:.0f} MB file), fresh process")
+        print(f"    load {v['load_s']:.2f} s, peak +{v['load_peak_mb']:.0f} MB over the bare interpreter")
+        print(f"    gradient graph built in {v['plan_s']:.2f} s; first gradient (session + run) {v['first_gradient_s']:.2f} s; "
+              f"next {v['gradient_s']:.2f} s")
+        print(f"    peak memory +{v['peak_mb']:.0f} MB = {v['peak_mb'] / v['weights_mb']:.2f} x the weights "
+              f"(resident now +{v['rss_mb']:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

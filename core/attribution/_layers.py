@@ -1,0 +1,88 @@
+"""Choosing and checking the layer a CAM reads, from the backend's layer records."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import check_name, describe, param_error
+
+__all__ = ["records", "spatial_size", "default_layer", "resolve_layer", "check_spatial", "gap_linear_head"]
+
+
+def records(backend, x):
+    """``backend.layers()``; a backend that needs a batch to size its probe sees one image first."""
+    try:
+        return backend.layers()
+    except ValueError:
+        backend.forward(x[:1])
+        return backend.layers()
+
+
+def spatial_size(shape) -> int:
+    """H * W of a (C, H, W) output shape, 0 for any other shape (or an unknown one)."""
+    return int(shape[1] * shape[2]) if shape is not None and len(shape) == 3 and None not in shape[1:] else 0
+
+
+def default_layer(recs, owner: str) -> str:
+    """The last layer (in execution order) whose output is a spatial map, H x W > 1."""
+    for r in reversed(recs):
+        if spatial_size(r.shape) > 1:
+            return r.name
+    raise ValueError(f"{owner} found no layer with a spatial (C, H, W) output in this model; "
+                     "pass layer=<name> explicitly.")
+
+
+def resolve_layer(backend, x, layer, owner: str):
+    """The layer name to use (checked against the records; default :func:`default_layer`)."""
+    if layer is not None and not isinstance(layer, str):
+        raise param_error("layer", owner, "a layer name (str) or None", describe(layer), TypeError)
+    recs = records(backend, x)
+    if layer is None:
+        return default_layer(recs, owner), recs
+    check_name(layer, [r.name for r in recs], "layer", owner)
+    shape = next(r.shape for r in recs if r.name == layer)
+    if shape is not None and spatial_size(shape) <= 1 and None not in shape:
+        raise param_error("layer", owner, "a layer with a spatial (C, H, W) output, H x W > 1",
+                          f"{layer!r} with output shape {tuple(shape)}")
+    return layer, recs
+
+
+def check_spatial(acts: np.ndarray, layer: str, owner: str) -> np.ndarray:
+    """The pass's own activations must be (N, C, H, W) with H x W > 1."""
+    if acts.ndim != 4 or acts.shape[2] * acts.shape[3] <= 1:
+        raise param_error("layer", owner, "a layer with a spatial (C, H, W) output, H x W > 1",
+                          f"{layer!r} with output shape {tuple(acts.shape[1:])}")
+    return acts
+
+
+def _why_not_gap_linear(recs, layer):
+    """(reason, None) when the records after ``layer`` are not [global average pool, (flatten),
+    linear]; (None, name of the linear layer) when they are."""
+    names = [r.name for r in recs]
+    after = [r for r in recs[names.index(layer) + 1:] if r.shape is not None and r.kind != "dropout"]
+    if not after:
+        return f"nothing runs after {layer!r}", None
+    pool, rest = after[0], after[1:]
+    op = (pool.op or "").lower()
+    is_global = pool.kind == "pool" and ("global" in op or spatial_size(pool.shape) <= 1 and len(pool.shape) in (1, 3))
+    if not is_global or "max" in op:
+        return f"the layer after {layer!r} is {pool.name!r} ({pool.kind} {pool.op}), not a global average pool", None
+    if rest and rest[0].kind in ("flatten", "reshape"):
+        rest = rest[1:]
+    if not rest or rest[0].kind != "linear":
+        nxt = f"{rest[0].name!r} ({rest[0].kind})" if rest else "nothing"
+        return f"the global pool {pool.name!r} is followed by {nxt}, not a linear layer", None
+    if len(rest) > 1:
+        extra = ", ".join(f"{r.name} ({r.kind})" for r in rest[1:4])
+        return f"the linear layer {rest[0].name!r} is followed by more layers: {extra}", None
+    return None, rest[0].name
+
+
+def gap_linear_head(recs, layer: str, owner: str) -> str:
+    """Name of the linear layer of a ``layer -> global average pool -> linear`` head; a
+    ValueError that says what is in the way otherwise."""
+    why, linear = _why_not_gap_linear(recs, layer)
+    if linear is not None:
+        return linear
+    raise ValueError(f"{owner} (Zhou et al. 2016) needs the layer to feed global average pooling and then one "
+                     f"linear layer that gives the outputs, so that class weights apply to its channels; here {why}. "
+                     "Use grad_cam, which works for any architecture and equals CAM on such models.")

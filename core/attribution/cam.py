@@ -1,0 +1,225 @@
+"""The class activation map family: one shared base, each variant a small function.
+
+Every CAM reads the activations ``A`` (N, C, h, w) of one layer and combines its channels:
+``cam = ReLU(sum_c w_c A_c)``, upsampled bilinearly to the input size. The variants differ
+only in the weights ``w`` (per channel, or per channel and position), as in pytorch-grad-cam.
+Gradient variants get ``A`` and ``dS/dA`` from ONE forward and backward pass
+(``backend.gradient(..., wrt=[layer])``); CAM, Score-CAM and Eigen-CAM need only forward
+passes, so they run on any backend.
+
+The default layer is the last one with a spatial output (H x W > 1), e.g. the last conv
+block before global pooling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import check_choice, check_int
+from ..backend import OUTPUT
+from ._layers import check_spatial, gap_linear_head, resolve_layer
+from ._targets import check_target, objective, output_seeds, prepare
+from .gradients import input_gradient
+from .occlusion import OUTPUT_MODES, auto_batch_size
+from .result import AttributionMaps, reduce_channels, upsample
+
+__all__ = ["cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam", "LayerPass"]
+
+
+@dataclass
+class LayerPass:
+    """What a variant's weight function sees: the backend, the images, the layer, its
+    activations ``acts`` (N, C, h, w), the gradient ``grads`` of the explained objective with
+    respect to them (None for gradient-free variants), the output seeds and classes."""
+
+    backend: object
+    x: np.ndarray
+    layer: str
+    acts: np.ndarray
+    grads: np.ndarray | None
+    seeds: np.ndarray | None
+    classes: np.ndarray | None
+    outputs: np.ndarray | None
+    records: list
+    owner: str
+
+
+def _layer_pass(owner, model, x, target, layer, mode, precheck=None):
+    """Run the one pass a variant needs: ``"gradient"`` (A and dS/dA), ``"activations"`` (A
+    and the outputs) or ``"layer"`` (A only). ``precheck(records, layer)`` may refuse the
+    model before any pass is run."""
+    backend, x = prepare(model, x, owner)
+    target = check_target(target, len(x), owner)
+    layer, recs = resolve_layer(backend, x, layer, owner)
+    if precheck is not None:
+        precheck(recs, layer)
+    seeds = classes = None
+    if mode == "gradient":
+        box = {}
+
+        def seed_fn(acts):
+            box["seeds"], box["classes"] = output_seeds(target, acts[OUTPUT], owner)
+            return {OUTPUT: box["seeds"]}
+
+        g = backend.gradient(x, seed_fn, at=[OUTPUT], wrt=[layer])
+        acts, grads, outputs = g.activations[layer], g.grads[layer], g.outputs
+        seeds, classes = box["seeds"], box["classes"]
+    else:
+        names = [layer, OUTPUT] if mode == "activations" else [layer]
+        got = backend.activations(x, names)
+        acts, grads, outputs = got[layer], None, got.get(OUTPUT)
+        if outputs is not None:
+            seeds, classes = output_seeds(target, outputs, owner)
+    check_spatial(acts, layer, owner)
+    return LayerPass(backend, x, layer, acts, grads, seeds, classes, outputs, recs, owner)
+
+
+def _combine(p: LayerPass, weights: np.ndarray, relu: bool) -> np.ndarray:
+    """``ReLU(sum_c w_c A_c)`` at the layer's resolution, (N, h, w)."""
+    if weights.ndim == 4:
+        m = np.einsum("nchw,nchw->nhw", weights, p.acts)
+    else:
+        m = np.einsum("nc,nchw->nhw", weights, p.acts)
+    return np.maximum(m, 0) if relu else m
+
+
+def _result(p: LayerPass, layer_maps: np.ndarray, relu: bool, **info) -> AttributionMaps:
+    maps = upsample(layer_maps, p.x.shape[2:])
+    return AttributionMaps(maps, p.x, p.owner, p.classes, signed=not relu, outputs=p.outputs,
+                           info={"layer": p.layer, "layer_maps": layer_maps.astype(np.float32), **info})
+
+
+def _run(owner, model, x, target, layer, weights_fn, mode, relu, precheck=None, **info):
+    p = _layer_pass(owner, model, x, target, layer, mode, precheck)
+    return _result(p, _combine(p, weights_fn(p), relu), relu, **info)
+
+
+# --------------------------------------------------------------------------- gradient variants
+def grad_cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+    """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij dS/dA_cij``,
+    ``cam = ReLU(sum_c w_c A_c)``. Any layer with a spatial output; default the last one."""
+    return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", relu)
+
+
+def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
+    g, a = p.grads.astype(np.float64), p.acts.astype(np.float64)
+    g2 = g * g
+    denom = 2 * g2 + a.sum(axis=(2, 3), keepdims=True) * g2 * g
+    alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=(g != 0) & (denom != 0))
+    return (alpha * np.maximum(g, 0)).sum(axis=(2, 3)).astype(np.float32)
+
+
+def grad_cam_pp(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+    """Grad-CAM++ (Chattopadhay et al. 2018), with the usual exp(score) closed form:
+    ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)``, ``w_c = sum_ij alpha_cij ReLU(g_cij)``,
+    where ``g = dS/dA`` (alpha = 0 where g = 0)."""
+    return _run("grad_cam_pp", model, x, target, layer, _grad_cam_pp_weights, "gradient", relu)
+
+
+def layer_cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+    """LayerCAM (Jiang et al. 2021): a weight per channel and position,
+    ``cam = ReLU(sum_c ReLU(dS/dA_c) * A_c)``; works on early layers too."""
+    return _run("layer_cam", model, x, target, layer, lambda p: np.maximum(p.grads, 0), "gradient", relu)
+
+
+def guided_grad_cam(model, x, target=None, *, layer: str | None = None) -> AttributionMaps:
+    """Guided Grad-CAM (Selvaraju et al. 2017): the guided-backprop gradient (N, C, H, W)
+    times the upsampled Grad-CAM map; the map is ``max_c |.|``. Two passes: one standard
+    (Grad-CAM), one with the guided ReLU rule."""
+    owner = "guided_grad_cam"
+    p = _layer_pass(owner, model, x, target, layer, "gradient")
+    coarse = _result(p, _combine(p, p.grads.mean(axis=(2, 3)), True), True)
+    target = p.classes if p.classes is not None else target
+    guided, _, _ = input_gradient(p.backend, p.x, target, owner, relu="guided")
+    a = guided * coarse.maps[:, None]
+    return AttributionMaps(reduce_channels(a, "max-abs"), p.x, owner, p.classes, attributions=a, outputs=p.outputs,
+                           info={"layer": p.layer, "grad_cam": coarse.maps})
+
+
+# --------------------------------------------------------------------------- gradient-free variants
+def cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+    """CAM (Zhou et al. 2016): ``cam = ReLU(sum_c W_kc A_c)`` with ``W`` the weights of the
+    linear layer that follows global average pooling of ``layer``, k the explained class.
+
+    Only for models of that form (``layer -> global average pool -> (flatten) -> linear``);
+    any other head raises a ValueError that says what is in the way. One forward pass.
+    Callable targets use the seeds as class weights: ``w_c = sum_k seeds_k W_kc``.
+    """
+    def weights(p: LayerPass) -> np.ndarray:
+        linear = gap_linear_head(p.records, p.layer, "cam")
+        params = p.backend.weights(linear)
+        w = np.asarray(params.get("weight", params.get("kernel")), np.float32)
+        k, c = p.outputs.shape[1], p.acts.shape[1]
+        if w.shape == (c, k) and w.shape != (k, c):
+            w = w.T
+        if w.shape != (k, c):
+            raise ValueError(f"cam: the weights of {linear!r} have shape {w.shape}, expected ({k}, {c}) "
+                             f"for {c} channels and {k} outputs.")
+        return p.seeds @ w
+
+    return _run("cam", model, x, target, layer, weights, "activations", relu,
+                precheck=lambda recs, name: gap_linear_head(recs, name, "cam"))
+
+
+def _score_cam_weights(p: LayerPass, output: str, batch_size: int) -> np.ndarray:
+    """``w_c = f(x * H_c)``, H_c the upsampled activation map min-max scaled to [0, 1]."""
+    n, c, _, _ = p.acts.shape
+    size = p.x.shape[2:]
+    # a constant map scales to 0 and masks the image to all zeros: judged before upsampling,
+    # whose rounding could turn a constant map's last bits into a full-range mask
+    live = np.argwhere(p.acts.max(axis=(2, 3)) > p.acts.min(axis=(2, 3)))
+    weights = np.zeros((n, c), np.float64)
+    if len(live) < n * c:  # one forward of a black image serves every constant map
+        blank = p.backend.forward(np.zeros((1, *p.x.shape[1:]), np.float32))
+        values = objective(np.repeat(blank, n, axis=0), p.seeds, output)
+        weights[:] = values[:, None]
+    for start in range(0, len(live), batch_size):
+        ns, cs = live[start:start + batch_size].T
+        masks = upsample(p.acts[ns, cs], size)
+        low = masks.min(axis=(1, 2), keepdims=True)
+        high = masks.max(axis=(1, 2), keepdims=True)
+        masks = np.divide(masks - low, high - low, out=np.zeros_like(masks), where=high > low)
+        out = p.backend.forward(p.x[ns] * masks[:, None])
+        weights[ns, cs] = objective(out, p.seeds[ns], output)
+    return weights.astype(np.float32)
+
+
+def score_cam(model, x, target=None, *, layer: str | None = None, output: str = "probability",
+              batch_size: int | None = None, relu: bool = True) -> AttributionMaps:
+    """Score-CAM (Wang et al. 2020): ``w_c = f(x * H_c)``, where ``H_c`` is channel c upsampled to
+    the input and scaled to [0, 1], f the explained class's softmax probability
+    (``output="probability"``, as in the authors' code) or score. Gradient-free.
+
+    ``batch_size`` masked images per backend call (None: as occlusion chooses). A constant channel scales to 0 (never
+    NaN); all such channels share one forward pass of a black image.
+    """
+    check_choice(output, OUTPUT_MODES, "output", "score_cam")
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", "score_cam", low=1)
+
+    def weights(p: LayerPass) -> np.ndarray:
+        return _score_cam_weights(p, output, batch_size or auto_batch_size(*p.x.shape[2:]))
+
+    return _run("score_cam", model, x, target, layer, weights,
+                "activations", relu, output=output)
+
+
+def eigen_cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+    """Eigen-CAM (Muhammad and Yeasin 2020): the projection of the centred activations on
+    their first principal component, ``cam = (A - mean) v_1`` with ``v_1`` the top right
+    singular vector of the (h w, C) activation matrix. Class-agnostic: ``target`` is
+    ignored. The sign of ``v_1`` is chosen so that the map correlates positively with the
+    channel-summed activation. One forward pass to the layer.
+    """
+    p = _layer_pass("eigen_cam", model, x, None, layer, "layer")
+    n, c, h, w = p.acts.shape
+    m = p.acts.reshape(n, c, h * w).transpose(0, 2, 1).astype(np.float64)
+    m -= m.mean(axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(m, full_matrices=False)
+    proj = np.einsum("npc,nc->np", m, vt[:, 0])
+    total = p.acts.reshape(n, c, h * w).sum(axis=1)
+    sign = np.sign(np.einsum("np,np->n", proj, total - total.mean(axis=1, keepdims=True)))
+    proj *= np.where(sign == 0, 1, sign)[:, None]
+    layer_maps = proj.reshape(n, h, w).astype(np.float32)
+    return _result(p, np.maximum(layer_maps, 0) if relu else layer_maps, relu)

@@ -1,0 +1,66 @@
+"""Optimisers in NumPy. Both *ascend*: ``step(params, grad)`` moves along ``+grad``.
+
+- :class:`SGD`: ``v = momentum v + g``; ``t = t + lr v``.
+- :class:`Adam` (Kingma and Ba 2015): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+  ``t = t + lr (m / (1 - b1^k)) / (sqrt(v / (1 - b2^k)) + eps)``.
+
+They hold no random state, so a run is reproducible from its seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import check_choice, check_number
+
+__all__ = ["SGD", "Adam", "make_optimizer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+class SGD:
+    """Gradient ascent with optional momentum."""
+
+    def __init__(self, lr: float = 1.0, *, momentum: float = 0.0):
+        self.lr = lr
+        self.momentum = momentum
+        self._velocity = None
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        if self.momentum:
+            self._velocity = grad if self._velocity is None else self.momentum * self._velocity + grad
+            grad = self._velocity
+        return (params + self.lr * grad).astype(np.float32, copy=False)
+
+
+class Adam:
+    """Adam, ascending."""
+
+    def __init__(self, lr: float = 0.05, *, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr = lr
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self._m = self._v = None
+        self._k = 0
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        if self._m is None or self._m.shape != grad.shape:
+            self._m = np.zeros_like(grad, dtype=np.float32)
+            self._v = np.zeros_like(grad, dtype=np.float32)
+            self._k = 0
+        self._k += 1
+        self._m *= self.b1
+        self._m += (1 - self.b1) * grad
+        self._v *= self.b2
+        self._v += (1 - self.b2) * grad * grad
+        m_hat = self._m / (1 - self.b1 ** self._k)
+        v_hat = self._v / (1 - self.b2 ** self._k)
+        return (params + self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32, copy=False)
+
+
+def make_optimizer(name, lr, owner):
+    """``name`` is "adam", "sgd" or an object with ``step(params, grad)``."""
+    if hasattr(name, "step"):
+        return name
+    check_choice(name, OPTIMIZERS, "optimizer", owner)
+    lr = check_number(lr, "lr", owner, low=0, strict=True)
+    return Adam(lr) if name == "adam" else SGD(lr)
