@@ -93,6 +93,8 @@ class TorchBackend:
     """
 
     name = "torch"
+    #: torch modules take any input size (a size mismatch surfaces as the module's own error)
+    fixed_size = None
 
     def __init__(self, module, *, input_shape=None, output=None):
         import torch

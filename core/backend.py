@@ -70,7 +70,11 @@ class Gradients:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What convscope needs from a model, in NumPy."""
+    """What convscope needs from a model, in NumPy.
+
+    Optional attribute: ``fixed_size``, the (H, W) a model requires, or None when it takes
+    any size; methods that make images (synthesis) read it with ``getattr``.
+    """
 
     name: str
 
