@@ -98,11 +98,14 @@ def _build(report, add, model, images, labels, masks, *, concepts=None, quick=Fa
 
     report.section("Embedding")
     feats = features.layer_features(model, images, last, progress=False)
-    emb = features.embed(feats, method="tsne" if len(images) >= 60 else "pca", labels=labels, images=images, classes=classes)
+    emb = features.embed(feats, method="tsne", perplexity=min(30.0, (len(images) - 1) / 3), labels=labels,
+                         images=images, classes=classes)
     add("tsne_grid", emb.image_grid(tile=24), f"images placed by a 2-D embedding of {last} (optimal grid assignment)")
 
-    rows = _attribution(add, report, model, images, labels, masks, SALIENCY, "Saliency family")
-    rows += _attribution(add, report, model, images, labels, masks, CAMS, "CAM family")
+    n = 24 if quick else 100  # attribution and its metrics: the slowest part of the report
+    masks_n = None if masks is None else masks[:n]
+    rows = _attribution(add, report, model, images[:n], labels[:n], masks_n, SALIENCY, "Saliency family")
+    rows += _attribution(add, report, model, images[:n], labels[:n], masks_n, CAMS, "CAM family")
     report.section("Methods compared")
     key = "pointing game" if masks is not None else "deletion AUC (lower is better)"
     report.table(sorted(rows, key=lambda r: -r[key] if key == "pointing game" else r[key]))
