@@ -8,14 +8,17 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_python_blocks_run(capsys):
+def test_python_blocks_run(capsys, tmp_path, monkeypatch):
     pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)  # the examples save pictures
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "['conv1', 'bn1', 'relu1', 'pool1']" in out and "(4, 3, 64, 64) (4, 64, 8, 8)" in out
+    assert out.strip().endswith("True") and (tmp_path / "grad_cam.png").exists()
 
 
 def test_ci_runs_the_readme_test_command():
