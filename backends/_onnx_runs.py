@@ -4,7 +4,9 @@ A model whose file fixes the batch size (often 1) serves any batch: the batch is
 chunks of that size (the last one zero-padded) and the results are put back together.
 Fixed seeds run the forward and backward nodes in one session call; seeds computed from
 the pass's own activations run a forward session that also returns the residuals, then a
-backward session that takes them, as OrtValues, without a copy through NumPy.
+backward session that takes them, as OrtValues, without a copy through NumPy. The backward
+session holds only backward nodes, so the two together run the nodes of the one-call graph
+once each: nothing of the forward pass is recomputed.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from ._onnx_session import RuntimeFailure, _first_line
 from ._onnx_shapes import FLOAT
 
 __all__ = ["Runner"]
+
+
+def _join(parts):
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _pad(array, missing):
@@ -93,8 +99,13 @@ class Runner:
             xv = ort.OrtValue.ortvalue_from_numpy(_pad(x[start:stop], pad))
             outs = self._call(forward, fwd_outputs, {image: xv}, x.shape, ort_values=True)
             ran.append((xv, dict(zip(fwd_outputs, outs))))
-        values = {t: np.concatenate([r[t].numpy()[:stop - start] for (start, stop, _), (_, r) in zip(chunks, ran)])
-                  for t in shown_tensors}
+        fed = set(residuals)
+
+        def gathered(t):  # OrtValue.numpy() is a view: what the backward reads is copied before the callable
+            parts = [r[t].numpy()[:stop - start] for (start, stop, _), (_, r) in zip(chunks, ran)]
+            return parts[0].copy() if len(parts) == 1 and t in fed else _join(parts)
+
+        values = {t: gathered(t) for t in shown_tensors}
         values[image] = x
         seed_map = seeds(values)
         for t in plan.seed_inputs:  # an asked tensor the callable left unseeded gets a zero seed
@@ -107,6 +118,6 @@ class Runner:
                           for t, name in plan.seed_inputs.items()})
             outs = self._call(backward, grads, feeds, x.shape, ort_values=True)
             parts.append([o.numpy()[:stop - start] for o in outs])
-        merged = [np.concatenate(p) for p in zip(*parts)]
+        merged = [_join(p) for p in zip(*parts)]
         by_output = dict(zip(grads, merged))
         return values, {t: by_output[name] for t, name in plan.grad_outputs.items()}

@@ -7,6 +7,11 @@ ONNX Runtime as OrtValues wrapping the backend's own NumPy arrays
 convolution kernels, which ONNX Runtime re-lays out for its blocked convolutions anyway,
 go in as data. Pre-packing, which would give every session its own re-laid-out copy of
 every matrix, is off.
+
+Idle worker threads sleep instead of spinning (busy-waiting for the next task), unless
+``spinning=True``: between two runs a synthesis loop does NumPy work, and a gradient with
+seeds from a callable runs NumPy between its forward and backward sessions; spinning
+threads take the cores that work needs (and those of other frameworks in the process).
 """
 from __future__ import annotations
 
@@ -65,9 +70,9 @@ def _needed(nodes, outputs):
 class SessionCache:
     """Builds and caches ``onnxruntime.InferenceSession`` objects for an :class:`OnnxGraph`."""
 
-    def __init__(self, graph, ort, onnx, *, threads=None):
+    def __init__(self, graph, ort, onnx, *, threads=None, spinning=False):
         self.graph, self._ort, self._onnx = graph, ort, onnx
-        self._threads = threads
+        self._threads, self._spinning = threads, spinning
         self._sessions = {}
         self._values = {}
         self._lock = threading.Lock()
@@ -144,6 +149,9 @@ class SessionCache:
         options.add_session_config_entry("session.disable_prepacking", "1")
         if self._threads:
             options.intra_op_num_threads = int(self._threads)
+        if not self._spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         for name in shared:
             options.add_initializer(name, self._ort_value(name))
         return options

@@ -63,12 +63,17 @@ class OnnxBackend:
     open (default: the last batch seen). ``input`` and ``output`` pick a graph input or
     output by name (``output`` also by index) when there are several. ``probabilities``
     explains a final Softmax's output instead of its input. ``threads`` sets ONNX Runtime's
-    intra-op threads.
+    intra-op threads. Their idle threads sleep rather than spin (busy-wait), which leaves the
+    cores to the NumPy work between passes and to other frameworks in the process;
+    ``spinning=True`` restores ONNX Runtime's default.
+
+    ``fixed_size`` is the (H, W) the model file fixes, or None when it leaves the size open.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model, *, input_shape=None, input=None, output=None, probabilities=False, threads=None):
+    def __init__(self, model, *, input_shape=None, input=None, output=None, probabilities=False, threads=None,
+                 spinning=False):
         onnx, ort = _frameworks()
         self._onnx = onnx
         structure, weights = read_model(model, onnx)
@@ -82,17 +87,24 @@ class OnnxBackend:
                 raise param_error("input_shape", "convscope.load", f"compatible with the model's input {file_chw}",
                                   repr(input_shape))
             input_shape = tuple(int(d) for d in shape)
+        if not isinstance(spinning, (bool, np.bool_)):
+            raise param_error("spinning", "convscope.load", "True or False", repr(spinning), TypeError)
         self._input_shape = input_shape
         self.channels = input_shape[0] if input_shape else file_chw[0]
         self._spatial = tuple(file_chw[1:]) if None not in file_chw[1:] else None
         self._last_shape = None
         self._lock = threading.RLock()
-        self._sessions = SessionCache(self.graph, ort, onnx, threads=threads)
+        self._sessions = SessionCache(self.graph, ort, onnx, threads=threads, spinning=bool(spinning))
         self._runner = Runner(self.graph, self._sessions, ort)
         _, dtypes = infer_shapes(self.graph, None, onnx)
         self._names = layer_names(self.graph, dtypes)
         self._name_set = set(self._names)
         self._shapes, self._plans, self._layers = {}, {}, {}
+
+    @property
+    def fixed_size(self):
+        """(H, W) when the model file fixes the input size, else None (any size runs)."""
+        return self._spatial
 
     # ----------------------------------------------------------------- names and shapes
     def _tensor(self, name):

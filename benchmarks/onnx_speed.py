@@ -2,15 +2,20 @@
 
     python -m benchmarks.onnx_speed            # all three parts
     python -m benchmarks.onnx_speed --skip-vgg --threads 1    # same thread count for both
+    python -m benchmarks.onnx_speed --skip-vgg --spinning     # the backend with ONNX Runtime's spinning threads
 
 (a) input gradient of one class score, ResNet-18 exported from torch, 224 x 224, batch 1:
     convscope's ONNX backend vs raw torch autograd on the same module (target <= 0.8);
-(b) forward of the same file: backend.forward vs a bare onnxruntime session.run (target <= 1.05);
+(b) forward of the same file: backend.forward vs a bare onnxruntime session.run (target <= 1.05),
+    the bare session built once with the backend's own session options (idle threads that
+    sleep, no pre-packing) and once with ONNX Runtime's defaults (idle threads that spin);
 (c) VGG-19 (about 550 MB of float32 weights): load, building the gradient graph and its
     session, and the first gradient, timed in a fresh process with its peak memory.
 
-Timings interleave the two contenders call by call and report medians, so that load from
-other processes on the machine hits both alike. All ratios come from this one run.
+Timings alternate the contenders in blocks of a few calls and report medians per call, so
+that load from other processes on the machine hits both alike, while a contender's
+spinning threads (torch's OpenMP pool, ONNX Runtime's default pool) only meet the other
+one at block boundaries. All ratios come from this one run.
 """
 from __future__ import annotations
 
@@ -41,21 +46,22 @@ def _export(model, path=None, size=224):
     return path or target.getvalue()
 
 
-def interleaved(calls: dict, repeats: int, warmup: int = 3) -> dict:
-    """Median seconds per call of each named function, run in alternation."""
+def interleaved(calls: dict, repeats: int, warmup: int = 3, block: int = 3) -> dict:
+    """Median seconds per call of each named function, run in alternating blocks of ``block`` calls."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     times = {name: [] for name in calls}
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // block)):
         for name, fn in calls.items():
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                fn()
+            times[name].append((time.perf_counter() - start) / block)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def resnet_speed(repeats: int, threads: int | None = None):
+def resnet_speed(repeats: int, threads: int | None = None, spinning: bool = False):
     import onnxruntime
     import torch
 
@@ -63,12 +69,14 @@ def resnet_speed(repeats: int, threads: int | None = None):
 
     model = resnet18()
     data = _export(model)
-    options = onnxruntime.SessionOptions()
+    defaults = onnxruntime.SessionOptions()
     if threads:
         torch.set_num_threads(threads)
-        options.intra_op_num_threads = threads
-    backend = convscope.load(data, threads=threads)
-    bare = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        defaults.intra_op_num_threads = threads
+    backend = convscope.load(data, threads=threads, spinning=spinning)
+    same = backend._sessions._options(())  # exactly the options the backend's sessions get
+    bare_same = onnxruntime.InferenceSession(data, same, providers=["CPUExecutionProvider"])
+    bare_default = onnxruntime.InferenceSession(data, defaults, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     cls = 207
     seed = np.zeros((1, 1000), np.float32)
@@ -84,9 +92,11 @@ def resnet_speed(repeats: int, threads: int | None = None):
     error = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))  # BatchNorm folded by the export
     grad = interleaved({"convscope onnx gradient": lambda: backend.gradient(x, {"output": seed}),
                         "torch autograd": torch_gradient}, repeats)
-    fwd = interleaved({"convscope onnx forward": lambda: backend.forward(x),
-                       "bare session.run": lambda: bare.run(None, {"input": x})}, repeats * 2)
-    return grad, fwd, error
+    fwd_same = interleaved({"convscope onnx forward": lambda: backend.forward(x),
+                            "bare, same options": lambda: bare_same.run(None, {"input": x})}, repeats * 2)
+    fwd_default = interleaved({"convscope onnx forward": lambda: backend.forward(x),
+                               "bare, default options": lambda: bare_default.run(None, {"input": x})}, repeats * 2)
+    return grad, (fwd_same, fwd_default), error
 
 
 _VGG_CHILD = r"""
@@ -133,22 +143,25 @@ def vgg_cost():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--skip-vgg", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for torch and ONNX Runtime alike (default: each framework's own choice)")
+    parser.add_argument("--spinning", action="store_true",
+                        help="load the backend with spinning=True (ONNX Runtime's default idle-thread spinning)")
     args = parser.parse_args(argv)
-    grad, fwd, error = resnet_speed(args.repeats, args.threads)
-    print(f"(a) ResNet-18 224x224 batch 1, input gradient of one class score, threads: {args.threads or 'default'}")
+    grad, fwds, error = resnet_speed(args.repeats, args.threads, args.spinning)
+    print(f"(a) ResNet-18 224x224 batch 1, input gradient of one class score, threads: {args.threads or 'default'}, "
+          f"backend spinning={args.spinning}")
     for name, t in grad.items():
         print(f"    {name:26s} {t * 1e3:8.1f} ms")
     ratio_grad = grad["convscope onnx gradient"] / grad["torch autograd"]
     print(f"    ratio onnx / torch = {ratio_grad:.2f}  (target <= 0.8); relative L2 difference {error:.1e}")
     print("(b) ResNet-18 forward, same file")
-    for name, t in fwd.items():
-        print(f"    {name:26s} {t * 1e3:8.1f} ms")
-    ratio_fwd = fwd["convscope onnx forward"] / fwd["bare session.run"]
-    print(f"    ratio backend / bare = {ratio_fwd:.2f}  (target <= 1.05)")
+    for fwd in fwds:
+        (ours_name, ours), (bare_name, bare) = fwd.items()
+        print(f"    {ours_name:26s} {ours * 1e3:8.1f} ms   {bare_name:22s} {bare * 1e3:8.1f} ms   "
+              f"ratio backend / bare = {ours / bare:.2f}  (target <= 1.05)")
     if not args.skip_vgg:
         v = vgg_cost()
         print(f"(c) VGG-19: {v['weights_mb']:.0f} MB of weights ({v['file_mb']:.0f} MB file), fresh process")

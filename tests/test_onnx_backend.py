@@ -114,6 +114,82 @@ def test_fixed_seeds_cost_one_run_and_callable_seeds_two(demo, monkeypatch):
     assert len(calls) == 3  # one forward, one backward
 
 
+def test_callable_seeds_run_one_forward_and_a_backward_that_recomputes_nothing(monkeypatch):
+    """The forward session also returns the residuals the backward nodes read; the backward
+    session takes them as inputs and holds no forward node, so the two run exactly the nodes
+    of the one-call graph that fixed seeds use, and give the same numbers."""
+    backend = convscope.load(convscope.data.demo_model("onnx"))
+    built, runs = {}, []
+    build_session = backend._sessions.session
+
+    def recording(key, build):
+        def build_and_keep():
+            made = build()
+            built[key[0]] = made[0]
+            return made
+        return build_session(key, build_and_keep)
+
+    original = type(backend._runner)._call
+
+    def counted(self, session, outputs, feeds, shape, ort_values=False):
+        runs.append(set(feeds))
+        return original(self, session, outputs, feeds, shape, ort_values)
+
+    monkeypatch.setattr(backend._sessions, "session", recording)
+    monkeypatch.setattr(type(backend._runner), "_call", counted)
+    x = images(2)
+    at, wrt = ["relu3", "output"], ["input", "conv2"]
+    squares = lambda acts: {"relu3": 2 * acts["relu3"], "output": acts["output"]}  # noqa: E731  (d/dz of ||z||^2)
+    called = backend.gradient(x, squares, at=at, wrt=wrt, relu="guided")
+    assert len(runs) == 2 and sorted(built) == ["split-backward", "split-forward"]
+    forward_tensors = {o for node in backend.graph.nodes for o in node.output}
+    backward = built["split-backward"].graph
+    assert not forward_tensors & {o for node in backward.node for o in node.output}
+    residuals = {v.name for v in backward.input} & forward_tensors
+    assert {"relu1", "relu2", "relu3", "pool1"} <= residuals and runs[1] >= residuals and runs[0] == {"input"}
+    fixed = backend.gradient(x, squares(called.activations), at=at, wrt=wrt, relu="guided")
+    assert len(runs) == 3
+    assert len(built["combined"].graph.node) == len(built["split-forward"].graph.node) + len(backward.node)
+    for name in wrt:
+        assert np.abs(fixed[name]).max() > 0
+        np.testing.assert_allclose(called[name], fixed[name], rtol=1e-5, atol=1e-6 * np.abs(fixed[name]).max())
+
+    def scribbling(acts):  # the arrays handed to the callable are its own: the backward reads the pass's values
+        seeds = {k: v.copy() for k, v in squares(acts).items()}
+        for a in acts.values():
+            a[...] = -1
+        return seeds
+
+    again = backend.gradient(x, scribbling, at=at, wrt=wrt, relu="guided")
+    for name in wrt:
+        np.testing.assert_array_equal(again[name], called[name])
+
+
+def test_idle_threads_sleep_unless_spinning_is_asked(demo):
+    def entries(backend):
+        backend.forward(images(1))
+        options = [s.get_session_options() for s in backend._sessions._sessions.values()]
+        return {o.get_session_config_entry("session.intra_op.allow_spinning") for o in options}
+
+    assert entries(demo) == {"0"}
+    spinning = convscope.load(convscope.data.demo_path("onnx"), spinning=True)
+    with pytest.raises(Exception, match="does not have configuration"):
+        entries(spinning)  # the entry is left unset: ONNX Runtime's default, spinning threads
+    np.testing.assert_array_equal(spinning.forward(images(2)), demo.forward(images(2)))
+    with pytest.raises(TypeError, match=r"'spinning' parameter of convscope.load must be True or False\. "
+                                        r"Got 'yes' instead"):
+        convscope.load(convscope.data.demo_path("onnx"), spinning="yes")
+
+
+def test_fixed_size_is_the_size_the_file_fixes(demo):
+    from convscope.synthesis._common import fixed_input_size
+
+    assert demo.fixed_size == (64, 64) and fixed_input_size(demo) == (64, 64)
+    free = convscope.load(om.custom_op_model(), input_shape=(om.C, 5, 7))  # every axis symbolic in the file
+    assert free.fixed_size is None and fixed_input_size(free) is None
+    assert convscope.load(om.operator_model("Relu")).fixed_size == (om.H, om.W)
+
+
 def test_sessions_and_adjoint_graphs_are_cached(demo):
     x = images(2)
     seed = {"output": np.ones((2, 4), np.float32)}

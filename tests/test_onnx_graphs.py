@@ -69,6 +69,31 @@ def test_clip_from_zero_follows_the_relu_rule(rule):
     assert not np.allclose(want, relu_rule("standard", g.activations[clip.inputs[0]], g[clip.name], upper=0.5))
 
 
+@pytest.mark.parametrize("batch", ["N", 2])
+@pytest.mark.parametrize("name", ["MaxPool_wide_by_indices", "LRN", "Clip", "Concat", "Softmax"])
+def test_callable_seeds_equal_the_same_seeds_given_fixed(name, batch):
+    """Forward session, seeds in NumPy, backward session on the saved residuals (an int64 argmax
+    among them for the patched MaxPool; a batch of 3 cut into padded chunks of 2 for batch=2)
+    against the one-call graph fed with the very seeds the callable returned."""
+    backend = convscope.load(om.operator_model(name, batch=batch), probabilities=True)
+    x = np.random.default_rng(7).standard_normal((3, om.C, om.H, om.W)).astype(np.float32)
+    inner = backend.layers()[0].name
+    at, wrt = [inner, "output"], ["input", inner]
+    given = {}
+
+    def cubes(acts):  # seeds of sum(|a|^3) / 3 at both tensors: they depend on the pass itself
+        given.update({k: v * np.abs(v) for k, v in acts.items()})
+        return dict(given)
+
+    for rule in ("standard", "guided"):
+        called = backend.gradient(x, cubes, at=at, wrt=wrt, relu=rule)
+        fixed = backend.gradient(x, given, at=at, wrt=wrt, relu=rule)
+        np.testing.assert_array_equal(called.outputs, fixed.outputs)
+        for n in wrt:
+            assert np.abs(fixed[n]).max() > 0
+            np.testing.assert_allclose(called[n], fixed[n], rtol=1e-5, atol=1e-6 * np.abs(fixed[n]).max())
+
+
 # --------------------------------------------------------------------------- torch-exported ResNet
 def export(model, *, batch=None, shape=(3, 16, 16), names=("input", "logits")):
     torch = pytest.importorskip("torch")

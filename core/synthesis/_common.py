@@ -15,13 +15,10 @@ __all__ = ["fixed_input_size", "input_channels", "check_weight", "check_range", 
 def fixed_input_size(backend):
     """(H, W) when the backend's model takes only one image size, else None.
 
-    Read from a public ``fixed_size`` attribute (H, W) when the backend has one, else from
-    the ``_spatial`` size the ONNX and Keras backends take from the model file (None for a
-    free size). A torch module is taken as size-free.
+    Read from the backend's optional ``fixed_size`` attribute (H, W), None for a free size
+    (the ONNX and Keras backends take it from the model file; a torch module is size-free).
     """
     size = getattr(backend, "fixed_size", None)
-    if size is None:
-        size = getattr(backend, "_spatial", None)
     if size is None or len(size) != 2:
         return None
     h, w = size
