@@ -99,7 +99,7 @@ def test_occlusion_matches_captum(demo, captum_demo, batch):
 def test_integrated_gradients_completeness_at_200_steps(demo):
     """sum(a) = S(x) - S(x') within 1%: of |S(x) - S(x')| from a grey baseline; from black, to
     which this model gives the class a score near that of the image, of the score's size."""
-    data = convscope.data.shapes(8, seed=2)
+    data = convscope.data.shapes(4, seed=2)
     x, y = data.images, data.labels
     rows = np.arange(len(x))
     for baseline in (0.5, None):
@@ -139,7 +139,8 @@ def test_saliency_variants_and_callable_targets(demo, batch):
     _close(A.saliency(demo, x, lambda out: out.argmax(axis=1), variant="raw").attributions,
            A.saliency(demo, x, None, variant="raw").attributions)
     mix = A.saliency(demo, x, lambda out: np.tile(np.float32([0.25, 0, 0.75, 0]), (len(out), 1)), variant="raw")
-    want = 0.25 * A.saliency(demo, x, 0, variant="raw").attributions + 0.75 * A.saliency(demo, x, 2, variant="raw").attributions
+    want = (0.25 * A.saliency(demo, x, 0, variant="raw").attributions
+            + 0.75 * A.saliency(demo, x, 2, variant="raw").attributions)
     _close(mix.attributions, want, 1e-5)
     assert mix.target is None
 
@@ -167,7 +168,7 @@ def test_unit_targets_match_autograd_and_captum(demo, captum_demo, batch):
 
 def test_occlusion_perturbations_per_eval_gives_identical_maps(demo, batch):
     x, y = batch
-    maps = [A.occlusion(demo, x, y, window=16, stride=8, perturbations_per_eval=p, output="probability").maps
+    maps = [A.occlusion(demo, x[:2], y[:2], window=16, stride=8, perturbations_per_eval=p, output="probability").maps
             for p in (1, 2, 3)]
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-7)
@@ -179,8 +180,10 @@ def test_occlusion_skips_windows_that_change_nothing(demo, captum_demo):
     got = A.occlusion(demo, x, 1, window=8, stride=8, fill="zero")
     assert got.info["evaluated"] < got.info["windows"] * 2
     want = captum_attr.Occlusion(captum_demo).attribute(torch.from_numpy(x), sliding_window_shapes=(3, 8, 8),
-                                                        strides=(3, 8, 8), target=1).numpy()
+                                                        strides=(3, 8, 8), target=1, perturbations_per_eval=16).numpy()
     _close(got.maps, want[:, 0], 1e-4)
+    blank = A.occlusion(demo, np.zeros((1, 3, 64, 64), np.float32), 1, window=8, fill="zero")
+    assert blank.info["evaluated"] == 0 and not blank.maps.any() and blank.outputs.shape == (1, 4)
 
 
 def test_occlusion_fills(demo, batch):
@@ -214,10 +217,14 @@ def test_gaussian_blur_matches_scipy(rng):
     (lambda m, x: A.occlusion(m, x, 0, output="logit"), r"'output' parameter of occlusion must be one of"),
     (lambda m, x: A.smoothgrad(m, x, 0, samples=0), r"'samples' parameter of smoothgrad must be >= 1"),
     (lambda m, x: A.saliency(m, x, 0, variant="square"), r"'variant' parameter of saliency must be one of"),
-    (lambda m, x: A.guided_backprop(m, x, 70, layer="relu3"), r"'target' parameter of guided_backprop must be a channel index of layer 'relu3' in \[0, 63\]"),
-    (lambda m, x: A.guided_backprop(m, x, 1, layer="relu3", neuron=(16, 0)), r"'neuron' parameter of guided_backprop must be a position inside the 16x16"),
-    (lambda m, x: A.guided_backprop(m, x, 1, neuron="max"), r"'neuron' parameter of guided_backprop must be None unless a layer"),
-    (lambda m, x: A.saliency(m, x, lambda out: out[:, :2]), r"'target' parameter of saliency must be a callable that returns"),
+    (lambda m, x: A.guided_backprop(m, x, 70, layer="relu3"),
+     r"'target' parameter of guided_backprop must be a channel index of layer 'relu3' in \[0, 63\]"),
+    (lambda m, x: A.guided_backprop(m, x, 1, layer="relu3", neuron=(16, 0)),
+     r"'neuron' parameter of guided_backprop must be a position inside the 16x16"),
+    (lambda m, x: A.guided_backprop(m, x, 1, neuron="max"),
+     r"'neuron' parameter of guided_backprop must be None unless a layer"),
+    (lambda m, x: A.saliency(m, x, lambda out: out[:, :2]),
+     r"'target' parameter of saliency must be a callable that returns"),
 ])
 def test_bad_input_is_refused_with_the_argument_named(demo, batch, call, match):
     with pytest.raises(ValueError, match=match):

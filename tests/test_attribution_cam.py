@@ -167,10 +167,13 @@ def test_default_layer_is_the_last_spatial_block():
 
 @pytest.mark.parametrize("call, match", [
     (lambda m, x: A.grad_cam(m, x, 0, layer="fc"), r"'layer' parameter of grad_cam must be a layer with a spatial"),
-    (lambda m, x: A.score_cam(m, x, 0, layer="gap"), r"'layer' parameter of score_cam must be a layer with a spatial .* 'gap' with output shape \(64, 1, 1\)"),
-    (lambda m, x: A.grad_cam_pp(m, x, 0, layer="relu44"), r"'layer' parameter of grad_cam_pp must be a known layer name.*closest: relu4"),
+    (lambda m, x: A.score_cam(m, x, 0, layer="gap"),
+     r"'layer' parameter of score_cam must be a layer with a spatial .* 'gap' with output shape \(64, 1, 1\)"),
+    (lambda m, x: A.grad_cam_pp(m, x, 0, layer="relu44"),
+     r"'layer' parameter of grad_cam_pp must be a known layer name.*closest: relu4"),
     (lambda m, x: A.grad_cam(m, x, 9), r"'target' parameter of grad_cam must be a class index in \[0, 3\]"),
-    (lambda m, x: A.cam(m, x, 0, layer="relu3"), r"cam .* here the layer after 'relu3' is 'pool3' \(pool MaxPool2d\), not a global average pool"),
+    (lambda m, x: A.cam(m, x, 0, layer="relu3"),
+     r"cam .* here the layer after 'relu3' is 'pool3' \(pool MaxPool2d\), not a global average pool"),
     (lambda m, x: A.score_cam(m, x, 0, output="logits"), r"'output' parameter of score_cam must be one of"),
     (lambda m, x: A.score_cam(m, x, 0, batch_size=0), r"'batch_size' parameter of score_cam must be >= 1"),
 ])

@@ -5,7 +5,8 @@ import numpy as np
 
 from .._validate import check_name, describe, param_error
 
-__all__ = ["records", "spatial_size", "default_layer", "resolve_layer", "check_spatial", "gap_linear_head"]
+__all__ = ["records", "spatial_size", "default_layer", "resolve_layer", "check_layer_name", "check_spatial",
+           "gap_linear_head"]
 
 
 def records(backend, x):
@@ -44,6 +45,14 @@ def resolve_layer(backend, x, layer, owner: str):
         raise param_error("layer", owner, "a layer with a spatial (C, H, W) output, H x W > 1",
                           f"{layer!r} with output shape {tuple(shape)}")
     return layer, recs
+
+
+def check_layer_name(backend, x, layer, owner: str) -> None:
+    """Raise the ``'layer'`` error (with close matches) when ``layer`` is not a known layer.
+
+    Called when a pass with an explicitly named layer failed: the records are read only
+    then, so a call that names its layer costs no probe of the model."""
+    check_name(layer, [r.name for r in records(backend, x)], "layer", owner)
 
 
 def check_spatial(acts: np.ndarray, layer: str, owner: str) -> np.ndarray:

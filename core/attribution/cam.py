@@ -18,7 +18,7 @@ import numpy as np
 
 from .._validate import check_choice, check_int
 from ..backend import OUTPUT
-from ._layers import check_spatial, gap_linear_head, resolve_layer
+from ._layers import check_layer_name, check_spatial, gap_linear_head, resolve_layer
 from ._targets import check_target, objective, output_seeds, prepare
 from .gradients import input_gradient
 from .occlusion import OUTPUT_MODES, auto_batch_size
@@ -41,7 +41,7 @@ class LayerPass:
     seeds: np.ndarray | None
     classes: np.ndarray | None
     outputs: np.ndarray | None
-    records: list
+    records: list | None  # the layer records, when the variant needed them
     owner: str
 
 
@@ -51,9 +51,21 @@ def _layer_pass(owner, model, x, target, layer, mode, precheck=None):
     model before any pass is run."""
     backend, x = prepare(model, x, owner)
     target = check_target(target, len(x), owner)
-    layer, recs = resolve_layer(backend, x, layer, owner)
-    if precheck is not None:
-        precheck(recs, layer)
+    recs = None
+    if layer is None or precheck is not None or not isinstance(layer, str):
+        layer, recs = resolve_layer(backend, x, layer, owner)
+        if precheck is not None:
+            precheck(recs, layer)
+    try:
+        return _pass(backend, x, target, layer, mode, recs, owner)
+    except ValueError:
+        if recs is None:  # a named layer the backend does not know: say so about 'layer'
+            check_layer_name(backend, x, layer, owner)
+        raise
+
+
+def _pass(backend, x, target, layer, mode, recs, owner):
+    """The pass itself, then the check that the layer's output is a spatial map."""
     seeds = classes = None
     if mode == "gradient":
         box = {}

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._validate import check_choice, check_int, check_number, describe, param_error
 from ..backend import INPUT, OUTPUT
+from ._layers import check_layer_name
 from ._targets import check_target, index_per_sample, output_seeds, prepare
 from .occlusion import auto_batch_size
 from .result import AttributionMaps, reduce_channels
@@ -100,10 +101,23 @@ def _gradient_map(owner, model, x, target, variant, relu, layer, neuron):
     check_choice(variant, tuple(_VARIANTS), "variant", owner)
     target = check_target(target, len(x), owner)
     neuron = _check_layer_args(layer, neuron, owner)
-    g, index, outputs = input_gradient(backend, x, target, owner, relu=relu, layer=layer, neuron=neuron)
+    try:
+        g, index, outputs = input_gradient(backend, x, target, owner, relu=relu, layer=layer, neuron=neuron)
+    except ValueError:
+        if layer is not None:  # a layer the backend does not know: say so about 'layer'
+            check_layer_name(backend, x, layer, owner)
+        raise
     info = {"variant": variant} if layer is None else {"variant": variant, "target_layer": layer, "neuron": neuron}
-    return AttributionMaps(reduce_channels(g, _VARIANTS[variant]), x, owner, index, signed=variant != "abs",
-                           attributions=np.abs(g) if variant == "abs" else g, outputs=outputs, info=info)
+    return _maps(g, variant, x, owner, index, outputs, info)
+
+
+def _maps(g, variant, x, owner, index, outputs, info):
+    """The result of a gradient method: ``variant`` "abs" keeps ``|g|`` (its channel max is the map)."""
+    if variant == "abs":
+        a = np.abs(g)
+        return AttributionMaps(a.max(axis=1), x, owner, index, attributions=a, outputs=outputs, info=info)
+    return AttributionMaps(reduce_channels(g, _VARIANTS[variant]), x, owner, index, signed=True, attributions=g,
+                           outputs=outputs, info=info)
 
 
 def saliency(model, x, target=None, *, variant: str = "abs", layer: str | None = None, neuron=None) -> AttributionMaps:
@@ -190,9 +204,9 @@ def smoothgrad(model, x, target=None, *, noise: float = 0.15, samples: int = 25,
     ``g = (1/n) sum_i dS/dx (x + e_i)``, ``e_i ~ N(0, sigma^2)``, ``sigma = noise (max(x) - min(x))``
     per image; the map reduces ``g`` as :func:`saliency` does for ``variant``.
 
-    ``batch_size`` noisy images go through the backend per call (None: half of
-    :func:`~convscope.attribution.occlusion.auto_batch_size`, as a backward pass keeps
-    activations); the noise depends on ``seed`` only, so results do not depend on ``batch_size``.
+    ``batch_size`` noisy images go through the backend per call (None: 2^19 pixels' worth,
+    128 images of 64 x 64, 10 of 224 x 224); the noise depends on ``seed`` only, so results
+    do not depend on ``batch_size``.
     """
     owner = "smoothgrad"
     backend, x = prepare(model, x, owner)
@@ -211,15 +225,13 @@ def smoothgrad(model, x, target=None, *, noise: float = 0.15, samples: int = 25,
 
     g = _averaged_gradient(backend, x, None, np.zeros(samples), np.full(samples, 1.0 / samples), draw,
                            classes, batch_size, owner)
-    return AttributionMaps(reduce_channels(g, _VARIANTS[variant]), x, owner,
-                           None if callable(classes) else classes, signed=variant != "abs",
-                           attributions=np.abs(g) if variant == "abs" else g, outputs=outputs,
-                           info={"noise": noise, "samples": samples, "variant": variant})
+    return _maps(g, variant, x, owner, None if callable(classes) else classes, outputs,
+                 {"noise": noise, "samples": samples, "variant": variant})
 
 
 def _gradient_batch(batch_size, x, owner):
-    if batch_size is None:
-        return max(1, auto_batch_size(*x.shape[2:]) // 2)
+    if batch_size is None:  # a backward pass prefers larger batches: 128 images of 64 x 64 (measured)
+        return auto_batch_size(*x.shape[2:], pixels=2 ** 19)
     return check_int(batch_size, "batch_size", owner, low=1)
 
 
