@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
@@ -30,6 +31,12 @@ def convscope_make_backend(model, options):
     if isinstance(model, torch.nn.Module):
         return TorchBackend(model, **options)
     return None
+
+
+#: Layer records per module and probe shape. Keyed weakly, holding no reference to the
+#: module, so ``convscope.load(module)`` called again (as every method does when given a raw
+#: module) does not probe again, and a deleted module takes its records with it.
+_PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class _Stop(Exception):
@@ -104,7 +111,7 @@ class TorchBackend:
         self.output = output
         self._named = {n: m for n, m in module.named_modules() if n}
         self._lock = threading.RLock()
-        self._layers = {}
+        self._layers = _PROBES.setdefault(module, {})  # shared by every backend of this module
         self._last_shape = None
         hint = getattr(module, "input_shape", None)  # a model may state its input size (C, H, W)
         if input_shape is None and isinstance(hint, tuple) and len(hint) == 3:
@@ -351,7 +358,8 @@ class TorchBackend:
     def __setstate__(self, state):
         import torch
 
-        self.__dict__.update(state, _lock=threading.RLock(), _torch=torch, _layers={})
+        self.__dict__.update(state, _lock=threading.RLock(), _torch=torch)
+        self._layers = _PROBES.setdefault(self.module, {})
 
     def weights(self, layer):
         check_name(layer, self._named, "layer", "weights")
