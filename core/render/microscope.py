@@ -61,8 +61,9 @@ def _attribution(add, report, model, images, labels, masks, names, title):
             failed.append(f"{name}: {str(err).splitlines()[0]}")
             continue
         row = {"method": name, "seconds": time.perf_counter() - start}
-        if masks is not None:
-            row["pointing game"] = float(metrics.pointing_game(results[name], masks))
+        if masks is not None:  # Zhang et al.'s 15-pixel tolerance on 224-pixel images, scaled
+            tolerance = int(round(15 * images.shape[2] / 224))
+            row["pointing game"] = float(metrics.pointing_game(results[name], masks, tolerance=tolerance))
         row["deletion AUC (lower is better)"] = float(metrics.deletion(model, images, results[name], labels).auc.mean())
         rows.append(row)
     report.section(title)
