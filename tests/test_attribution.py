@@ -11,14 +11,11 @@ captum_attr = pytest.importorskip("captum.attr")
 import convscope
 from convscope import attribution as A
 
+from _assertions import assert_close  # noqa: E402
+
 pytestmark = pytest.mark.backend("torch")
 
 
-def _close(got, want, rtol=1e-4):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape
-    scale = max(np.abs(want).max(), 1e-12)
-    assert np.abs(got - want).max() / scale < rtol, np.abs(got - want).max() / scale
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +48,8 @@ def test_saliency_matches_captum(demo, captum_demo, batch):
     x, y = batch
     got = A.saliency(demo, x, y)
     want = captum_attr.Saliency(captum_demo).attribute(_t(x), target=torch.from_numpy(y), abs=True).detach().numpy()
-    _close(got.attributions, want)
-    _close(got.maps, want.max(axis=1))
+    assert_close(got.attributions, want)
+    assert_close(got.maps, want.max(axis=1))
     assert got.target.tolist() == y.tolist() and not got.signed
 
 
@@ -60,8 +57,8 @@ def test_input_x_gradient_matches_captum(demo, captum_demo, batch):
     x, y = batch
     want = captum_attr.InputXGradient(captum_demo).attribute(_t(x), target=torch.from_numpy(y)).detach().numpy()
     got = A.input_x_gradient(demo, x, y)
-    _close(got.attributions, want)
-    _close(got.maps, want.sum(axis=1))
+    assert_close(got.attributions, want)
+    assert_close(got.maps, want.sum(axis=1))
 
 
 @pytest.mark.parametrize("name, peer", [("guided_backprop", "GuidedBackprop"), ("deconvnet", "Deconvolution")])
@@ -69,9 +66,9 @@ def test_modified_relu_methods_match_captum(demo, captum_demo, batch, name, peer
     x, y = batch
     want = getattr(captum_attr, peer)(captum_demo).attribute(_t(x), target=torch.from_numpy(y)).detach().numpy()
     got = getattr(A, name)(demo, x, y, variant="raw")
-    _close(got.attributions, want)
-    _close(got.maps, want.sum(axis=1))
-    _close(getattr(A, name)(demo, x, y).maps, np.abs(want).max(axis=1))
+    assert_close(got.attributions, want)
+    assert_close(got.maps, want.sum(axis=1))
+    assert_close(getattr(A, name)(demo, x, y).maps, np.abs(want).max(axis=1))
 
 
 def test_integrated_gradients_matches_captum(demo, captum_demo, batch):
@@ -79,9 +76,9 @@ def test_integrated_gradients_matches_captum(demo, captum_demo, batch):
     ig = captum_attr.IntegratedGradients(captum_demo)
     want = ig.attribute(_t(x), target=torch.from_numpy(y), n_steps=24, internal_batch_size=16).detach().numpy()
     got = A.integrated_gradients(demo, x, y, steps=24, batch_size=7, method="gausslegendre")
-    _close(got.attributions, want, 1e-4)
+    assert_close(got.attributions, want, 1e-4)
     want = ig.attribute(_t(x), baselines=0.5, target=torch.from_numpy(y), n_steps=8, method="riemann_middle")
-    _close(A.integrated_gradients(demo, x, y, steps=8, baseline=0.5, method="riemann_middle").attributions,
+    assert_close(A.integrated_gradients(demo, x, y, steps=8, baseline=0.5, method="riemann_middle").attributions,
            want.detach().numpy())
 
 
@@ -91,7 +88,7 @@ def test_occlusion_matches_captum(demo, captum_demo, batch):
         torch.from_numpy(x), sliding_window_shapes=(3, 12, 10), strides=(3, 8, 6), baselines=0.0,
         target=torch.from_numpy(y), perturbations_per_eval=5).numpy()
     got = A.occlusion(demo, x, y, window=(12, 10), stride=(8, 6), fill="zero")
-    _close(got.maps, want[:, 0], 1e-4)
+    assert_close(got.maps, want[:, 0], 1e-4)
     assert got.info["windows"] == 8 * 10 and got.signed
 
 
@@ -117,31 +114,31 @@ def test_smoothgrad_is_exact_for_a_linear_model_and_independent_of_batching(rng)
     x = rng.random((2, 3, 8, 8), dtype=np.float32)
     got = A.smoothgrad(lin, x, [0, 2], samples=6, noise=0.3, batch_size=5, variant="raw")
     w = lin[1].weight.detach().numpy().reshape(3, 3, 8, 8)
-    _close(got.attributions, w[[0, 2]], 1e-5)
+    assert_close(got.attributions, w[[0, 2]], 1e-5)
     demo = convscope.data.demo_model("torch")
     x = convscope.data.shapes(2, seed=1).images
     a = A.smoothgrad(demo, x, 1, samples=5, batch_size=3, seed=4)
     b = A.smoothgrad(demo, x, 1, samples=5, batch_size=10, seed=4)
-    _close(a.maps, b.maps, 1e-5)
+    assert_close(a.maps, b.maps, 1e-5)
     assert not np.allclose(a.maps, A.saliency(demo, x, 1).maps)
-    _close(A.smoothgrad(demo, x, 1, noise=0.0, samples=2).maps, A.saliency(demo, x, 1).maps, 1e-5)
+    assert_close(A.smoothgrad(demo, x, 1, noise=0.0, samples=2).maps, A.saliency(demo, x, 1).maps, 1e-5)
 
 
 def test_saliency_variants_and_callable_targets(demo, batch):
     x, y = batch
     raw = A.saliency(demo, x, y, variant="raw")
     g = raw.attributions
-    _close(raw.maps, g.sum(axis=1))
+    assert_close(raw.maps, g.sum(axis=1))
     signed = A.saliency(demo, x, y, variant="signed").maps
     pick = np.abs(g).argmax(axis=1)[:, None]
-    _close(signed, np.take_along_axis(g, pick, axis=1)[:, 0])
+    assert_close(signed, np.take_along_axis(g, pick, axis=1)[:, 0])
     # a callable returning classes, and one returning seeds: the gradient is linear in the seeds
-    _close(A.saliency(demo, x, lambda out: out.argmax(axis=1), variant="raw").attributions,
+    assert_close(A.saliency(demo, x, lambda out: out.argmax(axis=1), variant="raw").attributions,
            A.saliency(demo, x, None, variant="raw").attributions)
     mix = A.saliency(demo, x, lambda out: np.tile(np.float32([0.25, 0, 0.75, 0]), (len(out), 1)), variant="raw")
     want = (0.25 * A.saliency(demo, x, 0, variant="raw").attributions
             + 0.75 * A.saliency(demo, x, 2, variant="raw").attributions)
-    _close(mix.attributions, want, 1e-5)
+    assert_close(mix.attributions, want, 1e-5)
     assert mix.target is None
 
 
@@ -152,18 +149,18 @@ def test_unit_targets_match_autograd_and_captum(demo, captum_demo, batch):
     xt = _t(x)
     acts = head(xt)
     grad = torch.autograd.grad(acts[:, 5].sum(), xt)[0].numpy()
-    _close(A.saliency(demo, x, 5, layer="relu3", variant="raw").attributions, grad, 1e-5)
+    assert_close(A.saliency(demo, x, 5, layer="relu3", variant="raw").attributions, grad, 1e-5)
     pos = (3, 7)
     want = captum_attr.GuidedBackprop(head).attribute(_t(x), target=(5, *pos)).detach().numpy()
     got = A.guided_backprop(demo, x, 5, layer="relu3", neuron=pos, variant="raw")
-    _close(got.attributions, want, 1e-5)
+    assert_close(got.attributions, want, 1e-5)
     assert got.info["target_layer"] == "relu3" and got.target.tolist() == [5] * 4
     # "max": the strongest unit of the channel, per sample (Zeiler and Fergus)
     a = acts[:, 9].detach().numpy().reshape(4, -1).argmax(axis=1)
     for i in range(4):
         yy, xx = divmod(int(a[i]), 16)
         one = captum_attr.Deconvolution(head).attribute(_t(x[i:i + 1]), target=(9, yy, xx)).detach().numpy()
-        _close(A.deconvnet(demo, x[i:i + 1], 9, layer="relu3", neuron="max", variant="raw").attributions, one, 1e-5)
+        assert_close(A.deconvnet(demo, x[i:i + 1], 9, layer="relu3", neuron="max", variant="raw").attributions, one, 1e-5)
 
 
 def test_occlusion_perturbations_per_eval_gives_identical_maps(demo, batch):
@@ -181,7 +178,7 @@ def test_occlusion_skips_windows_that_change_nothing(demo, captum_demo):
     assert got.info["evaluated"] < got.info["windows"] * 2
     want = captum_attr.Occlusion(captum_demo).attribute(torch.from_numpy(x), sliding_window_shapes=(3, 8, 8),
                                                         strides=(3, 8, 8), target=1, perturbations_per_eval=16).numpy()
-    _close(got.maps, want[:, 0], 1e-4)
+    assert_close(got.maps, want[:, 0], 1e-4)
     blank = A.occlusion(demo, np.zeros((1, 3, 64, 64), np.float32), 1, window=8, fill="zero")
     assert blank.info["evaluated"] == 0 and not blank.maps.any() and blank.outputs.shape == (1, 4)
 
@@ -189,7 +186,7 @@ def test_occlusion_skips_windows_that_change_nothing(demo, captum_demo):
 def test_occlusion_fills(demo, batch):
     x, y = batch
     value = A.occlusion(demo, x, y, window=16, stride=16, fill=0.0).maps
-    _close(value, A.occlusion(demo, x, y, window=16, stride=16, fill="zero").maps, 1e-6)
+    assert_close(value, A.occlusion(demo, x, y, window=16, stride=16, fill="zero").maps, 1e-6)
     per_channel = A.occlusion(demo, x, y, window=16, stride=16, fill=[0.2, 0.4, 0.6])
     assert per_channel.info["fill"] == "value" and np.isfinite(per_channel.maps).all()
     blur = A.occlusion(demo, x, y, window=16, stride=16, fill="blur").maps

@@ -13,14 +13,11 @@ import convscope
 from convscope import attribution as A
 from torch_models import MixedReLUNet, TinyResNet
 
+from _assertions import assert_close  # noqa: E402
+
 pytestmark = pytest.mark.backend("torch")
 
 
-def _close(got, want, rtol=1e-4):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape
-    scale = max(np.abs(want).max(), 1e-12)
-    assert np.abs(got - want).max() / scale < rtol, np.abs(got - want).max() / scale
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +58,11 @@ def test_grad_cam_matches_captum(demo, batch):
     assert got.info["layer"] == "relu4"  # the default: last layer with a spatial output
     lgc = captum_attr.LayerGradCam(demo, demo.relu4)
     want = lgc.attribute(torch.from_numpy(x), target=torch.from_numpy(y), relu_attributions=True)
-    _close(got.info["layer_maps"], want[:, 0].detach().numpy())
-    _close(got.maps, captum_attr.LayerAttribution.interpolate(want, (64, 64), "bilinear")[:, 0].detach().numpy())
+    assert_close(got.info["layer_maps"], want[:, 0].detach().numpy())
+    assert_close(got.maps, captum_attr.LayerAttribution.interpolate(want, (64, 64), "bilinear")[:, 0].detach().numpy())
     mid = A.grad_cam(demo, x, y, layer="conv3", relu=False)
     want = lgc.__class__(demo, demo.conv3).attribute(torch.from_numpy(x), target=torch.from_numpy(y))
-    _close(mid.info["layer_maps"], want[:, 0].detach().numpy())
+    assert_close(mid.info["layer_maps"], want[:, 0].detach().numpy())
     assert mid.signed
 
 
@@ -74,8 +71,8 @@ def test_guided_grad_cam_matches_captum(demo, batch):
     want = captum_attr.GuidedGradCam(demo, demo.relu4).attribute(
         torch.from_numpy(x), target=torch.from_numpy(y), interpolate_mode="bilinear").detach().numpy()
     got = A.guided_grad_cam(demo, x, y)
-    _close(got.attributions, want)
-    _close(got.maps, np.abs(want).max(axis=1))
+    assert_close(got.attributions, want)
+    assert_close(got.maps, np.abs(want).max(axis=1))
 
 
 def test_cam_is_the_class_weights_on_the_last_maps(demo, batch):
@@ -84,10 +81,10 @@ def test_cam_is_the_class_weights_on_the_last_maps(demo, batch):
     w = demo.fc.weight.detach()[torch.from_numpy(y)]
     want = torch.relu(torch.einsum("nc,nchw->nhw", w, a))
     got = A.cam(demo, x, y)
-    _close(got.info["layer_maps"], want.numpy())
-    _close(got.maps, _up(want))
+    assert_close(got.info["layer_maps"], want.numpy())
+    assert_close(got.maps, _up(want))
     # with GAP + linear, dS/dA = W / (h w): Grad-CAM is CAM / 64
-    _close(A.grad_cam(demo, x, y).info["layer_maps"] * 64, got.info["layer_maps"])
+    assert_close(A.grad_cam(demo, x, y).info["layer_maps"] * 64, got.info["layer_maps"])
 
 
 def test_grad_cam_pp_and_layer_cam_follow_their_formulas(demo, batch):
@@ -101,11 +98,11 @@ def test_grad_cam_pp_and_layer_cam_follow_their_formulas(demo, batch):
     w = (torch.relu(g) * aij).sum(dim=(2, 3))
     want = torch.relu((w[:, :, None, None] * a).sum(dim=1)).float()
     got = A.grad_cam_pp(demo, x, y, layer="conv4")
-    _close(got.info["layer_maps"], want.numpy(), 1e-4)
-    _close(got.maps, _up(want), 1e-4)
+    assert_close(got.info["layer_maps"], want.numpy(), 1e-4)
+    assert_close(got.maps, _up(want), 1e-4)
     # LayerCAM
     want = torch.relu((torch.relu(g) * a).sum(dim=1)).float()
-    _close(A.layer_cam(demo, x, y, layer="conv4").info["layer_maps"], want.numpy())
+    assert_close(A.layer_cam(demo, x, y, layer="conv4").info["layer_maps"], want.numpy())
 
 
 def _score_cam_reference(model, layer, x, y):
@@ -129,8 +126,8 @@ def test_score_cam_matches_the_written_out_algorithm(demo, batch):
     x, y = batch
     want = _score_cam_reference(demo, demo.relu4, x[:2], y[:2])
     got = A.score_cam(demo, x[:2], y[:2], batch_size=50)
-    _close(got.info["layer_maps"], want.numpy(), 1e-4)
-    _close(A.score_cam(demo, x[:2], y[:2], batch_size=7).maps, got.maps, 1e-5)
+    assert_close(got.info["layer_maps"], want.numpy(), 1e-4)
+    assert_close(A.score_cam(demo, x[:2], y[:2], batch_size=7).maps, got.maps, 1e-5)
 
 
 def test_score_cam_constant_maps_give_no_nan(demo, batch):
@@ -140,7 +137,7 @@ def test_score_cam_constant_maps_give_no_nan(demo, batch):
         dead.conv4.weight[:40] = 0  # those channels become constant maps (bias through BN and ReLU)
     got = A.score_cam(dead, x[:2], y[:2])
     assert np.isfinite(got.maps).all() and np.isfinite(got.info["layer_maps"]).all()
-    _close(got.info["layer_maps"], _score_cam_reference(dead, dead.relu4, x[:2], y[:2]).numpy(), 1e-4)
+    assert_close(got.info["layer_maps"], _score_cam_reference(dead, dead.relu4, x[:2], y[:2]).numpy(), 1e-4)
 
 
 def test_eigen_cam_projects_on_the_first_principal_component(demo, batch):
@@ -154,7 +151,7 @@ def test_eigen_cam_projects_on_the_first_principal_component(demo, batch):
         proj = m @ vecs[:, -1]
         total = a[i].sum(dim=0).flatten().double().numpy()
         proj *= np.sign(np.dot(proj, total - total.mean()))
-        _close(got.info["layer_maps"][i].ravel(), proj, 1e-4)
+        assert_close(got.info["layer_maps"][i].ravel(), proj, 1e-4)
     assert got.target is None
 
 
