@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from convscope._validate import param_error
+from convscope._validate import check_finite, param_error
 from convscope.backend import OUTPUT
 
 __all__ = ["forward_body", "activations_body", "gradient_body", "callable_gradient_body", "SeedCall"]
@@ -100,7 +100,7 @@ class SeedCall:
     def __call__(self, *tensors):
         self.thread = threading.get_ident()
         try:
-            acts = {n: self.to_edge(t.numpy()) for n, t in zip(self.at, tensors)}
+            acts = {n: check_finite(self.to_edge(t.numpy()), repr(n), "gradient") for n, t in zip(self.at, tensors)}
             seeds = self.fn(dict(acts))
             if not hasattr(seeds, "items"):
                 raise param_error("seeds", "gradient", "a callable returning a dict {name: array}",

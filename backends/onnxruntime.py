@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from convscope._validate import as_images, check_choice, check_name, param_error
+from convscope._validate import as_images, check_choice, check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
 from convscope.hookspecs import hookimpl
 
@@ -154,7 +154,7 @@ class OnnxBackend:
     def forward(self, x):
         x = self._check(x, "forward")
         with self._lock:
-            return self._runner.forward(x, [self.graph.scores])[0]
+            return check_finite(self._runner.forward(x, [self.graph.scores])[0], "the output", "forward")
 
     def activations(self, x, layers):
         x = self._check(x, "activations")
@@ -163,7 +163,8 @@ class OnnxBackend:
         with self._lock:
             values = dict(zip(tensors, self._runner.forward(x, tensors))) if tensors else {}
         values[self.graph.image] = x
-        return {n: values[self._tensor(n)] for n in names}
+        return {n: values[self._tensor(n)] if n == INPUT else check_finite(values[self._tensor(n)], repr(n), "activations")
+                for n in names}
 
     def _plan(self, chw, seeds, wrt, relu):
         key = (chw, seeds, wrt, relu)
@@ -208,14 +209,15 @@ class OnnxBackend:
                 key, plan = self._plan(chw, at_t, wrt_t, relu)
                 acts, grads = self._runner.split(key, plan, x, shown_tensors=self._shown(shown),
                                                  seeds=lambda values: self._check_seeds(
-                                                     seeds({a: values[self._tensor(a)] for a in at}), at, n, chw))
+                                                     seeds({a: check_finite(values[self._tensor(a)], repr(a), "gradient") for a in at}), at, n, chw))
             else:
                 seed_map = self._check_seeds(seeds, at, n, chw)
                 key, plan = self._plan(chw, tuple(sorted(seed_map)), wrt_t, relu)
                 acts, grads = self._runner.combined(key, plan, x, seed_map, self._shown(shown))
         acts[self.graph.image] = x
-        activations = {name: acts[self._tensor(name)] for name in shown}
-        return Gradients(grads={w: grads[self._tensor(w)] for w in wrt}, activations=activations,
+        activations = {name: check_finite(acts[self._tensor(name)], repr(name), "gradient") for name in shown}
+        return Gradients(grads={w: check_finite(grads[self._tensor(w)], f"the gradient at {w!r}", "gradient")
+                                for w in wrt}, activations=activations,
                          outputs=acts[self.graph.scores])
 
     def _shown(self, names):

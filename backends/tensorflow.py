@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from convscope._validate import as_images, check_choice, check_name, describe, param_error
+from convscope._validate import as_images, check_choice, check_finite, check_name, describe, param_error
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
 from convscope.hookspecs import hookimpl
 
@@ -247,14 +247,15 @@ class KerasBackend:
         with self._locked():
             x = self._check(x, "forward")
             fn = self._function(("forward",), forward_body(self._run))
-            return self._to_edge(fn(self._to_model(x)))
+            return check_finite(self._to_edge(fn(self._to_model(x))), "the output", "forward")
 
     def activations(self, x, layers):
         with self._locked():
             x = self._check(x, "activations")
             names = list(dict.fromkeys(self._check_names(layers, "layers", "activations")))
             fn = self._function(("activations", tuple(names)), activations_body(self._run, names))
-            return {n: self._to_edge(a) for n, a in zip(names, fn(self._to_model(x)))}
+            return {n: check_finite(self._to_edge(a), repr(n), "activations")
+                    for n, a in zip(names, fn(self._to_model(x)))}
 
     def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
         with self._locked():
@@ -304,12 +305,17 @@ class KerasBackend:
             self._seed_call.disarm(failure)
 
     def _result(self, result, x, wrt, acts):
+        """The traced function's tensors as NumPy. NaN or Inf the model produced in an asked
+        tensor (``at``, ``wrt``) or gradient is reported (FloatingPointError), not handed on to
+        be drawn as a blank picture; as on torch, the scores are checked when they are asked."""
         out, act_values, grad_values = result
         out = self._to_edge(out)
         traced = dict(zip(_traced(acts), act_values))
-        activations = {n: x if n == INPUT else out if n == OUTPUT else self._to_edge(traced[n]) for n in acts}
-        return Gradients(grads={n: self._to_edge(g) for n, g in zip(wrt, grad_values)}, activations=activations,
-                         outputs=out)
+        activations = {n: x if n == INPUT else self._to_edge(out if n == OUTPUT else traced[n]) for n in acts}
+        for n in acts:
+            check_finite(activations[n], repr(n), "gradient")
+        return Gradients(grads={n: check_finite(self._to_edge(g), f"the gradient at {n!r}", "gradient")
+                                for n, g in zip(wrt, grad_values)}, activations=activations, outputs=out)
 
     def weights(self, layer):
         with self._locked():

@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "the report of the demo model on generated data", model=False, output=False)
     p.add_argument("--out", default="convscope-demo", help="output folder (default: convscope-demo)")
     p.add_argument("--quick", action="store_true", help="fewer images and steps (for tests)")
+    from .bench import add_bench_command
+    add_bench_command(sub)
     return parser
 
 

@@ -72,11 +72,12 @@ class Broden:
 
     def __init__(self, root, *, size: int = 224, mask_size: int = 112, categories=None, limit=None):
         self.root = Path(root)
+        size, mask_size = check_int(size, "size", "Broden", low=8), check_int(mask_size, "mask_size", "Broden", low=1)
         for name in ("index.csv", "label.csv"):
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"The Broden folder {self.root} has no {name}; expected index.csv, "
                                         "label.csv and images/.")
-        self.size, self.mask_size = check_int(size, "size", "Broden", low=8), check_int(mask_size, "mask_size", "Broden", low=1)
+        self.size, self.mask_size = size, mask_size
         with open(self.root / "index.csv", newline="") as f:
             self.rows = list(csv.DictReader(f))[:limit]
         labels = {}

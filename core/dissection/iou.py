@@ -9,7 +9,9 @@ Bilinear interpolation (align_corners False, as :func:`convscope.render.resize`)
 every output pixel a convex combination of one 2 x 2 block of the map, so a block whose
 largest corner is below t contributes nothing. Only blocks with a corner at or above t are
 interpolated: with t at the top 0.5%, that is a few per cent of the work of upsampling
-every map, and the counts are exactly those of the full computation.
+every map, and the counts are exactly those of the full computation
+(:func:`convscope.render.resize`), ties included: both interpolate as ``a + f (b - a)``, rows
+first, in float32, which keeps a flat region equal to t at t (a saturated ReLU6 unit, say).
 """
 from __future__ import annotations
 
@@ -69,8 +71,10 @@ def count_iou(acts: np.ndarray, masks: np.ndarray, thresholds: np.ndarray):
         return inter, above
     cell = i * w + j
     fy, fx = FY[cell], FX[cell]
-    v = ((1 - fy) * ((1 - fx) * a00[img, unit, i, j][:, None] + fx * a01[img, unit, i, j][:, None])
-         + fy * ((1 - fx) * a10[img, unit, i, j][:, None] + fx * a11[img, unit, i, j][:, None]))
+    c00, c01 = a00[img, unit, i, j][:, None], a01[img, unit, i, j][:, None]
+    c10, c11 = a10[img, unit, i, j][:, None], a11[img, unit, i, j][:, None]
+    left, right = c00 + fy * (c10 - c00), c01 + fy * (c11 - c01)  # the operations of render.resize, in its order
+    v = left + fx * (right - left)
     hit = (v >= t[0, unit, 0, 0][:, None]) & valid[cell]
     above += np.bincount(unit, weights=hit.sum(axis=1), minlength=units).astype(np.int64)
     r, p = np.nonzero(hit)

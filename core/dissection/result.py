@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import check_int, param_error
 from ..render import Picture, Renderable, bar_chart, grid, resize, to_rgb
 
 __all__ = ["Dissection", "compare", "label_changes"]
@@ -63,6 +64,8 @@ class Dissection(Renderable):
 
     def top_images(self, unit: int, k: int = 4) -> np.ndarray:
         """Indices of the ``k`` images where ``unit`` peaks highest (ties: lower index first)."""
+        unit = check_int(unit, "unit", "Dissection.top_images", low=0, high=self.unit_maxima.shape[1] - 1)
+        k = check_int(k, "k", "Dissection.top_images", low=1)
         values = self.unit_maxima[:, unit]
         return np.lexsort((np.arange(len(values)), -values))[:k]
 
@@ -125,6 +128,10 @@ def compare(dissections: dict, title: str = "unique detectors per category") -> 
     ``{name: Dissection}``), all on the same categories."""
     if not dissections:
         raise ValueError("The 'dissections' parameter of compare must hold at least one Dissection. Got none instead.")
+    bad = [name for name, d in dissections.items() if not isinstance(d, Dissection)]
+    if bad:
+        raise param_error("dissections", "compare", "a dict {name: Dissection}",
+                          f"{type(dissections[bad[0]]).__name__} for {bad[0]!r}", TypeError)
     categories = list(next(iter(dissections.values())).categories)
     series = {name: [d.unique_detectors().get(c, 0) for c in categories] for name, d in dissections.items()}
     return Picture(bar_chart(categories, series, title=title), title)
@@ -133,6 +140,9 @@ def compare(dissections: dict, title: str = "unique detectors per category") -> 
 def label_changes(before: Dissection, after: Dissection) -> list:
     """Units whose label changed between two dissections of the same layer (e.g. before and
     after fine-tuning): unit, label and IoU before and after, detector flags."""
+    for param, value in (("before", before), ("after", after)):
+        if not isinstance(value, Dissection):
+            raise param_error(param, "label_changes", "a Dissection", type(value).__name__, TypeError)
     if before.iou.shape[0] != after.iou.shape[0]:
         raise ValueError(f"The 'after' parameter of label_changes must dissect as many units as 'before' "
                          f"({before.iou.shape[0]}). Got {after.iou.shape[0]} instead.")

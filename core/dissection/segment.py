@@ -81,6 +81,8 @@ def segment(maps, images=None, *, method: str = "threshold", fraction: float = 0
 def segmentation_iou(pred, truth) -> np.ndarray:
     """Per-image IoU |P & T| / |P | T| of boolean masks (N, H, W); 1 where both are empty."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.ndim != 3:
+        raise param_error("pred", "segmentation_iou", "boolean masks (N, H, W)", f"shape {pred.shape}")
     if pred.shape != truth.shape:
         raise param_error("truth", "segmentation_iou", f"masks of shape {pred.shape}", f"shape {truth.shape}")
     inter = (pred & truth).sum(axis=(1, 2))
@@ -90,7 +92,12 @@ def segmentation_iou(pred, truth) -> np.ndarray:
 
 def centre_box(shape, fraction: float = 0.5) -> np.ndarray:
     """The baseline: a centred box covering ``fraction`` of each side, (N, H, W) bool."""
-    n, h, w = shape
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 3):
+        raise param_error("shape", "centre_box", "(N, H, W)", repr(shape))
+    n, h, w = (check_int(v, "shape", "centre_box", low=1) for v in shape)
+    fraction = check_number(fraction, "fraction", "centre_box", low=0, strict=True)
+    if fraction > 1:
+        raise param_error("fraction", "centre_box", "<= 1", str(fraction))
     box = np.zeros((n, h, w), bool)
     dh, dw = int(round(h * (1 - fraction) / 2)), int(round(w * (1 - fraction) / 2))
     box[:, dh:h - dh, dw:w - dw] = True

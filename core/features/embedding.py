@@ -106,7 +106,12 @@ def _umap(x, n_components, random_state, options):
 def grid_assignment(points: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """The grid cell (index ``r * cols + c``, row 0 at the top) of each 2-D point, by the
     optimal assignment of the module docstring. Needs ``len(points) <= rows * cols``."""
-    p = np.asarray(points, np.float64)[:, :2]
+    rows = check_int(rows, "rows", "grid_assignment", low=1)
+    cols = check_int(cols, "cols", "grid_assignment", low=1)
+    p = np.asarray(points, np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise param_error("points", "grid_assignment", "an array (N, d) of points", f"shape {p.shape}")
+    p = p[:, :2] if p.shape[1] > 1 else np.hstack([p, np.zeros_like(p)])  # 1-d: on a line, as the scatter plot
     if len(p) > rows * cols:
         raise param_error("points", "grid_assignment", f"at most rows * cols = {rows * cols} points", str(len(p)))
     lo, hi = p.min(axis=0), p.max(axis=0)

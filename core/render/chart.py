@@ -18,8 +18,14 @@ def bar_chart(labels, series: dict, *, title: str = "", width: int = 640, bar_he
     """
     from PIL import Image, ImageDraw, ImageFont
 
+    from .._validate import param_error
+
     labels = [str(x) for x in labels]
     names = list(series)
+    for n in names:
+        if np.shape(series[n]) != (len(labels),):
+            raise param_error("series", "bar_chart", f"one value per label ({len(labels)}) in each series",
+                              f"shape {np.shape(series[n])} for {n!r}")
     values = np.array([np.asarray(series[n], np.float64) for n in names]).reshape(len(names), len(labels))
     font = ImageFont.load_default()
     left = 12 + 7 * max([len(x) for x in labels] + [4])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_choice
+from .._validate import check_choice, check_int
 
 __all__ = ["colormap", "apply_colormap", "COLORMAPS"]
 
@@ -31,7 +31,8 @@ _TABLES: dict = {}
 
 def colormap(name: str = "viridis", n: int = 256) -> np.ndarray:
     """(n, 3) float32 RGB table of a colour map."""
-    check_choice(name, COLORMAPS, "cmap", "colormap")
+    check_choice(name, COLORMAPS, "name", "colormap")
+    n = check_int(n, "n", "colormap", low=2)
     key = (name, n)
     if key not in _TABLES:
         anchors = np.array(_ANCHORS[name], dtype=np.float32)
@@ -43,6 +44,7 @@ def colormap(name: str = "viridis", n: int = 256) -> np.ndarray:
 
 def apply_colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
     """Colour values in [0, 1] (any shape S): returns S + (3,) float32 RGB in [0, 1]."""
+    check_choice(name, COLORMAPS, "name", "apply_colormap")
     table = colormap(name)
     idx = np.clip(np.nan_to_num(np.asarray(values, np.float32)) * (len(table) - 1) + 0.5, 0, len(table) - 1)
     return table[idx.astype(np.intp)]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validate import check_number, param_error
-from .colormaps import apply_colormap
+from .._validate import check_choice, check_int, check_number, param_error
+from .colormaps import COLORMAPS, apply_colormap
 
 __all__ = ["to_rgb", "overlay", "heatmap", "grid", "resize", "save_png", "png_bytes", "atomic_write"]
 
@@ -49,8 +49,13 @@ def resize(array: np.ndarray, size: tuple, *, order: int = 1) -> np.ndarray:
     """Resize the last two axes of ``array`` to ``size`` (h, w): bilinear (``order=1``,
     align-corners False, as torch's ``interpolate``) or nearest (``order=0``)."""
     a = np.asarray(array, dtype=np.float32)
+    if a.ndim < 2:
+        raise param_error("array", "resize", "an array of at least 2 dimensions (..., H, W)", f"shape {a.shape}")
+    if not (isinstance(size, (tuple, list, np.ndarray)) and len(size) == 2):
+        raise param_error("size", "resize", "a pair (H, W)", repr(size), TypeError)
+    H, W = (check_int(s, "size", "resize", low=1) for s in size)
+    check_int(order, "order", "resize", low=0, high=1)
     h, w = a.shape[-2:]
-    H, W = int(size[0]), int(size[1])
     if (h, w) == (H, W):
         return a.copy()
     if order == 0:
@@ -66,12 +71,17 @@ def resize(array: np.ndarray, size: tuple, *, order: int = 1) -> np.ndarray:
 
     y0, y1, fy = axis(h, H)
     x0, x1, fx = axis(w, W)
-    rows = a[..., y0, :] * (1 - fy)[:, None] + a[..., y1, :] * fy[:, None]
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+    # a + f (b - a), rows first: exact where neighbours are equal (a flat region keeps its value
+    # to the last bit), and the order convscope.dissection.iou repeats to count exactly the same pixels
+    top = a[..., y0, :]
+    rows = top + fy[:, None] * (a[..., y1, :] - top)
+    left = rows[..., x0]
+    return left + fx * (rows[..., x1] - left)
 
 
 def heatmap(values: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """(H, W) values in [0, 1] to an (H, W, 3) colour picture."""
+    check_choice(cmap, COLORMAPS, "cmap", "heatmap")
     return apply_colormap(values, cmap)
 
 
@@ -80,6 +90,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, cmap: str = "jet", alpha: fl
 
     The heat map is resized (bilinear) to the image when their sizes differ.
     """
+    check_choice(cmap, COLORMAPS, "cmap", "overlay")
     alpha = check_number(alpha, "alpha", "overlay", low=0)
     if alpha > 1:
         raise param_error("alpha", "overlay", "<= 1", str(alpha))
@@ -101,7 +112,8 @@ def grid(tiles, *, ncols: int | None = None, pad: int = 2, pad_value: float = 1.
     if not tiles:
         raise ValueError("The 'tiles' parameter of grid must hold at least one image. Got an empty sequence instead.")
     n = len(tiles)
-    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    ncols = int(np.ceil(np.sqrt(n))) if ncols is None else check_int(ncols, "ncols", "grid", low=1)
+    pad = check_int(pad, "pad", "grid", low=0)
     nrows = int(np.ceil(n / ncols))
     th = max(t.shape[0] for t in tiles)
     tw = max(t.shape[1] for t in tiles)
@@ -126,6 +138,7 @@ def _to_pil(rgb: np.ndarray, scale: int = 1):
 
 def png_bytes(rgb: np.ndarray, *, scale: int = 1) -> bytes:
     """PNG-encode an (H, W, 3) picture in [0, 1]; ``scale`` enlarges it with nearest pixels."""
+    scale = check_int(scale, "scale", "png_bytes", low=1)
     buffer = io.BytesIO()
     _to_pil(rgb, scale).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -159,4 +172,5 @@ def atomic_write(path, data) -> Path:
 
 def save_png(rgb: np.ndarray, path, *, scale: int = 1) -> Path:
     """Write a PNG atomically (see :func:`atomic_write`)."""
+    check_int(scale, "scale", "save_png", low=1)
     return atomic_write(path, png_bytes(rgb, scale=scale))

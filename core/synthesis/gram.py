@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import param_error
 from .objectives import _LayerObjective
 
 __all__ = ["gram", "gram_adjoint", "gram_similarity", "diversity"]
 
 
-def _flat(a):
+def _flat(a, owner="gram"):
     a = np.asarray(a, np.float32)
+    if a.ndim < 2:
+        raise param_error("a", owner, "activations (N, C, ...) with at least 2 dimensions", f"shape {a.shape}")
     return a.reshape(a.shape[0], a.shape[1], -1) if a.ndim > 2 else a[:, :, None]
 
 
@@ -41,6 +44,7 @@ def _cosines(g):
 def gram_similarity(a: np.ndarray) -> float:
     """Mean pairwise cosine similarity of the images' Gram matrices, ``mean_{i != j} cos(G_i, G_j)``
     (1: the same style everywhere; lower: a more diverse batch)."""
+    _flat(a, "gram_similarity")
     n = len(a)
     if n < 2:
         return 1.0

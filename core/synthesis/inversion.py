@@ -28,6 +28,9 @@ __all__ = ["invert", "Inversion", "FeatureMatch", "psnr"]
 
 def psnr(a: np.ndarray, b: np.ndarray, value_range=(0.0, 1.0)) -> float:
     """Peak signal-to-noise ratio in dB: ``10 log10((hi - lo)^2 / mean((a - b)^2))``."""
+    value_range = check_range(value_range, "psnr")
+    if np.shape(a) != np.shape(b):
+        raise param_error("b", "psnr", f"an array shaped like 'a', {np.shape(a)}", f"shape {np.shape(b)}")
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
     peak = (value_range[1] - value_range[0]) ** 2
     return float("inf") if mse == 0 else 10.0 * np.log10(peak / mse)

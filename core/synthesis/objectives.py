@@ -51,15 +51,15 @@ class Objective:
 
     # composition ---------------------------------------------------------------
     def __add__(self, other):
-        return Sum([(1.0, self), (1.0, as_objective(other))])
+        return Sum([(1.0, self), (1.0, as_objective(other, owner="Objective.__add__", param="other"))])
 
     def __radd__(self, other):
         if isinstance(other, (int, float)) and other == 0:  # sum([...]) starts at 0
             return self
-        return Sum([(1.0, as_objective(other)), (1.0, self)])
+        return Sum([(1.0, as_objective(other, owner="Objective.__radd__", param="other")), (1.0, self)])
 
     def __sub__(self, other):
-        return Sum([(1.0, self), (-1.0, as_objective(other))])
+        return Sum([(1.0, self), (-1.0, as_objective(other, owner="Objective.__sub__", param="other"))])
 
     def __mul__(self, weight):
         w = check_number(weight, "weight", "Objective.__mul__")
@@ -71,9 +71,10 @@ class Objective:
         return Sum([(-1.0, self)])
 
 
-def as_objective(value) -> Objective:
+def as_objective(value, *, owner: str = "as_objective", param: str = "value") -> Objective:
+    """``value`` when it is an Objective; else a TypeError naming ``param`` of ``owner``."""
     if not isinstance(value, Objective):
-        raise param_error("objective", "visualize", "an Objective (neuron, channel, layer_l2, class_logit, "
+        raise param_error(param, owner, "an Objective (neuron, channel, layer_l2, class_logit, "
                           "class_probability, direction or a combination)", describe(value), TypeError)
     return value
 
@@ -87,7 +88,7 @@ class Sum(Objective):
             if isinstance(obj, Sum):
                 flat += [(w * w2, o2) for w2, o2 in obj.terms]
             else:
-                flat.append((float(w), as_objective(obj)))
+                flat.append((float(w), as_objective(obj, owner="Sum", param="terms")))
         self.terms = flat
         self.tensors = tuple(dict.fromkeys(t for _, o in flat for t in o.tensors))
         self.linear = all(o.linear for _, o in flat)
@@ -117,7 +118,8 @@ def weighted(objectives, weights) -> Sum:
     if len(objectives) != len(weights) or not objectives:
         raise param_error("weights", "weighted", f"one weight per objective ({len(objectives)})",
                           f"{len(weights)} weights")
-    return Sum([(check_number(w, "weights", "weighted"), as_objective(o)) for w, o in zip(weights, objectives)])
+    return Sum([(check_number(w, "weights", "weighted"), as_objective(o, owner="weighted", param="objectives"))
+                for w, o in zip(weights, objectives)])
 
 
 def _channel_axis(a, index, owner, param="channel"):

@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_choice, check_number
+from .._validate import check_choice, check_number, describe, param_error
 
 __all__ = ["SGD", "Adam", "make_optimizer", "OPTIMIZERS"]
 
 OPTIMIZERS = ("adam", "sgd")
 
 
+def _fraction(value, param, owner):
+    """A number in [0, 1): a momentum or a decay rate."""
+    value = check_number(value, param, owner, low=0)
+    if value >= 1:
+        raise param_error(param, owner, "< 1", str(value))
+    return value
+
+
 class SGD:
     """Gradient ascent with optional momentum."""
 
     def __init__(self, lr: float = 1.0, *, momentum: float = 0.0):
-        self.lr = lr
-        self.momentum = momentum
+        self.lr = check_number(lr, "lr", "SGD", low=0, strict=True)
+        self.momentum = _fraction(momentum, "momentum", "SGD")
         self._velocity = None
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -36,9 +44,11 @@ class Adam:
     """Adam, ascending."""
 
     def __init__(self, lr: float = 0.05, *, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.lr = lr
-        self.b1, self.b2 = betas
-        self.eps = eps
+        self.lr = check_number(lr, "lr", "Adam", low=0, strict=True)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise param_error("betas", "Adam", "a pair (b1, b2) in [0, 1)", describe(betas), TypeError)
+        self.b1, self.b2 = (_fraction(b, "betas", "Adam") for b in betas)
+        self.eps = check_number(eps, "eps", "Adam", low=0, strict=True)
         self._m = self._v = None
         self._k = 0
 

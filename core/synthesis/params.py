@@ -50,7 +50,12 @@ class ImageParam:
 
     def __init__(self, shape, *, spatial="fft", colour="decorrelated", squash="sigmoid", value_range=(0.0, 1.0),
                  decay_power=1.0, owner="visualize"):
-        self.shape = tuple(int(s) for s in shape)
+        try:
+            self.shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise param_error("shape", "ImageParam", "(N, C, H, W), four positive ints", repr(shape), TypeError) from None
+        if len(self.shape) != 4 or min(self.shape) < 1:
+            raise param_error("shape", "ImageParam", "(N, C, H, W), four positive ints", repr(shape))
         self.spatial = check_choice(spatial, SPATIAL, "param", owner)
         self.colour = check_choice(colour, COLOURS, "colour", owner)
         self.squash = check_choice(squash, SQUASHES, "squash", owner)

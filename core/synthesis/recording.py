@@ -51,6 +51,8 @@ def save_gif(pictures, path, *, duration: int = 80, scale: int = 1, loop: int = 
     pictures = list(pictures)
     if not pictures:
         raise param_error("pictures", "save_gif", "a non-empty sequence of pictures", "an empty sequence")
+    scale = check_int(scale, "scale", "save_gif", low=1)
+    duration = check_int(duration, "duration", "save_gif", low=1)
     images = []
     for p in pictures:
         im = Image.fromarray((np.clip(to_rgb(p), 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")

@@ -66,7 +66,7 @@ def make_transforms(transforms, owner="visualize") -> Transforms:
 def evaluate(model, objective, images) -> np.ndarray:
     """The objective's value (N,) for ``images``, from one forward pass."""
     backend = load(model)
-    objective = as_objective(objective).check(backend, "evaluate")
+    objective = as_objective(objective, owner="evaluate", param="objective").check(backend, "evaluate")
     x = as_images(images, param="images", owner="evaluate")
     acts = backend.activations(x, list(objective.tensors))
     return np.asarray(objective(acts)[0], np.float32)
@@ -117,7 +117,7 @@ def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, 
     """
     owner = "visualize"
     backend = load(model)
-    objective = as_objective(objective)
+    objective = as_objective(objective, owner="visualize", param="objective")
     steps = check_int(steps, "steps", owner, low=1)
     batch = check_int(batch, "batch", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
