@@ -20,24 +20,17 @@ import warnings
 
 import numpy as np
 
-import time
+
+from convscope._bench_peers import occluded_batches
+from convscope.bench import best_of as _best_of
 
 from ._timing import machine, report
 from .models import resnet18
 
 
 def best_of(calls: dict, repeat: int, warmup: int = 1) -> dict:
-    """Best seconds per call of each zero-argument callable, timed interleaved."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(repeat):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+    """Best seconds per call, timed interleaved (the shipped :func:`convscope.bench.best_of`)."""
+    return _best_of(calls, repeat=repeat, warmup=warmup)
 
 
 def _out_of_place(model):
@@ -48,27 +41,6 @@ def _out_of_place(model):
         if isinstance(m, torch.nn.ReLU):
             m.inplace = False
     return model.eval()
-
-
-def _occluded_batches(x, window, stride, per_eval):
-    """The images convscope's occlusion sends, in its calls: the occluded copies (and the
-    clean images riding in the first call), for the raw-forward floor."""
-    from convscope.attribution._fill import fill_images
-    from convscope.attribution.occlusion import window_positions
-
-    n, _, h, w = x.shape
-    filled = fill_images(x, "mean", "bench", sigma=1.0)
-    images = []
-    for y, c in window_positions((h, w), window, stride):
-        for i in range(n):
-            img = x[i].copy()
-            img[:, y:y + window[0], c:c + window[1]] = filled[i, :, y:y + window[0], c:c + window[1]]
-            images.append(img)
-    images = np.stack(images)
-    per_call = n * per_eval
-    batches = [images[s:s + per_call] for s in range(0, len(images), per_call)]
-    batches[0] = np.concatenate([batches[0], x])
-    return batches
 
 
 def _cases(model, x, target, *, layer, steps):
@@ -118,7 +90,7 @@ def occlusion_floor(title, backend, x, target, repeat, *, window, stride, per_ev
     each with its own default batching (Captum: one occluded copy per call)."""
     from convscope import attribution as A
 
-    batches = _occluded_batches(x, window, stride, per_eval)
+    batches = occluded_batches(x, window, stride, per_eval)
     calls = {
         "convscope": lambda: A.occlusion(backend, x, target, window=window, stride=stride,
                                          perturbations_per_eval=per_eval),
