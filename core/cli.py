@@ -29,9 +29,9 @@ def _save(result, args):
 def cmd_layers(args):
     import convscope
 
-    backend = convscope.load(load_model(args.model))
-    if args.size:
-        backend.forward(__import__("numpy").zeros((1, 3, *args.size), "float32"))
+    model = load_model(args.model)
+    options = {"input_shape": (3, *args.size)} if args.size and not isinstance(model, str) else {}
+    backend = convscope.load(model, **options)
     print(f"{'name':32} {'kind':10} {'shape':18} kernel/stride/padding")
     for r in backend.layers():
         geometry = f"{r.kernel}/{r.stride}/{r.padding}" if r.kernel else ""

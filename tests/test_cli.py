@@ -48,6 +48,8 @@ def test_layers(capsys):
     assert main(["layers", "demo"]) == 0
     out = capsys.readouterr().out
     assert "conv1" in out and "(16, 64, 64)" in out and "(3, 3)/(1, 1)/(1, 1, 1, 1)" in out
+    assert main(["layers", "demo", "--size", "32", "32"]) == 0
+    assert "(16, 32, 32)" in capsys.readouterr().out  # shapes for the asked size, not the model's own
 
 
 @pytest.mark.parametrize("command, extra", [

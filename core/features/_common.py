@@ -76,25 +76,28 @@ def caption(rgb: np.ndarray, text: str, *, height: int = 14) -> np.ndarray:
     return np.concatenate([top, body], axis=0)
 
 
+def _join(panels, axis: int, pad: int) -> np.ndarray:
+    """Panels (H_i, W_i, 3) joined along ``axis`` (1: a row, 0: a column) on white, aligned
+    at the top-left corner, ``pad`` pixels apart."""
+    across = 1 - axis
+    size = [0, 0]
+    size[axis] = sum(p.shape[axis] for p in panels) + pad * (len(panels) - 1)
+    size[across] = max(p.shape[across] for p in panels)
+    out = np.ones((*size, 3), np.float32)
+    at = 0
+    for p in panels:
+        index = [slice(0, p.shape[0]), slice(0, p.shape[1])]
+        index[axis] = slice(at, at + p.shape[axis])
+        out[tuple(index)] = p
+        at += p.shape[axis] + pad
+    return out
+
+
 def side_by_side(panels, *, pad: int = 8) -> np.ndarray:
     """Panels (H_i, W_i, 3) in one row on a white background, aligned at the top."""
-    h = max(p.shape[0] for p in panels)
-    w = sum(p.shape[1] for p in panels) + pad * (len(panels) - 1)
-    out = np.ones((h, w, 3), np.float32)
-    x = 0
-    for p in panels:
-        out[: p.shape[0], x:x + p.shape[1]] = p
-        x += p.shape[1] + pad
-    return out
+    return _join(panels, 1, pad)
 
 
 def stacked(panels, *, pad: int = 8) -> np.ndarray:
     """Panels in one column on a white background, aligned left."""
-    w = max(p.shape[1] for p in panels)
-    h = sum(p.shape[0] for p in panels) + pad * (len(panels) - 1)
-    out = np.ones((h, w, 3), np.float32)
-    y = 0
-    for p in panels:
-        out[y:y + p.shape[0], : p.shape[1]] = p
-        y += p.shape[0] + pad
-    return out
+    return _join(panels, 0, pad)
