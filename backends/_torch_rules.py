@@ -1,9 +1,10 @@
 """Guided and deconvnet ReLU rules for PyTorch, reaching every ReLU however it is called.
 
 A ``TorchFunctionMode`` sees each call of ``F.relu``, ``torch.relu``, ``Tensor.relu`` (and
-their in-place forms, which become out-of-place), ``nn.ReLU`` (which calls ``F.relu``),
-and ReLU6 (``F.hardtanh`` with min 0, ``F.relu6``), and runs an autograd Function with the
-chosen backward rule instead. Nothing on the model changes.
+their in-place forms, which stay in place), ``nn.ReLU`` (which calls ``F.relu``) and ReLU6
+(``F.hardtanh`` with min 0, ``F.relu6``). The guided rule on a ReLU keeps the native op
+and clips the gradient arriving at its output with a tensor hook; every other case runs
+an autograd Function with the chosen backward rule. Nothing on the model changes.
 """
 from __future__ import annotations
 
@@ -15,28 +16,44 @@ __all__ = ["relu_rule_mode", "relu_rule_function"]
 @lru_cache(maxsize=None)
 def relu_rule_function(torch):
     """The autograd Function (built once): max(x, 0), or clamp to [0, upper], with the
-    guided or deconvnet backward rule."""
+    guided or deconvnet backward rule. It keeps the output, not the input: the mask
+    [0 < x < upper] equals [0 < out < upper], and the output is alive anyway (the next
+    layer saves it), so the rule holds no extra tensor."""
 
     class RuleReLU(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, upper, rule):
             ctx.upper, ctx.rule = upper, rule
-            if rule == "guided":  # deconvnet's backward does not look at the input
-                ctx.save_for_backward(x)
-            return torch.relu(x) if upper is None else x.clamp(0, upper)
+            out = torch.relu(x) if upper is None else x.clamp(0, upper)
+            if rule == "guided":  # deconvnet's backward does not look at the values
+                ctx.save_for_backward(out)
+            return out
 
         @staticmethod
         def backward(ctx, grad):
             grad = torch.relu(grad)
             if ctx.rule == "guided":
-                (x,) = ctx.saved_tensors
+                (out,) = ctx.saved_tensors
                 if ctx.upper is None:
-                    grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad * [x > 0], fused
+                    grad = torch.ops.aten.threshold_backward(grad, out, 0)  # grad * [out > 0], fused
                 else:
-                    grad = grad * ((x > 0) & (x < ctx.upper))
+                    grad = grad * ((out > 0) & (out < ctx.upper))
             return grad, None, None
 
     return RuleReLU
+
+
+def _guided_relu(out):
+    """Guided backprop through a plain ReLU without a Python Function: ``out`` comes from
+    the native ReLU (whose backward is g * [out > 0]); a hook first clips the gradient
+    arriving at it to g > 0, so the gradient leaving the ReLU is max(g, 0) * [out > 0]."""
+    if out.requires_grad:
+        out.register_hook(_clip_negative)
+    return out
+
+
+def _clip_negative(grad):
+    return grad.clamp(min=0)
 
 
 @lru_cache(maxsize=None)
@@ -46,7 +63,19 @@ def _mode_class(torch):
     F = torch.nn.functional
     relus = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, getattr(F, "relu_", F.relu)}
     clamps = {F.hardtanh, torch.nn.functional.hardtanh_, F.relu6}
+    in_place = {torch.relu_, torch.Tensor.relu_, getattr(F, "relu_", None), F.hardtanh_}
+    inplace_arg = {F.relu: 1, F.relu6: 1, F.hardtanh: 3}  # position of the ``inplace`` flag
     rule_relu = relu_rule_function(torch)
+
+    def bounds(func, args, kwargs):
+        """(upper, applies): ReLU -> (None, True); a clamp applies only when its lower bound is 0."""
+        if func in relus:
+            return None, True
+        if func is F.relu6:
+            return 6.0, True
+        lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        return hi, lo == 0
 
     class Mode(TorchFunctionMode):
         def __init__(self, rule):
@@ -55,17 +84,19 @@ def _mode_class(torch):
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func in relus:
-                return rule_relu.apply(args[0], None, self.rule)
-            if func in clamps:
-                if func is F.relu6:
-                    lo, hi = 0.0, 6.0
-                else:
-                    lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-                    hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-                if lo == 0:
-                    return rule_relu.apply(args[0], hi, self.rule)
-            return func(*args, **kwargs)
+            if func not in relus and func not in clamps:
+                return func(*args, **kwargs)
+            upper, applies = bounds(func, args, kwargs)
+            if not applies:
+                return func(*args, **kwargs)
+            if self.rule == "guided" and upper is None:
+                return _guided_relu(func(*args, **kwargs))  # native, in place if asked
+            x = args[0]
+            out = rule_relu.apply(x, upper, self.rule)
+            at = inplace_arg.get(func)
+            if func in in_place or kwargs.get("inplace") or (at is not None and len(args) > at and args[at]):
+                return x.copy_(out)  # in place as asked: callers may ignore the returned tensor
+            return out
 
     return Mode
 

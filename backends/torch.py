@@ -127,21 +127,24 @@ class TorchBackend:
     @contextmanager
     def _eval_mode(self):
         """Eval mode for the call; every module's training flag restored afterwards."""
-        flags = [(m, m.training) for m in self.module.modules()]
+        switched = [m for m in self.module.modules() if m.training]  # setattr on a Module is slow: only these
         try:
-            for m, _ in flags:
+            for m in switched:
                 m.training = False
             yield
         finally:
-            for m, flag in flags:
-                m.training = flag
+            for m in switched:
+                m.training = True
 
     @contextmanager
-    def _capture(self, names, store, replace, stop_when_done=False):
+    def _capture(self, names, store, replace, stop_when_done=False, leaves=()):
         """Forward hooks that record the outputs of ``names`` into ``store``.
 
         With ``replace`` the hook hands a clone downstream so that in-place operations
         after the layer cannot change (or break the gradient of) the recorded tensor.
+        A layer in ``leaves`` whose output carries no graph (the pass started with
+        gradients off) is recorded as a fresh leaf that requires grad, and gradient
+        recording is switched on from there: the layers before it build no graph.
         """
         wanted = {}
         for n in names:
@@ -159,6 +162,9 @@ class TorchBackend:
                 if not isinstance(out, self._torch.Tensor):
                     raise TypeError(f"Layer {name!r} returns a {type(out).__name__}, not a tensor; "
                                     "pick one of its children instead.")
+                if name in leaves and not out.requires_grad:
+                    out = out.detach().requires_grad_(True)
+                    self._torch.set_grad_enabled(True)  # restored by the caller's no_grad context
                 store[name] = out if replace else out.detach().clone()
                 if stop_when_done and len(store) == len(names):
                     raise _Stop
@@ -317,14 +323,18 @@ class TorchBackend:
             at = list(seeds) if not callable(seeds) else [OUTPUT]
         at = self._check_names(at, "at", "gradient")
         inner = list(dict.fromkeys(n for n in [*at, *wrt] if n not in (INPUT, OUTPUT)))
+        # Only layers at or after the first ``wrt`` layer need a graph: when ``wrt`` names
+        # layers only, the pass runs without one until a ``wrt`` layer starts it (Grad-CAM
+        # differentiates the last conv block: the whole trunk before it records nothing).
+        from_input = INPUT in wrt or OUTPUT in wrt
         store = {}
         with self._lock, ExitStack() as stack:
             stack.enter_context(self._eval_mode())
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(self._capture(inner, store, replace=True))
+            stack.enter_context(torch.enable_grad() if from_input else torch.no_grad())
+            stack.enter_context(self._capture(inner, store, replace=True, leaves=() if from_input else set(wrt)))
             if relu != "standard":
                 stack.enter_context(relu_rule_mode(relu, torch))
-            xt = self._tensor(x).requires_grad_(True)
+            xt = self._tensor(x).requires_grad_(from_input)
             store[OUTPUT] = self._run(xt)
             store[INPUT] = xt
             missing = [n for n in inner if n not in store]
@@ -341,8 +351,9 @@ class TorchBackend:
                 if s.shape != tuple(store[n].shape):
                     raise param_error("seeds", "gradient", f"shaped like {n!r}, {tuple(store[n].shape)}",
                                       f"shape {s.shape}")
-                outs.append(store[n])
-                grads_out.append(torch.from_numpy(np.ascontiguousarray(s)).to(self._device, store[n].dtype))
+                if store[n].requires_grad:  # else nothing in ``wrt`` reaches it: no contribution
+                    outs.append(store[n])
+                    grads_out.append(torch.from_numpy(np.ascontiguousarray(s)).to(self._device, store[n].dtype))
             targets = [store[n] for n in wrt]
             got = torch.autograd.grad(outs, targets, grads_out, allow_unused=True) if outs else [None] * len(targets)
         grads = {n: self._numpy(g, f"the gradient at {n!r}", "gradient") if g is not None else np.zeros(tuple(t.shape), np.float32)

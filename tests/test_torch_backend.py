@@ -85,6 +85,43 @@ def test_every_relu_follows_the_rule(mixed, rule):
         assert not np.allclose(plain.numpy(), want.numpy(), atol=1e-6)
 
 
+class StatementInPlace(torch.nn.Module):
+    """In-place ReLUs whose return value is ignored: the rule must act on the tensor itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x, relu=None):
+        x = self.conv1(x)
+        x.relu_() if relu is None else None
+        x = relu(x) if relu else x
+        x = self.conv2(x)
+        F.relu(x, inplace=True) if relu is None else None
+        x = relu(x) if relu else x
+        x = self.conv3(x)
+        F.hardtanh(x, 0.0, 6.0, True) if relu is None else None
+        x = relu(x, 6.0) if relu else x
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("rule", ["standard", "guided", "deconvnet"])
+def test_in_place_relus_whose_result_is_ignored_follow_the_rule(rule):
+    torch.manual_seed(3)
+    model = StatementInPlace().eval()
+    x = images(2, size=8)
+    seed = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    got = convscope.load(model).gradient(x, {"output": seed}, relu=rule)["input"]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    relu = lambda t, upper=float("inf"): ExplicitRule.apply(t, rule, upper)  # noqa: E731
+    with torch.enable_grad():
+        (want,) = torch.autograd.grad(model(xt, relu), xt, torch.from_numpy(seed))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_gradient_matches_raw_autograd_at_input_and_layer(resnet):
     x = images(2)
     backend = convscope.load(resnet)
@@ -104,6 +141,58 @@ def test_gradient_matches_raw_autograd_at_input_and_layer(resnet):
     np.testing.assert_allclose(g["layer1"], ga.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(g.activations["layer1"], captured["a"].detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(g.outputs, out.detach().numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("wrt, at", [
+    (["layer2.conv2"], ["output"]),                      # inside a block; the skip path bypasses it
+    (["layer2.bn2", "layer2.down.1"], ["output"]),       # two parallel branches of one block
+    (["layer1.conv1", "layer2.conv1"], ["layer2.bn2"]),  # one upstream of the other, seeded at a layer
+])
+def test_layer_only_gradients_build_no_graph_before_the_layer_and_match_autograd(resnet, wrt, at):
+    """With only layers in ``wrt`` the pass records a graph from the first of them on; the
+    gradients must equal autograd through the whole model (the reference records everything)."""
+    x = images(2)
+    backend = convscope.load(resnet)
+    rng = np.random.default_rng(2)
+    shapes = {n: backend.activations(x, [n])[n].shape for n in at}
+    assert wrt[0] in [r.name for r in backend.layers()]
+    seeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    grad_mode = torch.is_grad_enabled()
+    seen = []
+    probe = resnet.stem.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    try:
+        got = backend.gradient(x, seeds, wrt=wrt, at=at)
+    finally:
+        probe.remove()
+    assert seen == [False]  # the stem, before every wrt layer, recorded no graph
+    assert torch.is_grad_enabled() == grad_mode
+    modules = dict(resnet.named_modules())
+    captured, handles = {}, []
+    for name in dict.fromkeys(n for n in [*wrt, *at] if n != "output"):
+        base, _, call = name.partition("#")
+        calls = []
+
+        def hook(m, i, o, name=name, want=int(call or 1), calls=calls):
+            calls.append(1)
+            if len(calls) == want:
+                captured[name] = o
+        handles.append(modules[base].register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            xt = torch.from_numpy(x).requires_grad_(True)
+            out = resnet(xt)
+            captured["output"] = out
+            want = torch.autograd.grad([captured[n] for n in at], [captured[n] for n in wrt],
+                                       [torch.from_numpy(seeds[n]) for n in at])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, w in zip(wrt, want):
+        np.testing.assert_allclose(got[name], w.numpy(), rtol=1e-5, atol=1e-6)
+        assert np.abs(w.numpy()).max() > 0
+    with pytest.raises(ValueError):  # an error in the middle of such a pass leaves grad mode as it was
+        backend.gradient(x, {"output": np.zeros((2, 5), np.float32)}, wrt=wrt)
+    assert torch.is_grad_enabled() == grad_mode
 
 
 def test_layer_records(mixed, resnet):
