@@ -81,6 +81,9 @@ CASES = [
     ("guided_grad_cam", lambda: A.guided_grad_cam(model(), x(), [0]), V, None, "target"),
     ("AttributionMaps", lambda: A.saliency(model(), x()).styled(alpha=2.0), V, "AttributionMaps.styled", "alpha"),
     ("AttributionMaps", lambda: A.saliency(model(), x()).normalized("loud"), V, "AttributionMaps.normalized", "tone"),
+    ("AttributionMaps", lambda: A.saliency(model(), x()).styled(cmap="rainbow"), V, "AttributionMaps.styled", "cmap"),
+    ("AttributionMaps", lambda: A.saliency(model(), x()).styled(percentile=101), V, "AttributionMaps.styled",
+     "percentile"),
     # ------------------------------------------------------------------ features
     ("filters", lambda: F.filters(model(), "relu1"), V, None, "layer"),
     ("filters", lambda: F.filters(model(), "conv1", scale="loud"), V, None, "scale"),
@@ -170,6 +173,8 @@ CASES = [
     ("pointing_game", lambda: M.pointing_game(maps(), np.zeros((2, 64, 64), np.int32)), V, None, "masks"),
     ("pointing_game", lambda: M.pointing_game(maps(), np.zeros((2, 64, 64), bool), tolerance=-1), V, None,
      "tolerance"),
+    ("pointing_game", lambda: M.pointing_game(maps(), np.zeros((2, 64, 64), bool), per_sample="yes"), T, None,
+     "per_sample"),
     ("deletion", lambda: M.deletion(model(), x(), maps(3)), V, None, "maps"),
     ("deletion", lambda: M.deletion(model(), x(), maps(), steps=0), V, None, "steps"),
     ("insertion", lambda: M.insertion(model(), x(), maps(), output="logit"), V, None, "output"),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .._validate import check_choice, check_number, param_error
-from ..render import TONE_MODES, Renderable, apply_colormap, grid, normalize, overlay, resize, to_rgb
+from ..render import COLORMAPS, TONE_MODES, Renderable, apply_colormap, grid, normalize, overlay, resize, to_rgb
 
 __all__ = ["AttributionMaps", "reduce_channels", "upsample", "CHANNEL_REDUCTIONS"]
 
@@ -136,6 +136,12 @@ class AttributionMaps(Renderable):
                 raise param_error("alpha", "AttributionMaps.styled", "<= 1", str(alpha))
         if tone is not None:
             check_choice(tone, TONE_MODES, "tone", "AttributionMaps.styled")
+        if cmap is not None:
+            check_choice(cmap, COLORMAPS, "cmap", "AttributionMaps.styled")
+        if percentile is not None:
+            percentile = check_number(percentile, "percentile", "AttributionMaps.styled", low=0)
+            if percentile > 100:
+                raise param_error("percentile", "AttributionMaps.styled", "<= 100", str(percentile))
         return replace(self, cmap=cmap or self.cmap, alpha=self.alpha if alpha is None else alpha,
                        tone=tone or self.tone, percentile=self.percentile if percentile is None else percentile)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_int, param_error
+from .._validate import check_int, describe, param_error
 
 __all__ = ["pointing_game", "as_maps", "dilate"]
 
@@ -60,6 +60,8 @@ def pointing_game(maps, masks, *, tolerance: int = 0, per_sample: bool = False):
     if len(m) != len(masks):
         raise param_error("masks", "pointing_game", f"one mask per map ({len(m)})", f"{len(masks)} masks")
     tolerance = check_int(tolerance, "tolerance", "pointing_game", low=0)
+    if not isinstance(per_sample, (bool, np.bool_)):
+        raise param_error("per_sample", "pointing_game", "True or False", describe(per_sample), TypeError)
     grown = dilate(masks, tolerance)
     flat = m.reshape(len(m), -1)
     peak = flat == np.nanmax(flat, axis=1, keepdims=True)
