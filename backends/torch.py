@@ -340,7 +340,8 @@ class TorchBackend:
             missing = [n for n in inner if n not in store]
             if missing:
                 raise ValueError(f"Layers {missing} did not run in the forward pass; they cannot be seeded or differentiated.")
-            acts = {n: self._numpy(store[n], repr(n), "gradient") for n in dict.fromkeys([*at, *wrt])}
+            acts = {n: x if n == INPUT else self._numpy(store[n], repr(n), "gradient")  # x: checked already
+                    for n in dict.fromkeys([*at, *wrt])}
             seed_map = seeds({n: acts[n] for n in at}) if callable(seeds) else seeds
             outs, grads_out = [], []
             for n, s in seed_map.items():
