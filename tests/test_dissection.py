@@ -1,6 +1,8 @@
-"""Network Dissection: exact thresholds and counts against brute force, a planted unit,
-the demo model, Dask, Broden, bad input; weakly supervised segmentation."""
+"""Network Dissection: exact thresholds and counts against brute force (candidate-only digit
+counts, shards with fewer than k values, counts in pieces), the cache in memory and on disk,
+a planted unit, the demo model, Dask, Broden, bad input; weakly supervised segmentation."""
 import csv
+import os
 import tracemalloc
 
 import numpy as np
@@ -11,7 +13,12 @@ import convscope
 from convscope.data import CONCEPTS, demo_model, shapes
 from convscope.dissection import (Broden, ConceptArrays, centre_box, compare, dissect, label_changes, segment,
                                   segmentation_iou)
-from convscope.dissection.iou import count_iou
+from convscope.dissection import iou as iou_module
+from convscope.dissection._cache import fill_cache
+from convscope.dissection.concepts import concept_source
+from convscope.dissection.iou import count_iou, mask_pixel_counts, pixel_codes
+from convscope.dissection.threshold import (TopDigitCounts, digit_histogram, float_keys, key_to_float, low_digit_counts,
+                                            merge_counts, rank_k, select_counts)
 from convscope.render import resize
 
 torch = pytest.importorskip("torch")
@@ -99,28 +106,143 @@ def test_demo_model_detectors_follow_the_data(tmp_path):
 
 
 def test_dask_run_is_identical_to_one_process():
+    """Shards on two workers, their caches in memory or on disk; at quantile 0.6 each shard
+    holds fewer values than k, so its candidate counts never drop anything."""
     distributed = pytest.importorskip("distributed")
     data = shapes(150, seed=9)
-    local = dissect(demo_model(), "relu3", data, batch_size=32, progress=False)
+    runs = [dict(), dict(quantile=0.6, cache_ram_mb=0)]
+    local = [dissect(demo_model(), "relu3", data, batch_size=32, progress=False, **kw) for kw in runs]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        remote = dissect(demo_model(), "relu3", data, batch_size=32, progress=False, client=client)
-    np.testing.assert_array_equal(remote.thresholds, local.thresholds)
-    np.testing.assert_array_equal(remote.intersection, local.intersection)
-    np.testing.assert_array_equal(remote.union, local.union)
-    np.testing.assert_array_equal(remote.unit_maxima, local.unit_maxima)
+        remote = [dissect(demo_model(), "relu3", data, batch_size=32, progress=False, client=client, **kw)
+                  for kw in runs]
+    for one, two in zip(local, remote):
+        for name in ("thresholds", "intersection", "union", "mask_counts", "unit_maxima"):
+            np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
+    t, inter, union = brute_force(demo_model(), "relu3", data, 0.6)
+    np.testing.assert_array_equal(remote[1].thresholds, t)
+    np.testing.assert_array_equal(remote[1].intersection, inter)
+    np.testing.assert_array_equal(remote[1].union, union)
 
 
 def test_memory_does_not_grow_with_the_dataset():
     def peak(n):
         tracemalloc.start()
-        dissect(demo_model(), "relu3", shapes(n, seed=1), batch_size=64, progress=False)
+        dissect(demo_model(), "relu3", shapes(n, seed=1), batch_size=64, progress=False, cache_ram_mb=4)
         top = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         return top
 
-    small, large = peak(256), peak(1024)
+    small, large = peak(256), peak(1024)  # both caches (17 MB, 69 MB) beyond the 4 MB budget: on disk
     assert large < 1.3 * small, (small, large)  # 4x the images, the same working memory
+
+
+def test_cache_is_in_memory_within_its_budget_and_on_disk_beyond(tmp_path):
+    data = shapes(40, seed=5)
+    backend = convscope.load(demo_model())
+    units, h, w = backend.activations(data.images[:1], ["relu3"])["relu3"].shape[1:]
+    per_image = units * h * w * 4 + units * 4 + 2 * 64 * 64  # activations, maxima, 14 concepts in 2 bytes a pixel
+    for budget, on_disk in [(40 * per_image, False), (40 * per_image - 1, True)]:
+        cache = fill_cache(backend, "relu3", concept_source(data), 0, 40, 16, str(tmp_path), ram_bytes=budget)[0]
+        assert (cache.folder is not None) == on_disk and bool(os.listdir(tmp_path)) == on_disk
+        cache.remove()
+        assert not os.listdir(tmp_path)
+    in_memory = dissect(backend, "relu3", data, batch_size=16, progress=False, cache_dir=tmp_path)
+    on_disk = dissect(backend, "relu3", data, batch_size=16, progress=False, cache_dir=tmp_path, cache_ram_mb=0)
+    assert not os.listdir(tmp_path)
+    for name in ("thresholds", "intersection", "union", "mask_counts", "unit_maxima"):
+        np.testing.assert_array_equal(getattr(in_memory, name), getattr(on_disk, name))
+    t, inter, union = brute_force(demo_model(), "relu3", data, 0.005)
+    np.testing.assert_array_equal(on_disk.thresholds, t)
+    np.testing.assert_array_equal(on_disk.intersection, inter)
+    np.testing.assert_array_equal(on_disk.union, union)
+
+
+def awkward_activations(rng, n, units=5):
+    """Per unit: ReLU output (ties at 0), rounded values (ties), tiny and subnormal values,
+    negatives with -0.0 and -inf, and a unit with +inf."""
+    a = rng.standard_normal((n, units, 3, 4)).astype(np.float32)
+    a[:, 0] = np.maximum(a[:, 0], 0)
+    a[:, 1] = np.round(a[:, 1], 1)
+    a[:, 2] *= np.float32(1e-39)
+    a[:, 3] = -np.abs(a[:, 3])
+    a[:, 3, 0, 0] = -0.0
+    a[::3, 3, 1, 1] = -np.inf
+    a[::2, 4, 2, 3] = np.inf
+    return a
+
+
+@pytest.mark.parametrize("quantile", [0.001, 0.01, 0.05, 0.3, 0.9])
+@pytest.mark.parametrize("shard_sizes", [(60,), (3, 40, 17), (1, 1, 58)])
+def test_candidate_counts_select_the_exact_kth_largest(rng, quantile, shard_sizes):
+    """Shards counted batch by batch with their own floors, some holding fewer than k values
+    (the 1-image shards always, every shard at 0.9), add up to the one-process selection."""
+    shards = [awkward_activations(rng, size) for size in shard_sizes]
+    acts = np.concatenate(shards)
+    units = acts.shape[1]
+    k = rank_k(acts.shape[0] * 12, quantile)
+    counted = []
+    for shard in shards:
+        top = TopDigitCounts(units, k)
+        for b in range(0, len(shard), 4):
+            top.add(shard[b:b + 4])
+        counted.append((top.codes, top.counts))
+    codes, counts = merge_counts(counted)
+    high, rank = select_counts(codes, counts, np.full(units, k))
+    dense = digit_histogram(acts)  # every value counted
+    for u in range(units):  # exact in the chosen bucket and every bucket above it
+        mine = np.zeros(1 << 16, np.int64)
+        mine[codes[codes >> 16 == u] & 0xFFFF] = counts[codes >> 16 == u]
+        np.testing.assert_array_equal(mine[high[u]:], dense[u, high[u]:])
+    if quantile <= 0.05 and max(shard_sizes) >= 40:
+        assert counts.sum() < acts.size / 4  # most values were never counted
+    low, _ = select_counts(*merge_counts([low_digit_counts(shard, high) for shard in shards]), rank)
+    got = key_to_float((high << np.uint32(16)) | low)
+    want = key_to_float(np.sort(float_keys(acts.transpose(1, 0, 2, 3).reshape(units, -1)), axis=1)[:, -k])
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))  # bit for bit (-0.0 is not 0.0)
+
+
+@pytest.mark.parametrize("bucket_of", ["values", "infinity"])
+def test_low_digit_counts_equal_the_dense_histogram(rng, bucket_of):
+    acts = rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    acts[0, 0, 0, :3] = np.inf
+    acts[1, 0, 0, 0] = np.array(0x7F800001, np.uint32).view(np.float32)  # a NaN whose key shares +inf's bucket
+    acts[1, 0, 0, 1] = np.nan
+    acts[2, 1, :2] = -np.inf
+    acts[2, 2, 0, 0] = -0.0
+    acts[3, 2, 0, :2] = 0.0
+    prefix = float_keys(np.array([acts[4, 0, 1, 1], -0.0, 0.0], np.float32)) >> np.uint32(16)
+    if bucket_of == "infinity":  # its lowest float is not finite: found by keys, not by a float comparison
+        prefix[0] = float_keys(np.array([np.inf], np.float32))[0] >> np.uint32(16)
+    codes, counts = low_digit_counts(acts, prefix)
+    sparse = np.zeros((3, 1 << 16), np.int64)
+    sparse[codes >> 16, codes & 0xFFFF] = counts
+    np.testing.assert_array_equal(sparse, digit_histogram(acts, prefix))
+    assert counts.sum() >= 3
+
+
+@pytest.mark.parametrize("piece", [8, 1 << 12])
+def test_count_iou_in_pieces_matches_full_upsampling(monkeypatch, rng, piece):
+    """Blocks interpolated in pieces of a power of two (decoded by shifts) and a remainder
+    (decoded by division); 11 concepts take two bytes a pixel."""
+    monkeypatch.setattr(iou_module, "_PIECE", piece)
+    acts = rng.standard_normal((5, 6, 8, 8)).astype(np.float32)
+    masks = rng.random((5, 11, 64, 64)) < 0.3
+    t = np.quantile(acts, 0.7, axis=(0, 2, 3)).astype(np.float32)
+    inter, above = count_iou(acts, masks, t)
+    up = resize(acts, (64, 64)) >= t[None, :, None, None]
+    np.testing.assert_array_equal(above, up.sum(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(inter, np.einsum("nuhw,nchw->uc", up.astype(np.int64), masks.astype(np.int64)))
+
+
+def test_pixel_codes_and_mask_counts(rng):
+    masks = rng.random((3, 19, 37, 41)) < 0.5  # 1517 pixels: 190 words, 128 added as lanes and 62 after
+    masks[1, 4] = True
+    codes = pixel_codes(masks)
+    assert codes.shape == (3, 3, 37 * 41) and codes.dtype == np.uint8
+    for c in range(19):
+        np.testing.assert_array_equal((codes[:, c // 8] >> (c % 8)) & 1, masks[:, c].reshape(3, -1))
+    np.testing.assert_array_equal(mask_pixel_counts(masks), masks.sum(axis=(0, 2, 3)))
 
 
 def write_broden(root, missing=False):

@@ -6,9 +6,12 @@ bilinearly to the mask resolution and thresholded at t_u; IoU(u, c) = |A_u & M_c
 |A_u | M_c| summed over the dataset (:mod:`.iou`). A unit is a detector of its best
 concept when that IoU exceeds ``iou_threshold`` (0.04, as in the paper).
 
-The model runs once over the data (:mod:`._cache`); on Dask distributed each worker runs
-its shard and keeps its cache, and only histograms and integer counts travel, so the
-result is identical to the one-process run.
+The model runs once over the data (:mod:`._cache`), into a cache held in memory up to
+``cache_ram_mb`` per shard and on disk beyond; while it runs, the high 16 bits of each
+unit's candidate top values are counted (:class:`.threshold.TopDigitCounts`); two passes
+over the cache then count the low 16 bits within the chosen buckets and the IoU counts. On
+Dask distributed each worker runs its shard and keeps its cache, and only sparse digit
+counts and integer counts travel, so the result is identical to the one-process run.
 """
 from __future__ import annotations
 
@@ -18,32 +21,30 @@ from .._plugins import load
 from .._validate import check_int, check_name, check_number
 from ._cache import ShardCache
 from .concepts import concept_source
-from .iou import count_iou
+from .iou import count_iou_codes
 from .result import Dissection
-from .threshold import digit_histogram, key_to_float, rank_k, select_digit
+from .threshold import key_to_float, low_digit_counts, merge_counts, rank_k, select_counts
 
 __all__ = ["dissect"]
 
 
-def _stage_fill(model, options, layer, source, start, stop, batch_size, cache_dir):
+def _stage_fill(model, options, layer, source, start, stop, batch_size, cache_dir, quantile, ram_bytes):
     from ._cache import fill_cache
 
-    return fill_cache(load(model, **options), layer, source, start, stop, batch_size, cache_dir)
+    return fill_cache(load(model, **options), layer, source, start, stop, batch_size, cache_dir, quantile=quantile,
+                      ram_bytes=ram_bytes)
 
 
 def _stage_low_digit(cache, prefix):
-    hist = None
-    for acts, _ in cache.chunks():
-        h = digit_histogram(acts, prefix)
-        hist = h if hist is None else hist + h
-    return hist
+    return merge_counts([low_digit_counts(acts, prefix) for acts, _, _ in cache.chunks()])
 
 
 def _stage_iou(cache, thresholds, remove=True):
     inter = above = None
     try:
-        for acts, masks in cache.chunks(masks=True):
-            i, a = count_iou(acts, masks, thresholds)
+        c, hm, wm = cache.mask_shape
+        for acts, codes, maxima in cache.chunks(codes=True):
+            i, a = count_iou_codes(acts, codes, (hm, wm), c, thresholds, maxima)
             inter, above = (i, a) if inter is None else (inter + i, above + a)
         return inter, above
     finally:
@@ -71,8 +72,8 @@ def _run(client, fn, per_shard):
 
 
 def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_threshold: float = 0.04,
-            batch_size: int = 64, client=None, progress: bool = True, cache_dir=None, skip_empty: bool = False,
-            options=None) -> Dissection:
+            batch_size: int = 64, client=None, progress: bool = True, cache_dir=None, cache_ram_mb: float = 256,
+            skip_empty: bool = False, options=None) -> Dissection:
     """Dissect ``layer`` of ``model`` on a concept dataset.
 
     Parameters
@@ -84,7 +85,11 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
     quantile : fraction of each unit's activations above its threshold (0.005).
     iou_threshold : IoU a unit's best concept must exceed for the unit to count as its detector.
     client : a ``dask.distributed.Client``: one shard per worker, identical results.
-    cache_dir : folder for the temporary activation cache (default: the system temp folder).
+    cache_dir : folder for the temporary activation cache when it goes to disk (default: the
+        system temp folder).
+    cache_ram_mb : memory (MB) a shard's activation cache may take; a shard whose cache
+        (U x h x w x 4 + U x 4 + ceil(C / 8) x Hm x Wm bytes per image) needs more is cached on
+        disk in ``cache_dir``, so memory stays bounded however large the dataset. 0: always disk.
     skip_empty : allow concepts with no pixels in the data (their IoU is 0); by default an error.
     """
     source = concept_source(concepts)
@@ -93,6 +98,7 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
         raise ValueError(f"The 'quantile' parameter of dissect must be < 1. Got {quantile} instead.")
     iou_threshold = check_number(iou_threshold, "iou_threshold", "dissect", low=0)
     check_int(batch_size, "batch_size", "dissect", low=1)
+    ram_bytes = int(check_number(cache_ram_mb, "cache_ram_mb", "dissect", low=0) * 2 ** 20)
     options = dict(options or {})
     backend = load(model, **options)
     check_name(layer, [r.name for r in backend.layers()], "layer", "dissect")
@@ -109,23 +115,23 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
         if client is None:
             from ._cache import fill_cache
 
-            filled = [fill_cache(backend, layer, source, a, b, batch_size, cache_dir, bar.update) for a, b, _ in shards]
+            filled = [fill_cache(backend, layer, source, a, b, batch_size, cache_dir, bar.update, quantile=quantile,
+                                 ram_bytes=ram_bytes) for a, b, _ in shards]
         else:
-            filled = _run(client, _stage_fill, [(w, (target, options, layer, source, a, b, batch_size, cache_dir))
-                                                 for a, b, w in shards])
+            filled = _run(client, _stage_fill, [(w, (target, options, layer, source, a, b, batch_size, cache_dir,
+                                                      quantile, ram_bytes)) for a, b, w in shards])
             bar.update(n)
     finally:
         bar.close()
     caches = [f[0] for f in filled]
     try:
-        hist = sum(f[1] for f in filled)
         mask_counts = sum(f[2] for f in filled)
         maxima = np.concatenate([f[3] for f in filled])
         units, h, w = caches[0].act_shape
         k = rank_k(n * h * w, quantile)
-        high, rank = select_digit(hist, np.full(units, k))
-        low_hist = sum(_run(client, _stage_low_digit, [(s[2], (c, high)) for s, c in zip(shards, caches)]))
-        low, _ = select_digit(low_hist, rank)
+        high, rank = select_counts(*merge_counts([f[1] for f in filled]), np.full(units, k))
+        low, _ = select_counts(*merge_counts(_run(client, _stage_low_digit, [(s[2], (c, high))
+                                                                           for s, c in zip(shards, caches)])), rank)
         thresholds = key_to_float((high.astype(np.uint32) << np.uint32(16)) | low)
         counts = _run(client, _stage_iou, [(s[2], (c, thresholds)) for s, c in zip(shards, caches)])
     finally:  # a shard whose IoU stage ran has removed its cache already; this covers errors
