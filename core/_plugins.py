@@ -47,6 +47,9 @@ def installed_backends() -> list[str]:
     return [name for name, _ in plugin_manager().list_name_plugin()]
 
 
+_BACKEND_TYPES: set = set()
+
+
 def load(model, **options) -> Backend:
     """Wrap ``model`` in a Backend.
 
@@ -54,7 +57,8 @@ def load(model, **options) -> Backend:
     path, bytes or ``onnx.ModelProto``, anything a third-party plugin claims, or a Backend
     (returned unchanged). ``options`` go to the plugin (for example ``input_shape``).
     """
-    if isinstance(model, Backend) and not options:
+    if not options and (type(model) in _BACKEND_TYPES or isinstance(model, Backend)):
+        _BACKEND_TYPES.add(type(model))  # a Protocol isinstance check costs ~10 us: once per type
         return model
     backend = plugin_manager().hook.convscope_make_backend(model=model, options=dict(options))
     if backend is None:

@@ -53,12 +53,12 @@ def check_target(target, n: int, owner: str, param: str = "target"):
 def index_per_sample(target, n: int, k: int, owner: str, *, param: str = "target",
                      what: str = "a class index", of: str = "outputs") -> np.ndarray:
     """(n,) int64 indices from an int or per-sample ints, each checked to lie in [0, k)."""
-    idx = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,))
-    bad = idx[(idx < 0) | (idx >= k)]
-    if bad.size:
-        shown = int(bad[0]) if np.ndim(target) == 0 else describe(np.asarray(target).tolist())
+    idx = np.asarray(target, dtype=np.int64)
+    idx = np.full(n, idx) if idx.ndim == 0 else idx.copy()
+    if idx.min() < 0 or idx.max() >= k:
+        shown = int(idx[(idx < 0) | (idx >= k)][0]) if np.ndim(target) == 0 else describe(np.asarray(target).tolist())
         raise param_error(param, owner, f"{what} in [0, {k - 1}] for {k} {of}", str(shown))
-    return np.array(idx)
+    return idx
 
 
 def output_seeds(target, outputs: np.ndarray, owner: str):
