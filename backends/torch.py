@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from convscope._validate import as_images, check_choice, check_finite, check_nam
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients, Layer
 from convscope.hookspecs import hookimpl
 
+from ._torch_pool import MIN_ELEMENTS, channels_last_pool_mode
 from ._torch_rules import relu_rule_mode
 
 __all__ = ["TorchBackend"]
@@ -127,6 +128,7 @@ class TorchBackend:
         self._lock = threading.RLock()
         self._layers = _PROBES.setdefault(module, {})  # shared by every backend of this module
         self._last_shape = None
+        self._max_pools = None  # whether the model has MaxPool2d modules, found on first use
         hint = getattr(module, "input_shape", None)  # a model may state its input size (C, H, W)
         if input_shape is None and isinstance(hint, tuple) and len(hint) == 3:
             input_shape = hint
@@ -136,6 +138,16 @@ class TorchBackend:
         param = next(module.parameters(), None)
         self._device = param.device if param is not None else torch.device("cpu")
         self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    def _pool_mode(self, x):
+        """Large CPU max pools through the channels-last kernel (:mod:`._torch_pool`), for
+        models with a MaxPool2d module and inputs of some size: the mode costs a few us per
+        operation, which a small pass does not win back."""
+        if self._max_pools is None:
+            self._max_pools = any(isinstance(m, self._torch.nn.MaxPool2d) for m in self.module.modules())
+        if self._max_pools and x.size >= MIN_ELEMENTS and self._device.type == "cpu":
+            return channels_last_pool_mode(self._torch)
+        return nullcontext()
 
     # ----------------------------------------------------------------- state and hooks
     @contextmanager
@@ -309,7 +321,7 @@ class TorchBackend:
 
     def forward(self, x):
         x = self._check(x, "forward")
-        with self._lock, self._eval_mode(), self._torch.inference_mode():
+        with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
             return self._numpy(self._run(self._tensor(x)), "the output", "forward")
 
     def activations(self, x, layers):
@@ -318,7 +330,7 @@ class TorchBackend:
         store = {}
         inner = [n for n in names if n not in (INPUT, OUTPUT)]
         stop = OUTPUT not in names and len(set(inner)) == len(inner)
-        with self._lock, self._eval_mode(), self._torch.inference_mode():
+        with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
             xt = self._tensor(x)
             try:
                 with self._capture(inner, store, replace=False, stop_when_done=stop):
@@ -346,6 +358,7 @@ class TorchBackend:
         with self._lock, ExitStack() as stack:
             stack.enter_context(self._eval_mode())
             stack.enter_context(torch.enable_grad() if from_input else torch.no_grad())
+            stack.enter_context(self._pool_mode(x))
             if inner:
                 stack.enter_context(self._capture(inner, store, replace=True, leaves=() if from_input else set(wrt)))
             if relu != "standard":
