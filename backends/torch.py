@@ -178,6 +178,7 @@ class TorchBackend:
             wanted.setdefault(base, {})[int(call or 1)] = n
         calls = dict.fromkeys(wanted, 0)
         handles = []
+        handed = {}  # id(clone handed downstream) -> (that clone, the tensor recorded for it)
 
         def make_hook(base):
             def hook(module, inputs, out):
@@ -188,13 +189,20 @@ class TorchBackend:
                 if not isinstance(out, self._torch.Tensor):
                     raise TypeError(f"Layer {name!r} returns a {type(out).__name__}, not a tensor; "
                                     "pick one of its children instead.")
+                if replace and handed.get(id(out), (None,))[0] is out:
+                    store[name] = handed[id(out)][1]  # a container returning its child's output: one tensor
+                    return None
                 if name in leaves and not out.requires_grad:
                     out = out.detach().requires_grad_(True)
                     self._torch.set_grad_enabled(True)  # restored by the caller's no_grad context
                 store[name] = out if replace else out.detach().clone()
                 if stop_when_done and len(store) == len(names):
                     raise _Stop
-                return out.clone() if replace else None
+                if not replace:
+                    return None
+                clone = out.clone()
+                handed[id(clone)] = (clone, out)
+                return clone
             return hook
 
         try:

@@ -147,6 +147,7 @@ def test_gradient_matches_raw_autograd_at_input_and_layer(resnet):
     (["layer2.conv2"], ["output"]),                      # inside a block; the skip path bypasses it
     (["layer2.bn2", "layer2.down.1"], ["output"]),       # two parallel branches of one block
     (["layer1.conv1", "layer2.conv1"], ["layer2.bn2"]),  # one upstream of the other, seeded at a layer
+    (["layer1.conv1", "layer2"], ["layer2.relu#2"]),     # a container and its last child: one tensor
 ])
 def test_layer_only_gradients_build_no_graph_before_the_layer_and_match_autograd(resnet, wrt, at):
     """With only layers in ``wrt`` the pass records a graph from the first of them on; the
