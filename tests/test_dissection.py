@@ -125,6 +125,34 @@ def test_dask_run_is_identical_to_one_process():
     np.testing.assert_array_equal(remote[1].union, union)
 
 
+class FailsLate(ConceptArrays):
+    """Concept arrays whose images from ``fail_at`` on cannot be read (a broken file, say)."""
+
+    fail_at = 100
+
+    def batches(self, batch_size=64, start=0, stop=None):
+        for i, batch in enumerate(super().batches(batch_size, start, stop)):
+            if start + i * batch_size >= self.fail_at:
+                raise OSError(f"image {start + i * batch_size} is unreadable")
+            yield batch
+
+
+@pytest.mark.parametrize("cache_ram_mb", [256, 0])
+def test_a_failing_dask_shard_leaves_no_cache_behind(tmp_path, cache_ram_mb):
+    distributed = pytest.importorskip("distributed")
+    from convscope.dissection import _cache
+
+    data = shapes(150, seed=9)
+    source = FailsLate(data.images, data.masks, CONCEPTS)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        with pytest.raises(OSError, match="unreadable"):
+            dissect(demo_model(), "relu3", source, batch_size=32, progress=False, client=client,
+                    cache_dir=tmp_path, cache_ram_mb=cache_ram_mb)
+    assert not _cache._IN_MEMORY  # the shard that finished dropped its cache
+    assert not list(tmp_path.iterdir())
+
+
 def test_memory_does_not_grow_with_the_dataset():
     def peak(n):
         tracemalloc.start()

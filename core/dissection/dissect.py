@@ -63,11 +63,28 @@ def _shards(n, batch_size, client):
     return [(a, b, w) for (a, b), w in zip(shard_ranges(n, batch_size, len(workers)), workers)]
 
 
-def _run(client, fn, per_shard):
-    """Run ``fn(*args)`` for each (worker, args), locally or pinned to that Dask worker."""
+def _drop_filled(filled):
+    filled[0].remove()
+
+
+def _run(client, fn, per_shard, undo=None):
+    """Run ``fn(*args)`` for each (worker, args), locally or pinned to that Dask worker.
+
+    With ``undo``, when a shard fails, ``undo(result)`` runs on the worker of every shard
+    that succeeded (their caches would otherwise stay on the workers) before the first
+    error is raised."""
     if client is None:
         return [fn(*args) for _, args in per_shard]
     futures = [client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w, args in per_shard]
+    if undo is not None:
+        from distributed import wait
+
+        wait(futures)
+        failed = [f for f in futures if f.status != "finished"]
+        if failed:
+            done = [(w, (f,)) for (w, _), f in zip(per_shard, futures) if f.status == "finished"]
+            _run(client, undo, done)  # a future as an argument: its result, on that worker
+            failed[0].result()  # raises the shard's error
     return client.gather(futures)
 
 
@@ -119,7 +136,7 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
                                  ram_bytes=ram_bytes) for a, b, _ in shards]
         else:
             filled = _run(client, _stage_fill, [(w, (target, options, layer, source, a, b, batch_size, cache_dir,
-                                                      quantile, ram_bytes)) for a, b, w in shards])
+                                                      quantile, ram_bytes)) for a, b, w in shards], undo=_drop_filled)
             bar.update(n)
     finally:
         bar.close()
