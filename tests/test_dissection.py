@@ -17,12 +17,24 @@ from convscope.dissection import iou as iou_module
 from convscope.dissection._cache import fill_cache
 from convscope.dissection.concepts import concept_source
 from convscope.dissection.iou import count_iou, mask_pixel_counts, pixel_codes
-from convscope.dissection.threshold import (TopDigitCounts, digit_histogram, float_keys, key_to_float, low_digit_counts,
+from convscope.dissection.threshold import (TopDigitCounts, float_keys, key_to_float, low_digit_counts,
                                             merge_counts, rank_k, select_counts)
 from convscope.render import resize
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+
+
+def digit_histogram(acts, prefix=None):
+    """Dense reference: per-unit histogram (U, 65536) of the high 16-bit digit of every key of
+    ``acts`` (N, U, ...), or with ``prefix`` (U,) of the low digit of the keys sharing it."""
+    units = acts.shape[1]
+    keys = float_keys(acts).transpose(1, 0, *range(2, acts.ndim)).reshape(units, -1)
+    hist = np.zeros((units, 1 << 16), np.int64)
+    for u in range(units):
+        chosen = keys[u] >> 16 if prefix is None else keys[u][keys[u] >> 16 == prefix[u]] & 0xFFFF
+        hist[u] = np.bincount(chosen, minlength=1 << 16)
+    return hist
 
 
 def colour_detector(rgb_weights=(1.0, -1.5, -1.5), bias=-0.1):

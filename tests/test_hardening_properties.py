@@ -10,8 +10,8 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from convscope.attribution.occlusion import window_positions  # noqa: E402
 from convscope.dissection.iou import count_iou  # noqa: E402
-from convscope.dissection.threshold import (digit_histogram, float_keys, key_to_float, rank_k,  # noqa: E402
-                                            select_digit)
+from convscope.dissection.threshold import (TopDigitCounts, float_keys, key_to_float, low_digit_counts,  # noqa: E402
+                                            merge_counts, rank_k, select_counts)
 from convscope.render import TONE_MODES, normalize, resize  # noqa: E402
 
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -188,15 +188,21 @@ def test_iou_counts_equal_full_upsampling(data):
 
 
 # --------------------------------------------------------------------------- quantile thresholds
-def _radix_threshold(acts, quantile, shards=1):
-    """The exact top-quantile value per unit by two 16-bit digit histograms, each summed over shards."""
-    parts = np.array_split(acts, shards)
-    n = acts.shape[0] * int(np.prod(acts.shape[2:]))
-    k = rank_k(n, quantile)
-    hist = sum(digit_histogram(p) for p in parts if len(p))
-    high, rank = select_digit(hist, np.full(acts.shape[1], k))
-    low_hist = sum(digit_histogram(p, high) for p in parts if len(p))
-    low, _ = select_digit(low_hist, rank)
+def _radix_threshold(acts, quantile, shards=1, batch=2):
+    """The exact top-quantile value per unit as dissect computes it: candidate high-digit
+    counts per shard, batch by batch, then low-digit counts in the chosen buckets, each
+    summed over shards."""
+    parts = [p for p in np.array_split(acts, shards) if len(p)]
+    units = acts.shape[1]
+    k = rank_k(acts.shape[0] * int(np.prod(acts.shape[2:])), quantile)
+    counted = []
+    for part in parts:
+        top = TopDigitCounts(units, k)
+        for b in range(0, len(part), batch):
+            top.add(part[b:b + batch])
+        counted.append((top.codes, top.counts))
+    high, rank = select_counts(*merge_counts(counted), np.full(units, k))
+    low, _ = select_counts(*merge_counts([low_digit_counts(p, high) for p in parts]), rank)
     return key_to_float((high.astype(np.uint32) << np.uint32(16)) | low), k
 
 
@@ -206,9 +212,9 @@ finite32 = st.floats(width=32, allow_nan=False, allow_infinity=True)
 @FAST
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)),
                   elements=st.one_of(finite32, st.sampled_from([0.0, -0.0, 1.0, -1.0]))),
-       st.floats(1e-4, 0.999), st.integers(1, 3))
-def test_radix_selection_equals_sorting(acts, quantile, shards):
-    got, k = _radix_threshold(acts, quantile, shards)
+       st.floats(1e-4, 0.999), st.integers(1, 3), st.integers(1, 3))
+def test_radix_selection_equals_sorting(acts, quantile, shards, batch):
+    got, k = _radix_threshold(acts, quantile, shards, batch)
     for u in range(acts.shape[1]):
         want = np.sort(acts[:, u].ravel())[::-1][k - 1]
         assert got[u] == want, (u, got[u], want)

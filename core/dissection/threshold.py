@@ -18,16 +18,13 @@ hundred buckets per unit however large the dataset. Shards add: each shard's flo
 most its own k-th largest (with the global k; minus infinity while it holds fewer than k
 values), hence at most the global threshold, so the sum counts every value at or above the
 threshold in every bucket the selection looks at, and selects the same key as one process.
-
-:func:`digit_histogram` and :func:`select_digit` are the dense (U, 65536) forms of the same
-two steps, kept as the reference the sparse ones are tested against.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["float_keys", "key_to_float", "digit_histogram", "select_digit", "rank_k", "TopDigitCounts",
-           "low_digit_counts", "merge_counts", "select_counts"]
+__all__ = ["float_keys", "key_to_float", "rank_k", "TopDigitCounts", "low_digit_counts", "merge_counts",
+           "select_counts"]
 
 DIGIT = 16
 BINS = 1 << DIGIT
@@ -55,33 +52,6 @@ def key_to_float(keys: np.ndarray) -> np.ndarray:
 def rank_k(count: int, quantile: float) -> int:
     """The rank from the top that the ``quantile`` threshold selects among ``count`` values."""
     return max(1, int(np.ceil(quantile * count - 1e-9)))
-
-
-def digit_histogram(acts: np.ndarray, prefix: np.ndarray | None = None) -> np.ndarray:
-    """Per-unit histogram (U, 65536) of one 16-bit digit of the keys of ``acts`` (N, U, ...).
-
-    Without ``prefix``: the high digit of every value. With ``prefix`` (U,) uint32: the low
-    digit of the values whose high digit equals that unit's prefix.
-    """
-    n, units = acts.shape[:2]
-    keys = float_keys(acts).reshape(n, units, -1).transpose(1, 0, 2).reshape(units, -1)
-    unit = np.broadcast_to(np.arange(units, dtype=np.int64)[:, None], keys.shape)
-    if prefix is None:
-        flat = unit * BINS + (keys >> DIGIT)
-    else:
-        keep = (keys >> DIGIT) == np.asarray(prefix, np.uint32)[:, None]
-        flat = unit[keep] * BINS + (keys[keep] & np.uint32(BINS - 1))
-    return np.bincount(flat.ravel(), minlength=units * BINS).reshape(units, BINS)
-
-
-def select_digit(hist: np.ndarray, rank: np.ndarray):
-    """For each unit, the digit holding the ``rank``-th largest value, and the rank left
-    within that digit: returns (digit (U,), rank_within (U,))."""
-    from_top = np.cumsum(hist[:, ::-1], axis=1)
-    rank = np.asarray(rank, np.int64)
-    pos = np.argmax(from_top >= rank[:, None], axis=1)  # first position from the top reaching the rank
-    above = np.where(pos > 0, from_top[np.arange(len(rank)), pos - 1], 0)
-    return (BINS - 1 - pos).astype(np.uint32), rank - above
 
 
 # --------------------------------------------------------------------------- sparse counts
@@ -122,7 +92,7 @@ def _reaching(codes: np.ndarray, counts: np.ndarray, rank: np.ndarray):
 
 
 def select_counts(codes: np.ndarray, counts: np.ndarray, rank: np.ndarray):
-    """Sparse :func:`select_digit`: for each unit, the digit holding its ``rank``-th largest
+    """For each unit, the digit holding its ``rank``-th largest
     value and the rank left within that digit, from counts that hold every value of those
     buckets and above. Returns (digit (U,) uint32, rank_within (U,) int64)."""
     rank = np.asarray(rank, np.int64)
