@@ -20,27 +20,11 @@ import warnings
 
 import numpy as np
 
-
-from convscope._bench_peers import occluded_batches
-from convscope.bench import best_of as _best_of
+from convscope._bench_peers import captum_ready, occluded_batches
+from convscope.bench import best_of
 
 from ._timing import machine, report
 from .models import resnet18
-
-
-def best_of(calls: dict, repeat: int, warmup: int = 1) -> dict:
-    """Best seconds per call, timed interleaved (the shipped :func:`convscope.bench.best_of`)."""
-    return _best_of(calls, repeat=repeat, warmup=warmup)
-
-
-def _out_of_place(model):
-    """Captum's ReLU hooks need out-of-place ReLUs; both contenders use the same module."""
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = False
-    return model.eval()
 
 
 def _cases(model, x, target, *, layer, steps):
@@ -148,7 +132,7 @@ def main(argv=None):
     fast, slow = (3, 2) if args.quick else (7, 5)
     print(f"# attribution speed ({machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)\n")
 
-    net = _out_of_place(resnet18())
+    net = captum_ready(resnet18())
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     print(compare_with_captum("ResNet-18, 224 x 224, batch 1 (integrated gradients: 8 steps)",
                               net, x, np.array([207]), fast, layer="layer4", steps=8), "\n")
@@ -163,7 +147,7 @@ def main(argv=None):
         print(occlusion_floor("Occlusion, ONNX Runtime backend, ResNet-18 exported from torch, batch 1", onnx_backend,
                               x, np.array([207]), slow, captum_model=net, defaults=False, **occ), "\n")
 
-    demo = _out_of_place(convscope.data.demo_model("torch"))
+    demo = captum_ready(convscope.data.demo_model("torch"))
     data = convscope.data.shapes(16, seed=0)
     print(compare_with_captum("Demo model, 64 x 64, batch 16 (integrated gradients: 16 steps)",
                               demo, data.images, data.labels, 3 * fast, layer="relu4", steps=16), "\n")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["captum_peers", "keras_peers", "occluded_batches"]
+__all__ = ["captum_peers", "captum_ready", "keras_peers", "occluded_batches"]
 
 
 def occluded_batches(x, window, stride, per_eval):
@@ -40,13 +40,9 @@ def occluded_batches(x, window, stride, per_eval):
     return batches
 
 
-def captum_peers(module, x, target, *, layer, steps, window, stride, per_eval) -> dict:
-    """Captum's version of each method on a copy of ``module``; {} when Captum is missing."""
-    try:
-        import captum
-        from captum import attr
-    except ImportError:
-        return {}
+def captum_ready(module):
+    """A copy of ``module`` in eval mode whose ReLUs are out-of-place, as Captum's ReLU hooks
+    need (the weights are the same; ``module`` is not touched)."""
     import copy
 
     import torch
@@ -55,6 +51,19 @@ def captum_peers(module, x, target, *, layer, steps, window, stride, per_eval) -
     for m in model.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = False
+    return model
+
+
+def captum_peers(module, x, target, *, layer, steps, window, stride, per_eval) -> dict:
+    """Captum's version of each method on a copy of ``module``; {} when Captum is missing."""
+    try:
+        import captum
+        from captum import attr
+    except ImportError:
+        return {}
+    import torch
+
+    model = captum_ready(module)
     xt, tt = torch.from_numpy(x), torch.as_tensor(np.asarray(target))
     c, size = x.shape[1], tuple(x.shape[2:])
     name = f"Captum {captum.__version__}"

@@ -1,7 +1,5 @@
 """Gradient attributions and occlusion on the torch demo model, against Captum (same model,
 same input) and against hand-computed cases. Captum is a test dependency only."""
-import copy
-
 import numpy as np
 import pytest
 
@@ -10,6 +8,7 @@ captum_attr = pytest.importorskip("captum.attr")
 
 import convscope
 from convscope import attribution as A
+from convscope._bench_peers import captum_ready
 
 from _assertions import assert_close  # noqa: E402
 
@@ -26,11 +25,7 @@ def demo():
 @pytest.fixture(scope="module")
 def captum_demo(demo):
     """The same weights with out-of-place ReLUs, which Captum's hooks need."""
-    m = copy.deepcopy(demo)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.ReLU):
-            mod.inplace = False
-    return m.eval()
+    return captum_ready(demo)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ F = torch.nn.functional
 
 import convscope
 from convscope import attribution as A
+from convscope._bench_peers import captum_ready
 from torch_models import MixedReLUNet, TinyResNet
 
 from _assertions import assert_close  # noqa: E402
@@ -22,11 +23,7 @@ pytestmark = pytest.mark.backend("torch")
 
 @pytest.fixture(scope="module")
 def demo():
-    m = convscope.data.demo_model("torch")
-    for mod in m.modules():  # out-of-place ReLUs, for Captum's hooks and for the references
-        if isinstance(mod, torch.nn.ReLU):
-            mod.inplace = False
-    return m.eval()
+    return captum_ready(convscope.data.demo_model("torch"))  # out-of-place ReLUs, for Captum and the references
 
 
 @pytest.fixture(scope="module")
