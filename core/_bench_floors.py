@@ -107,7 +107,7 @@ class KerasFloor:
         import keras
         import tensorflow as tf
 
-        from .backends._keras_model import channels_last
+        from .backends.tensorflow._model import channels_last
 
         self.tf, self.keras, self.model = tf, keras, model
         self.last = channels_last(model, keras)

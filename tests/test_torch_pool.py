@@ -8,7 +8,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import convscope  # noqa: E402
 from convscope.backend import INPUT, OUTPUT  # noqa: E402
-from convscope.backends._torch_pool import MIN_ELEMENTS, channels_last_pool_mode  # noqa: E402
+from convscope.backends.torch._pool import MIN_ELEMENTS, channels_last_pool_mode  # noqa: E402
 
 pytestmark = pytest.mark.backend("torch")
 

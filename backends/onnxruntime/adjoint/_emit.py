@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._onnx_load import INLINE_BYTES
+from .._load import INLINE_BYTES
 
 __all__ = ["Emitter", "RULES", "DIFFERENTIABLE", "UnsupportedOperatorError", "rule", "attr", "describe_node"]
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from . import _onnx_rules, _onnx_rules_pool, _onnx_rules_spatial  # noqa: F401  (they fill the rule table)
-from ._onnx_emit import DIFFERENTIABLE, RULES, Emitter, UnsupportedOperatorError, describe_node
-from ._onnx_shapes import FLOAT
+from . import rules_pointwise, rules_pool, rules_spatial  # noqa: F401  (they fill the rule table)
+from ._emit import DIFFERENTIABLE, RULES, Emitter, UnsupportedOperatorError, describe_node
+from .._shapes import FLOAT
 
 __all__ = ["AdjointPlan", "build_adjoint", "supported_operators"]
 

@@ -1,5 +1,5 @@
-"""Gradient rules for convolution and normalisation (see :mod:`._onnx_emit`); pooling is in
-:mod:`._onnx_rules_pool`.
+"""Gradient rules for convolution and normalisation (see :mod:`._emit`); pooling is in
+:mod:`.rules_pool`.
 
 A convolution's adjoint with respect to its input is the transposed convolution with the
 same weight (an ordinary convolution with the flipped kernel when the stride is 1).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._onnx_emit import UnsupportedOperatorError, attr, describe_node, rule
+from ._emit import UnsupportedOperatorError, attr, describe_node, rule
 
 __all__ = ["window_geometry", "spatial_size", "transposed"]
 

@@ -6,7 +6,7 @@ and layer records give channels-first shapes.
 Layers are named by their Keras names; a layer of a nested model by its path,
 ``"base/block1_conv1"``; the second call of a shared layer by ``name#2``.
 
-Every pass runs the model layer by layer (:mod:`._keras_run`), so any layer's output can be
+Every pass runs the model layer by layer (:mod:`._run`), so any layer's output can be
 recorded, seeded or differentiated, and the guided and deconvnet rules reach every ReLU,
 fused ones included, through ``tf.custom_gradient`` ops placed where the ReLUs are. The
 model object is only read: no activation is swapped on it, no flag or weight changes.
@@ -37,10 +37,10 @@ from convscope._validate import as_images, check_choice, check_finite, check_nam
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
 from convscope.hookspecs import hookimpl
 
-from ._keras_compiled import SeedCall, activations_body, callable_gradient_body, forward_body, gradient_body
-from ._keras_layers import layer_record, layer_weights, to_channels_first
-from ._keras_model import channels_last, check_input_shape, declared_input_shape, pick_output
-from ._keras_run import RULE_SCOPE, LayerRun, relu_site
+from ._compiled import SeedCall, activations_body, callable_gradient_body, forward_body, gradient_body
+from ._layers import layer_record, layer_weights, to_channels_first
+from ._model import channels_last, check_input_shape, declared_input_shape, pick_output
+from ._run import RULE_SCOPE, LayerRun, relu_site
 
 __all__ = ["KerasBackend"]
 

@@ -1,4 +1,4 @@
-"""Gradient rules for pointwise, linear-algebra and shape operators (see :mod:`._onnx_emit`).
+"""Gradient rules for pointwise, linear-algebra and shape operators (see :mod:`._emit`).
 
 Every rule is the vector-Jacobian product of the operator's ONNX definition (opset >= 16):
 for y = f(x) it returns dx = J_f(x)^T dy, with broadcasting undone by summation.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._onnx_emit import UnsupportedOperatorError, attr, describe_node, rule
+from ._emit import UnsupportedOperatorError, attr, describe_node, rule
 
 __all__ = []
 

@@ -1,4 +1,4 @@
-"""Gradient rules for pooling (see :mod:`._onnx_emit`).
+"""Gradient rules for pooling (see :mod:`._emit`).
 
 Max pooling sends dy to the element that won each window (the first maximum, as ONNX
 Runtime and torch choose it): for a 2-d window of up to :data:`MAX_OFFSETS` offsets, a
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._onnx_emit import UnsupportedOperatorError, attr, describe_node, rule
-from ._onnx_rules_spatial import spatial_size, transposed, window_geometry
+from ._emit import UnsupportedOperatorError, attr, describe_node, rule
+from .rules_spatial import spatial_size, transposed, window_geometry
 
 __all__ = ["MAX_OFFSETS"]
 

@@ -4,7 +4,7 @@
 layers are the graph's tensors (node outputs), ``"input"`` is its image input and
 ``"output"`` the scores: the graph output, or the input of a final Softmax unless
 ``probabilities=True``. Gradients run on ONNX Runtime through an adjoint graph built from
-the model itself (:mod:`._onnx_adjoint`); a model with a fixed batch serves any batch by
+the model itself (:mod:`.adjoint`); a model with a fixed batch serves any batch by
 splitting it. Images are NCHW float32, as everywhere in convscope.
 """
 from __future__ import annotations
@@ -19,14 +19,14 @@ from convscope._validate import as_images, check_choice, check_finite, check_nam
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
 from convscope.hookspecs import hookimpl
 
-from ._onnx_adjoint import build_adjoint
-from ._onnx_emit import UnsupportedOperatorError
-from ._onnx_graph import prepare
-from ._onnx_layers import layer_names, layer_records, layer_weights
-from ._onnx_load import ModelReadError, read_model
-from ._onnx_runs import Runner
-from ._onnx_session import RuntimeFailure, SessionCache
-from ._onnx_shapes import infer_shapes
+from .adjoint import build_adjoint
+from .adjoint._emit import UnsupportedOperatorError
+from ._graph import prepare
+from ._layers import layer_names, layer_records, layer_weights
+from ._load import ModelReadError, read_model
+from ._runs import Runner
+from ._session import RuntimeFailure, SessionCache
+from ._shapes import infer_shapes
 
 __all__ = ["OnnxBackend", "ModelReadError", "UnsupportedOperatorError", "RuntimeFailure"]
 

@@ -80,7 +80,7 @@ def _hoist_constants(proto, weights):
     share them instead of carrying a copy in every serialised graph."""
     from onnx import numpy_helper
 
-    from ._onnx_load import INLINE_BYTES
+    from ._load import INLINE_BYTES
 
     kept = []
     for node in proto.graph.node:

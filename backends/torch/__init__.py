@@ -17,8 +17,8 @@ from convscope._validate import as_images, check_choice, check_finite, check_nam
 from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients, Layer
 from convscope.hookspecs import hookimpl
 
-from ._torch_pool import MIN_ELEMENTS, channels_last_pool_mode
-from ._torch_rules import relu_rule_mode
+from ._pool import MIN_ELEMENTS, channels_last_pool_mode
+from ._rules import relu_rule_mode
 
 __all__ = ["TorchBackend"]
 
@@ -140,7 +140,7 @@ class TorchBackend:
         self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     def _pool_mode(self, x):
-        """Large CPU max pools through the channels-last kernel (:mod:`._torch_pool`), for
+        """Large CPU max pools through the channels-last kernel (:mod:`._pool`), for
         models with a MaxPool2d module and inputs of some size: the mode costs a few us per
         operation, which a small pass does not win back."""
         if self._max_pools is None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._onnx_session import RuntimeFailure, _first_line
-from ._onnx_shapes import FLOAT
+from ._session import RuntimeFailure, _first_line
+from ._shapes import FLOAT
 
 __all__ = ["Runner"]
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from convscope.backend import Layer
 
-from ._onnx_emit import attr
-from ._onnx_rules_spatial import window_geometry
-from ._onnx_shapes import FLOAT
+from .adjoint._emit import attr
+from .adjoint.rules_spatial import window_geometry
+from ._shapes import FLOAT
 
 __all__ = ["layer_names", "layer_records", "layer_weights"]
 
