@@ -8,7 +8,7 @@
 Sections:
 
 1. method x backend on the demo model (the same weights in torch, ONNX and Keras): convscope
-   against each framework's floor and a peer, with peak memory (:func:`convscope.bench.bench_backend`);
+   against each framework's floor and a peer, with peak memory (:func:`convscope.app.bench.bench_backend`);
 2. larger models (not with ``--quick``): ResNet-18 on torch and ONNX Runtime, ResNet50 on Keras;
 3. backend overheads: the torch gradient against ``torch.autograd.grad``
    (:mod:`benchmarks.torch_speed`), the ONNX gradient against torch autograd and its forward
@@ -55,7 +55,7 @@ def _versions() -> str:
 
 def demo_table(quick: bool, threads: int) -> str:
     import convscope
-    from convscope.bench import bench_backend, format_rows
+    from convscope.app.bench import bench_backend, format_rows
     from convscope.data import demo_model, shapes
 
     n = 8
@@ -74,7 +74,7 @@ def demo_table(quick: bool, threads: int) -> str:
 
 def large_models(threads: int) -> str:
     import convscope
-    from convscope.bench import bench_backend, format_rows
+    from convscope.app.bench import bench_backend, format_rows
 
     from .models import resnet18
     from .onnx_speed import _export
@@ -189,7 +189,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for path in reversed(args.extra_path):
         sys.path.insert(0, os.path.abspath(path))
-    from convscope.bench import limit_threads, machine
+    from convscope.app.bench import limit_threads, machine
 
     limit_threads(args.threads)  # before any framework is imported
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 
-from convscope._bench_peers import captum_ready, occluded_batches
-from convscope.bench import best_of
+from convscope.app.bench_peers import captum_ready, occluded_batches
+from convscope.app.bench import best_of
 
 from ._timing import machine, report
 from .models import resnet18

@@ -8,7 +8,7 @@ captum_attr = pytest.importorskip("captum.attr")
 
 import convscope
 from convscope import attribution as A
-from convscope._bench_peers import captum_ready
+from convscope.app.bench_peers import captum_ready
 
 from _assertions import assert_close  # noqa: E402
 
@@ -190,7 +190,7 @@ def test_occlusion_fills(demo, batch):
 
 def test_gaussian_blur_matches_scipy(rng):
     ndimage = pytest.importorskip("scipy.ndimage")
-    from convscope.attribution._fill import gaussian_blur
+    from convscope._imageops import gaussian_blur
 
     x = rng.random((2, 3, 20, 17), dtype=np.float32)
     want = ndimage.gaussian_filter(x, sigma=(0, 0, 2.0, 2.0), mode="reflect", truncate=3.0)

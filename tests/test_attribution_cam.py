@@ -11,7 +11,7 @@ F = torch.nn.functional
 
 import convscope
 from convscope import attribution as A
-from convscope._bench_peers import captum_ready
+from convscope.app.bench_peers import captum_ready
 from torch_models import MixedReLUNet, TinyResNet
 
 from _assertions import assert_close  # noqa: E402

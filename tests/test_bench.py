@@ -1,4 +1,4 @@
-"""`convscope bench MODEL` and convscope.bench: the table, and that floors and peers compute
+"""`convscope bench MODEL` and convscope.app.bench: the table, and that floors and peers compute
 what convscope computes (a ratio between different work would mean nothing)."""
 import importlib.util
 import re
@@ -10,8 +10,8 @@ import pytest
 
 import convscope
 from convscope import attribution as A
-from convscope.bench import METHODS, BenchRow, bench_backend, best_of, format_rows, peak_memory_mb
-from convscope.cli import main
+from convscope.app.bench import METHODS, BenchRow, bench_backend, best_of, format_rows, peak_memory_mb
+from convscope.app.cli import main
 
 torch = pytest.importorskip("torch")
 
@@ -66,7 +66,7 @@ def test_unknown_method_is_refused_by_name(demo, x):
 
 
 def test_floors_compute_what_convscope_computes(demo, x):
-    from convscope._bench_floors import TorchFloor
+    from convscope.app.bench_floors import TorchFloor
 
     backend, floor = convscope.load(demo), TorchFloor(demo)
     xt = floor.native(x)
@@ -83,7 +83,7 @@ def test_floors_compute_what_convscope_computes(demo, x):
 
 @pytest.mark.parametrize("framework", ["onnx", "keras"])
 def test_floors_of_the_other_frameworks_agree_too(framework, x):
-    from convscope._bench_floors import floor_for
+    from convscope.app.bench_floors import floor_for
 
     pytest.importorskip("onnxruntime" if framework == "onnx" else "tensorflow")
     source = convscope.data.demo_model(framework)
@@ -102,7 +102,7 @@ def test_floors_of_the_other_frameworks_agree_too(framework, x):
 
 def test_captum_peers_compute_the_same_maps(demo, x):
     pytest.importorskip("captum")
-    from convscope._bench_peers import captum_peers
+    from convscope.app.bench_peers import captum_peers
 
     target = np.array([1, 2])
     peers = captum_peers(demo, x, target, layer="relu4", steps=4, window=(16, 16), stride=(8, 8), per_eval=49)
@@ -120,7 +120,7 @@ def test_captum_peers_compute_the_same_maps(demo, x):
 
 def test_best_of_is_interleaved_and_keeps_the_minimum():
     order, clock = [], iter([0.0, 0.3, 1.0, 1.1, 2.0, 2.1, 3.0, 3.5] * 2)
-    import convscope.bench as bench
+    import convscope.app.bench as bench
 
     real = bench.time.perf_counter
     bench.time.perf_counter = lambda: next(clock)
@@ -134,7 +134,7 @@ def test_best_of_is_interleaved_and_keeps_the_minimum():
 
 def test_peak_memory_sees_a_large_temporary_array():
     # a fresh process: in this one, an allocator may serve the array from memory freed by earlier tests
-    code = ("import numpy as np; from convscope.bench import peak_memory_mb; "
+    code = ("import numpy as np; from convscope.app.bench import peak_memory_mb; "
             "print(peak_memory_mb(lambda: np.ones(40 * 2**20 // 8).sum()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     if out == "None":

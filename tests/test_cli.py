@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convscope.cli import build_parser, main
+from convscope.app.cli import build_parser, main
 from convscope.data import shapes
 
 pytest.importorskip("torch")
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "convscope.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "convscope.app.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=600, cwd=cwd)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from convscope.data import shapes
 from convscope.data.datasets import ArrayDataset, ConceptImages, ImageFolder, IterableDataset, as_dataset
-from convscope.data.scan import Collect, Sum, TopK, scan, shard_ranges
+from convscope._scan import Collect, Sum, TopK, scan, shard_ranges
 
 
 def _png(path, array):
@@ -193,7 +193,7 @@ def test_scan_counts_every_image_once(rng):
 def test_scans_show_a_progress_bar(rng, capsys):
     pytest.importorskip("tqdm")
     images = rng.random((10, 1, 2, 2), dtype=np.float32)
-    scan(images, lambda b: {"n": len(b)}, Sum, batch_size=4, desc="counting shapes")
+    scan(images, lambda b: {"n": len(b)}, Sum, batch_size=4, progress=True, desc="counting shapes")
     err = capsys.readouterr().err
     assert "counting shapes" in err and "/10" in err  # tqdm, sized by the dataset
     scan(images, lambda b: {"n": len(b)}, Sum, batch_size=4, progress=False, desc="hidden bar")

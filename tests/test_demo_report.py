@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from convscope.cli import main
+from convscope.app.cli import main
 
 pytest.importorskip("torch")
 

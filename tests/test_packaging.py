@@ -59,7 +59,7 @@ def test_non_editable_install_imports_and_finds_its_plugins(tmp_path):
 def test_shipped_demo_model_accuracy_on_held_out_images():
     torch = pytest.importorskip("torch")
     from convscope.data import demo_model, shapes
-    from convscope.data.train_demo import TEST_SEED, TRAIN_SEED
+    from convscope.data._build.train_demo import TEST_SEED, TRAIN_SEED
 
     assert TEST_SEED != TRAIN_SEED
     model = demo_model("torch")
@@ -74,7 +74,7 @@ def test_shipped_demo_model_accuracy_on_held_out_images():
 @pytest.mark.slow
 def test_training_script_still_trains():
     pytest.importorskip("torch")
-    from convscope.data.train_demo import train
+    from convscope.data._build.train_demo import train
 
     model, acc = train(n_train=3000, n_test=256, epochs=4, log=lambda *_: None)
     assert acc > 0.5  # four classes: chance is 0.25; the full run reaches >= 0.95

@@ -11,7 +11,7 @@ import pytest
 
 from convscope.synthesis import objectives as O
 from convscope.synthesis import regularizers as R
-from convscope.synthesis._common import resize_adjoint, resize_images
+from convscope._imageops import resize_adjoint, resize_images
 from convscope.synthesis.gram import diversity, gram, gram_adjoint, gram_similarity
 from convscope.synthesis.params import ImageParam
 from convscope.synthesis.transforms import STANDARD, Sampling, Transforms

@@ -18,10 +18,10 @@ import numpy as np
 
 from .._validate import check_choice, check_int
 from ..backend import OUTPUT
-from ._layers import check_layer_name, check_spatial, gap_linear_head, resolve_layer
-from ._targets import check_target, objective, output_seeds, prepare
+from .._layers import check_layer_name, check_spatial, gap_linear_head, resolve_layer
+from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare
 from .gradients import input_gradient
-from .occlusion import OUTPUT_MODES, auto_batch_size
+from .._batching import auto_batch_size
 from .result import AttributionMaps, reduce_channels, upsample
 
 __all__ = ["cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam", "LayerPass"]

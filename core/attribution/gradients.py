@@ -11,9 +11,9 @@ import numpy as np
 
 from .._validate import check_choice, check_int, check_number, describe, param_error
 from ..backend import INPUT, OUTPUT
-from ._layers import check_layer_name
-from ._targets import check_target, index_per_sample, output_seeds, prepare
-from .occlusion import auto_batch_size
+from .._layers import check_layer_name
+from .._targets import check_target, index_per_sample, output_seeds, prepare
+from .._batching import auto_batch_size
 from .result import AttributionMaps, reduce_channels
 
 __all__ = ["saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet", "guided_backprop",

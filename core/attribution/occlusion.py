@@ -5,24 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_choice, check_int, describe, param_error
-from ._fill import fill_images
-from ._targets import check_target, objective, output_seeds, prepare
+from .._batching import auto_batch_size
+from .._imageops import fill_images
+from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare
 from .result import AttributionMaps
 
-__all__ = ["occlusion", "OUTPUT_MODES", "window_positions", "auto_batch_size"]
-
-OUTPUT_MODES = ("score", "probability")
-#: Pixels per backend call when the batch size is left to choose: 64 images of 64 x 64, 5 of
-#: 224 x 224. Measured on 2 CPU cores, forward throughput peaks there: the demo model runs
-#: 16-64 images a call 1.7x faster than 256 (whose activations leave the cache), ResNet-18
-#: 2-5 images 1.25x faster than 1 or 20.
-_PIXELS_PER_CALL = 2 ** 18
-
-
-def auto_batch_size(height: int, width: int, pixels: int = _PIXELS_PER_CALL) -> int:
-    """Images per backend call when the caller does not say: ``pixels`` per call in all."""
-    return max(1, pixels // (height * width))
-
+__all__ = ["occlusion", "window_positions"]
 
 def _pair(value, param, owner):
     pair = (value, value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value

@@ -10,7 +10,7 @@ Architecture (input 3 x 64 x 64 RGB in [0, 1], four classes: circle, square, tri
 
 Global average pooling followed by one linear layer, so CAM applies. The same weights
 ship as ``demo_weights.npz`` (torch state dict), ``demo.onnx`` and ``demo.keras``; the
-training script is :mod:`convscope.data.train_demo`.
+training script is :mod:`convscope.data._build.train_demo`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def demo_path(framework: str = "torch") -> Path:
     path = _HERE / _FILES[framework]
     if not path.exists():
         raise FileNotFoundError(f"The demo model file {path.name} is missing from the package; "
-                                "reinstall convscope or run `python -m convscope.data.train_demo`.")
+                                "reinstall convscope or run `python -m convscope.data._build.train_demo`.")
     return path
 
 

@@ -55,7 +55,7 @@ def _stage_iou(cache, thresholds, remove=True):
 def _shards(n, batch_size, client):
     if client is None:
         return [(0, n, None)]
-    from ..data.scan import shard_ranges
+    from .._scan import shard_ranges
 
     workers = sorted(client.scheduler_info()["workers"])
     if not workers:
@@ -89,7 +89,7 @@ def _run(client, fn, per_shard, undo=None):
 
 
 def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_threshold: float = 0.04,
-            batch_size: int = 64, client=None, progress: bool = True, cache_dir=None, cache_ram_mb: float = 256,
+            batch_size: int = 64, client=None, progress: bool | None = None, cache_dir=None, cache_ram_mb: float = 256,
             skip_empty: bool = False, options=None) -> Dissection:
     """Dissect ``layer`` of ``model`` on a concept dataset.
 
@@ -125,9 +125,9 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
     shards = _shards(n, batch_size, client)
     target = backend if client is None else model
 
-    from ..data.scan import progress_bar
+    from .._progress import progress_bar
 
-    bar = progress_bar(total=n, desc=f"dissect {layer}", enabled=progress)
+    bar = progress_bar(total=n, desc=f"dissect {layer}", progress=progress, unit="img")
     try:
         if client is None:
             from ._cache import fill_cache

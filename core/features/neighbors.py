@@ -12,7 +12,7 @@ import numpy as np
 from .._plugins import load
 from .._validate import as_images, check_choice, check_int, describe, param_error
 from ..data.datasets import as_dataset
-from ..data.scan import ActivationStep, Collect, scan
+from .._scan import ActivationStep, Collect, scan
 from ..render import Renderable, grid, resize, to_rgb
 from ._common import caption, layer_record, side_by_side, zoom, zoom_factor
 
@@ -78,7 +78,7 @@ def _collect(backend, model, data, layer, pool, pixel_size, batch_size, client, 
 
 
 def layer_features(model, data, layer: str, *, pool: str = "mean", batch_size: int = 64, client=None,
-                   progress: bool = True) -> Features:
+                   progress: bool | None = None) -> Features:
     """Stream ``data`` and keep each image's features at ``layer``, pooled by ``pool``
     (``"mean"``, ``"max"`` over the map, or ``"none"``: flattened), for :func:`embed` or
     a search. Memory grows as N x D, so pool spatial layers of large datasets."""
@@ -144,7 +144,7 @@ def _search(base, queries, k, metric, exclude):
 
 def nearest_neighbors(model, data, queries, layer: str, k: int = 5, *, metric: str = "l2", pool: str = "mean",
                       pixel_size: int | None = 32, batch_size: int = 64, client=None,
-                      progress: bool = True) -> Neighbors:
+                      progress: bool | None = None) -> Neighbors:
     """The ``k`` images of ``data`` closest to each query in ``layer``'s feature space and,
     beside them, in pixel space.
 

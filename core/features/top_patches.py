@@ -16,7 +16,7 @@ import numpy as np
 from .._plugins import load
 from .._validate import check_int, param_error
 from ..data.datasets import as_dataset
-from ..data.scan import ActivationStep, TopK, scan
+from .._scan import ActivationStep, TopK, scan
 from ..render import Renderable, grid, normalize, to_rgb
 from ._common import caption, channel_list, layer_record, zoom, zoom_factor
 from .receptive_field import unit_boxes
@@ -116,7 +116,7 @@ class TopPatches(Renderable):
 
 
 def top_patches(model, data, layer: str, channels=None, k: int = 9, *, guided: bool = False,
-                batch_size: int = 64, client=None, progress: bool = True) -> TopPatches:
+                batch_size: int = 64, client=None, progress: bool | None = None) -> TopPatches:
     """Stream ``data`` through ``model`` and keep, per channel of ``layer``, the ``k`` images
     whose strongest unit responds most, with that unit's receptive-field patch.
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from .._plugins import load
 from .._validate import as_images, check_choice, check_int, param_error
-from ..attribution._fill import fill_images
-from ..attribution._targets import check_target, objective, output_seeds
-from ..attribution.occlusion import OUTPUT_MODES, auto_batch_size
+from .._imageops import fill_images
+from .._targets import OUTPUT_MODES, check_target, objective, output_seeds
+from .._batching import auto_batch_size
 from .pointing import as_maps
 
 __all__ = ["deletion", "insertion", "PerturbationCurve"]

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..backend import INPUT
 from . import regularizers as R
-from ._common import numpy_single_threaded, progress_bar
+from .._progress import progress_bar
+from ._common import numpy_single_threaded
 from .params import ImageParam
 from .transforms import Transforms
 
@@ -71,7 +72,7 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
     size = param.shape[2:]
     tensors = tuple(objective.tensors)
     trace = AscentTrace()
-    bar = progress_bar(steps, progress, desc)
+    bar = progress_bar(total=steps, desc=desc, progress=progress)
     box = {}
 
     def seeds(acts):
@@ -114,14 +115,12 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
                     t = param.encode(_operate(param.image(t), g_obj, step, priors, lo, hi, center))
                 if callback is not None:
                     callback(step, param.image(t), trace.values[-1])
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(objective=f"{float(np.mean(trace.values[-1])):.4g}", refresh=False)
+                bar.update(1)
+                bar.set_postfix(objective=f"{float(np.mean(trace.values[-1])):.4g}", refresh=False)
                 if stop is not None and stop(step, trace.values[-1], result.outputs):
                     break
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     return t, trace
 
 

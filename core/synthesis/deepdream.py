@@ -19,7 +19,9 @@ from .._plugins import load
 from .._validate import as_images, check_int, check_number, param_error
 from ..backend import INPUT
 from ..render import Renderable, grid, to_rgb
-from ._common import check_range, fixed_input_size, numpy_single_threaded, progress_bar, resize_adjoint, resize_images
+from .._imageops import resize_adjoint, resize_images
+from .._progress import progress_bar
+from ._common import check_range, fixed_input_size, numpy_single_threaded
 from .objectives import Objective, layer_l2
 
 __all__ = ["deepdream", "Dream"]
@@ -88,7 +90,7 @@ def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.
         box["values"] = values
         return seed_map
 
-    bar = progress_bar(steps * len(sizes), progress, owner)
+    bar = progress_bar(total=steps * len(sizes), desc=owner, progress=progress)
     detail = None
     step = 0
     blas = numpy_single_threaded()
@@ -111,12 +113,10 @@ def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.
                 history.append(np.asarray(box["values"], np.float32))
                 if callback is not None:
                     callback(step, resize_images(x, (h, w)), history[-1])
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 step += 1
             detail = x - base
     finally:
         blas.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
+        bar.close()
     return Dream(x, x0, objective, history, value_range)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int, check_number, param_error
-from ._common import progress_bar
+from .._progress import progress_bar
 from .texture import Texture
 
 __all__ = ["efros_leung"]
@@ -60,7 +60,7 @@ def efros_leung(exemplar, size=(48, 48), *, window: int = 11, eps: float = 0.1, 
     cy, cx = r + h // 2 - 1, r + w // 2 - 1
     out[:, cy:cy + 3, cx:cx + 3] = e[:, sy:sy + 3, sx:sx + 3]
     filled[cy:cy + 3, cx:cx + 3] = True
-    bar = progress_bar(h * w - 9, progress, owner)
+    bar = progress_bar(total=h * w - 9, desc=owner, progress=progress)
     try:
         while not filled[r:r + h, r:r + w].all():
             inner = filled[r:r + h, r:r + w]
@@ -79,10 +79,8 @@ def efros_leung(exemplar, size=(48, 48), *, window: int = 11, eps: float = 0.1, 
                 pick = choices[rng.integers(len(choices))]
                 out[:, y + r, x + r] = centres[pick]
                 filled[y + r, x + r] = True
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     image = out[:, r:r + h, r:r + w].astype(np.float32)[None]
     return Texture(image, e[None], ["efros-leung"], [np.nan], (0.0, 1.0))

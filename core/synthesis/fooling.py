@@ -22,15 +22,11 @@ from .._plugins import load
 from .._validate import as_images, check_choice, check_int, check_number, param_error
 from ..backend import INPUT, OUTPUT
 from ..render import Renderable, grid, normalize, to_rgb
-from ._common import check_range, fixed_input_size, progress_bar
+from .._progress import progress_bar
+from .._targets import softmax
+from ._common import check_range, fixed_input_size
 
-__all__ = ["fool", "Fooling", "softmax"]
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+__all__ = ["fool", "Fooling"]
 
 
 class Fooling(Renderable):
@@ -137,7 +133,7 @@ def fool(model, image, target=None, *, method: str = "pgd", epsilon=8 / 255, ste
             return (p.argmax(axis=1) == targets) & (p[np.arange(n), targets] >= confidence)
         return p.argmax(axis=1) != box["original"]
 
-    bar = progress_bar(steps, progress, owner)
+    bar = progress_bar(total=steps, desc=owner, progress=progress)
     moved = False
     try:
         for step in range(steps):
@@ -156,11 +152,9 @@ def fool(model, image, target=None, *, method: str = "pgd", epsilon=8 / 255, ste
             moved = True
             if callback is not None:
                 callback(step, x.copy(), box["p"][np.arange(n), targets] if targets is not None else box["p"].max(1))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     p = softmax(backend.forward(x)) if moved else box["p"]
     done = succeeded(p)
     return Fooling(x0, x, targets if targets is not None else box.get("original"), p.astype(np.float32), done, taken,

@@ -16,7 +16,8 @@ import numpy as np
 from .._plugins import load
 from .._validate import as_images, check_int, check_number, param_error
 from ..render import Renderable, grid, to_rgb
-from ._common import check_layers, check_range, check_weight, fixed_input_size
+from .._layers import check_layers
+from ._common import check_range, check_weight, fixed_input_size
 from .ascent import Priors, run_ascent
 from .objectives import Objective
 from .optim import make_optimizer

@@ -11,7 +11,7 @@ means over pixels, so weights do not depend on the image size.
 
 Operators edit the image directly (Yosinski et al. 2015):
 
-- :func:`gaussian_blur` (every k steps), separable, mirrored edges;
+- :func:`gaussian_blur` (every k steps), separable, reflected edges (the one in ``convscope._imageops``);
 - :func:`clip_small_norm`: pixels whose norm over channels ``|x - c|`` lies at or below the
   given percentile of the image become ``c``;
 - :func:`clip_small_contribution`: the same for the contribution ``|sum_ch (x - c) g|``,
@@ -21,6 +21,8 @@ Operators edit the image directly (Yosinski et al. 2015):
 from __future__ import annotations
 
 import numpy as np
+
+from .._imageops import gaussian_blur
 
 __all__ = ["l2_penalty", "total_variation", "gaussian_blur", "clip_small_norm", "clip_small_contribution",
            "clip_range"]
@@ -49,32 +51,6 @@ def total_variation(x: np.ndarray, beta: float = 2.0, eps: float = 1e-6) -> tupl
     grad[:, :, 1:, :-1] += gy
     grad[:, :, :-1, :-1] -= gx + gy
     return values, grad
-
-
-def _blur_matrix(n, sigma):
-    radius = max(1, int(np.ceil(3 * sigma)))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel /= kernel.sum()
-    m = np.zeros((n, n), np.float64)
-    for o, k in zip(offsets, kernel):
-        j = np.arange(n) + o
-        if n > 1:
-            period = 2 * (n - 1)
-            j = np.mod(j, period)
-            j = np.where(j >= n, period - j, j)
-        else:
-            j = np.zeros_like(j)
-        np.add.at(m, (np.arange(n), j), k)
-    return m.astype(np.float32)
-
-
-def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of the last two axes (separable, mirrored edges, radius 3 sigma)."""
-    if sigma <= 0:
-        return x
-    bh, bw = _blur_matrix(x.shape[-2], sigma), _blur_matrix(x.shape[-1], sigma)
-    return np.einsum("Hh,...hw,Ww->...HW", bh, x, bw, optimize=True).astype(np.float32)
 
 
 def _clip_below(x, score, percentile, center):

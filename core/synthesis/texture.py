@@ -18,7 +18,8 @@ import numpy as np
 from .._plugins import load
 from .._validate import as_images, check_int, check_name, param_error
 from ..render import Renderable, grid, to_rgb
-from ._common import check_layers, check_range, check_size, check_weight, fixed_input_size, spatial_layers
+from .._layers import check_layers, spatial_layers
+from ._common import check_range, check_size, check_weight, fixed_input_size
 from .ascent import Priors, run_ascent
 from .gram import gram, gram_adjoint
 from .objectives import Objective

@@ -10,7 +10,7 @@ import convscope
 from convscope import synthesis as S
 from convscope.data import DEMO_CLASSES, demo_model, shapes
 from convscope.render import grid, save_png
-from convscope.synthesis._common import resize_images
+from convscope._imageops import resize_images
 
 OUT = Path(__file__).parent
 SCALE = 3

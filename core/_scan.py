@@ -22,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from .._validate import param_error
-from .datasets import Batch, Dataset, as_dataset, empty_error
+from ._progress import progress_bar
+from ._validate import param_error
+from .data.datasets import Batch, Dataset, as_dataset, empty_error
 
-__all__ = ["Summary", "TopK", "Collect", "Sum", "ActivationStep", "scan", "shard_ranges", "progress_bar"]
+__all__ = ["Summary", "TopK", "Collect", "Sum", "ActivationStep", "scan", "shard_ranges"]
 
 
 class Summary:
@@ -188,32 +189,6 @@ class ActivationStep:
         return state
 
 
-def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="img"):
-    """A tqdm bar when ``enabled`` and tqdm is installed, else a silent stand-in."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # the bar is a convenience: scans run without it
-            pass
-        else:
-            return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-    return _Silent(iterable)
-
-
-class _Silent:
-    def __init__(self, iterable):
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
 def shard_ranges(n: int, batch_size: int, shards: int) -> list:
     """Split ``[0, n)`` into at most ``shards`` contiguous ``(start, stop)`` ranges whose
     boundaries fall on multiples of ``batch_size`` (so batches match the one-process run)."""
@@ -232,12 +207,12 @@ def _scan_local(dataset: Dataset, step, summary: Summary, batch_size, owner, bar
 
 
 def _scan_shard(dataset, step, make_summary, batch_size, owner):
-    summary, seen = _scan_local(dataset, step, make_summary(), batch_size, owner, _Silent(None))
+    summary, seen = _scan_local(dataset, step, make_summary(), batch_size, owner, progress_bar(progress=False))
     return summary, seen
 
 
 def scan(data, step: Callable, make_summary: Callable[[], Summary], *, batch_size: int = 64, client=None,
-         progress: bool = True, owner: str = "scan", desc: str | None = None) -> Summary:
+         progress: bool | None = None, owner: str = "scan", desc: str | None = None) -> Summary:
     """Stream ``data`` through ``step`` into a summary; returns the summary.
 
     ``data`` is anything :func:`~convscope.data.datasets.as_dataset` takes; ``step(batch)``
@@ -249,7 +224,7 @@ def scan(data, step: Callable, make_summary: Callable[[], Summary], *, batch_siz
     """
     dataset = as_dataset(data, owner=owner)
     if client is None:
-        bar = progress_bar(total=dataset.n, desc=desc or owner, enabled=progress)
+        bar = progress_bar(total=dataset.n, desc=desc or owner, progress=progress, unit="img")
         try:
             summary, seen = _scan_local(dataset, step, make_summary(), batch_size, owner, bar)
         finally:
@@ -284,7 +259,7 @@ def _scan_dask(dataset, step, make_summary, batch_size, client, progress, owner,
         f = client.submit(_scan_shard, dataset.subset(start, stop), step, make_summary, batch_size, owner,
                           workers=[worker], allow_other_workers=False, pure=False)
         futures[f.key] = (f, stop - start)
-    bar = progress_bar(total=dataset.n, desc=desc or owner, enabled=progress)
+    bar = progress_bar(total=dataset.n, desc=desc or owner, progress=progress, unit="img")
     try:
         for f in as_completed([f for f, _ in futures.values()]):
             f.result()  # raise a worker's error here

@@ -1,12 +1,13 @@
-"""Choosing and checking the layer a CAM reads, from the backend's layer records."""
+"""Choosing and checking layers from the backend's layer records: the layer a CAM reads, the
+spatial layers a synthesis objective or a report walks."""
 from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_name, describe, param_error
+from ._validate import check_name, describe, param_error
 
 __all__ = ["records", "spatial_size", "default_layer", "resolve_layer", "check_layer_name", "check_spatial",
-           "gap_linear_head"]
+           "gap_linear_head", "spatial_layers", "check_layers"]
 
 
 def records(backend, x):
@@ -95,3 +96,25 @@ def gap_linear_head(recs, layer: str, owner: str) -> str:
     raise ValueError(f"{owner} (Zhou et al. 2016) needs the layer to feed global average pooling and then one "
                      f"linear layer that gives the outputs, so that class weights apply to its channels; here {why}. "
                      "Use grad_cam, which works for any architecture and equals CAM on such models.")
+
+
+def spatial_layers(backend, kinds=("relu",)) -> list:
+    """Names of the layers with (C, H, W) outputs, H x W > 1, of the given kinds (ReLUs by
+    default; conv layers when the model has no separate ReLU layers)."""
+    maps = [layer for layer in backend.layers() if spatial_size(layer.shape) > 1]
+    names = [layer.name for layer in maps if layer.kind in kinds]
+    return names or [layer.name for layer in maps if layer.kind == "conv"]
+
+
+def check_layers(layers, backend, owner: str, param: str = "layers") -> list:
+    """A layer name or a non-empty sequence of them, each known to the backend."""
+    if isinstance(layers, str):
+        layers = [layers]
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise param_error(param, owner, "a layer name or a list of layer names", repr(layers), TypeError) from None
+    if not layers:
+        raise param_error(param, owner, "at least one layer name", "an empty sequence")
+    known = [layer.name for layer in backend.layers()]
+    return [check_name(name, known, param, owner) for name in layers]

@@ -23,7 +23,7 @@ class UsageError(Exception):
 
 def load_model(spec: str):
     """Turn a MODEL argument into something :func:`convscope.load` accepts."""
-    from .data import demo_model
+    from ..data import demo_model
 
     if spec == "demo" or spec.startswith("demo:"):
         framework = spec.partition(":")[2] or "torch"

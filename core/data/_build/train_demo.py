@@ -1,7 +1,7 @@
 """Train the demo model on generated shapes and write its weights into the package.
 
-    python -m convscope.data.train_demo            # full run, writes demo_weights.npz
-    python -m convscope.data.train_demo --quick    # reduced size, writes nothing
+    python -m convscope.data._build.train_demo            # full run, writes demo_weights.npz
+    python -m convscope.data._build.train_demo --quick    # reduced size, writes nothing
 
 Fixed seeds: the data are a pure function of their seed and torch is seeded, so a rerun
 on the same torch build gives the same weights.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import build_torch_demo
-from .shapes import shapes
+from ..demo import build_torch_demo
+from ..shapes import shapes
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent  # core/data, where the demo files live
 TRAIN_SEED, TEST_SEED = 1, 2
 
 

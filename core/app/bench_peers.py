@@ -1,4 +1,4 @@
-"""Peer implementations for :mod:`convscope.bench`: what a user would run without convscope.
+"""Peer implementations for :mod:`convscope.app.bench`: what a user would run without convscope.
 
 - torch: Captum (``Saliency``, ``GuidedBackprop``, ``IntegratedGradients``, ``Occlusion``,
   ``LayerGradCam`` + ``LayerAttribution.interpolate``) on a copy of the module whose ReLUs are
@@ -22,8 +22,8 @@ __all__ = ["captum_peers", "captum_ready", "keras_peers", "occluded_batches"]
 def occluded_batches(x, window, stride, per_eval):
     """The images occlusion evaluates, in backend calls of ``len(x) * per_eval`` images, the
     clean images riding in the first call: the floor's input for occlusion."""
-    from .attribution._fill import fill_images
-    from .attribution.occlusion import window_positions
+    from .._imageops import fill_images
+    from ..attribution.occlusion import window_positions
 
     n, _, h, w = x.shape
     filled = fill_images(x, "mean", "bench", sigma=1.0)
@@ -98,7 +98,7 @@ def _quiet(fn):
 
 def _tape_peers(tf, model, x, target, *, layer, steps, window, stride, per_eval, x_nchw, to_native):
     """Bare eager GradientTape code, as written by hand."""
-    from ._bench_floors import packed
+    from .bench_floors import packed
 
     pack = packed(model)
     onehot = tf.one_hot(np.asarray(target), int(model.outputs[0].shape[-1]))

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import grid, save_png, to_rgb
-from .report import Report
+from .._layers import spatial_layers
+from ..render.image import grid, save_png, to_rgb
+from ..render.report import Report
 
 __all__ = ["demo_report", "model_report"]
 
@@ -31,10 +32,6 @@ class _Pictures:
         rgb = picture.to_rgb() if hasattr(picture, "to_rgb") else np.asarray(picture)
         save_png(rgb, self.folder / f"{name}.png", scale=scale)
         self.report.picture(rgb, caption, scale=scale)
-
-
-def _spatial_layers(backend):
-    return [r for r in backend.layers() if r.spatial and r.shape[1] * r.shape[2] > 1 and r.kind in ("relu", "conv", "block")]
 
 
 def _method_grid(results, images, masks=None):
@@ -82,9 +79,9 @@ def _build(report, add, model, images, labels, masks, *, concepts=None, quick=Fa
 
     backend = convscope.load(model)
     backend.forward(images[:1])
-    spatial = _spatial_layers(backend)
-    first, last = spatial[0].name, spatial[-1].name
-    middle = spatial[len(spatial) // 2].name
+    spatial = spatial_layers(backend, kinds=("relu", "conv", "block"))
+    first, last = spatial[0], spatial[-1]
+    middle = spatial[len(spatial) // 2]
     report.section("Layers")
     report.table([dict(name=r.name, kind=r.kind, shape=r.shape, kernel=r.kernel or "", stride=r.stride or "")
                   for r in backend.layers()])

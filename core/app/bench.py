@@ -6,8 +6,8 @@ floor and to a peer library, all measured in one run.
 For every method the table gives convscope's time, the **floor** (the fastest way the
 framework itself offers to compute what the method needs: one forward and one backward for a
 gradient method, the batched forward of the same occluded images for occlusion, see
-:mod:`convscope._bench_floors`) and a **peer** (Captum on torch; tf-keras-vis, or a bare
-eager ``GradientTape``, on TensorFlow; see :mod:`convscope._bench_peers`), each as a ratio:
+:mod:`convscope.app.bench_floors`) and a **peer** (Captum on torch; tf-keras-vis, or a bare
+eager ``GradientTape``, on TensorFlow; see :mod:`convscope.app.bench_peers`), each as a ratio:
 ``x floor = convscope / floor`` and ``x peer = convscope / peer`` (below 1: convscope is
 faster). Times are the best of ``repeat`` calls of each contender, run interleaved
 (A, B, C, A, B, C, ...): on a shared machine the minimum is the least disturbed estimate of
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import check_choice, check_int, param_error
+from .._validate import check_choice, check_int, param_error
 
 __all__ = ["METHODS", "BenchRow", "best_of", "peak_memory_mb", "machine", "limit_threads", "bench_backend",
            "format_rows", "add_bench_command"]
@@ -179,8 +179,8 @@ def _onehot(target, k, repeat=1):
 def _cases(backend, floor, x, target, k, *, layer, steps, window, stride, per_eval, visualize_steps):
     """{method: (convscope call, floor call or None/False, what the floor computes)}; every input
     of the floors is made here, outside the timed calls."""
-    from . import attribution as A
-    from .synthesis import class_logit, visualize
+    from .. import attribution as A
+    from ..synthesis import class_logit, visualize
 
     n = len(x)
     xn = floor.native(x) if floor else None
@@ -189,7 +189,7 @@ def _cases(backend, floor, x, target, k, *, layer, steps, window, stride, per_ev
     path_seeds = _onehot(target, k, steps)
     batches = None
     if floor:
-        from ._bench_peers import occluded_batches
+        from .bench_peers import occluded_batches
         batches = [floor.native(b) for b in occluded_batches(x, window, stride, per_eval)]
     one = _onehot(target, k)
     x1, one1 = (floor.native(x[:1]), one[:1]) if floor else (None, None)
@@ -224,7 +224,7 @@ def _cases(backend, floor, x, target, k, *, layer, steps, window, stride, per_ev
 def _layer_for(backend, x, layer):
     """The layer of activations and Grad-CAM; None when the model has no spatial layer (those
     two rows then say so)."""
-    from .attribution._layers import resolve_layer
+    from .._layers import resolve_layer
 
     try:
         return resolve_layer(backend, x, layer, "bench")[0]
@@ -246,8 +246,8 @@ def bench_backend(backend, x, *, source=None, methods=METHODS, layer=None, repea
     them in one call, up to 64). ``peer_model`` (a torch module with the same weights) gives
     Captum peers to a backend of another framework, with ``peer_layer`` its name for ``layer``.
     """
-    from ._bench_floors import floor_for
-    from ._bench_peers import captum_peers, keras_peers
+    from .bench_floors import floor_for
+    from .bench_peers import captum_peers, keras_peers
 
     for m in methods:
         check_choice(m, METHODS, "methods", "bench")
@@ -262,7 +262,7 @@ def bench_backend(backend, x, *, source=None, methods=METHODS, layer=None, repea
     window = window or (max(1, h // 4), max(1, w // 4))
     stride = stride or (max(1, window[0] // 2), max(1, window[1] // 2))
     if per_eval is None:
-        from .attribution.occlusion import window_positions
+        from ..attribution.occlusion import window_positions
         per_eval = min(64, len(window_positions((h, w), window, stride)))
     floor = floor_for(backend, source, threads)
     options = dict(layer=layer, steps=steps, window=window, stride=stride, per_eval=per_eval)
@@ -352,8 +352,8 @@ def _input_shape(backend, model, size):
 
 
 def _cmd_bench(args):
-    from . import load
-    from ._cli_inputs import load_model
+    from .. import load
+    from .inputs import load_model
 
     threads = limit_threads(args.threads)
     model = load_model(args.model)
@@ -373,7 +373,7 @@ def _cmd_bench(args):
 
 def add_bench_command(subparsers):
     """Register ``convscope bench MODEL`` on the command's subparsers."""
-    from ._cli_inputs import MODEL_FORMATS
+    from .inputs import MODEL_FORMATS
 
     text = "time every method on MODEL against the framework's floor and a peer library"
     p = subparsers.add_parser("bench", help=text, description=text + ". " + __doc__.split("\n\n")[2].replace("\n", " "))

@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 
-from ._cli_inputs import MODEL_FORMATS, UsageError, check_output, load_model, read_images
+from .inputs import MODEL_FORMATS, UsageError, check_output, load_model, read_images
 
 __all__ = ["main", "build_parser"]
 
@@ -39,7 +39,7 @@ def cmd_layers(args):
 
 
 def cmd_explain(args):
-    from . import attribution
+    from .. import attribution
 
     method = getattr(attribution, args.method)
     kwargs = {"layer": args.layer} if args.layer and args.method in _LAYER_METHODS else {}
@@ -47,38 +47,38 @@ def cmd_explain(args):
 
 
 def cmd_filters(args):
-    from .features import filters
+    from ..features import filters
 
     _save(filters(load_model(args.model), args.layer, scale=args.scale), args)
 
 
 def cmd_activations(args):
-    from .features import activation_maps
+    from ..features import activation_maps
 
     _save(activation_maps(load_model(args.model), _images(args)[:1], args.layer), args)
 
 
 def _data(args):
-    from .data.datasets import image_folder
+    from ..data.datasets import image_folder
 
     return image_folder(args.data, size=args.size)
 
 
 def cmd_patches(args):
-    from .features import top_patches
+    from ..features import top_patches
 
     _save(top_patches(load_model(args.model), _data(args), args.layer, args.channels, k=args.k, guided=args.guided), args)
 
 
 def cmd_neighbors(args):
-    from .features import nearest_neighbors
+    from ..features import nearest_neighbors
 
     _save(nearest_neighbors(load_model(args.model), _data(args), args.queries, args.layer, k=args.k,
                             metric=args.metric), args)
 
 
 def cmd_embed(args):
-    from .features import embed, layer_features
+    from ..features import embed, layer_features
 
     data = _data(args)
     features = layer_features(load_model(args.model), data, args.layer)
@@ -87,7 +87,7 @@ def cmd_embed(args):
 
 
 def cmd_visualize(args):
-    from .synthesis import channel, class_logit, visualize
+    from ..synthesis import channel, class_logit, visualize
 
     if (args.channel is None) == (args.cls is None):
         raise UsageError("give either --layer with --channel, or --class")
@@ -96,19 +96,19 @@ def cmd_visualize(args):
 
 
 def cmd_dream(args):
-    from .synthesis import deepdream
+    from ..synthesis import deepdream
 
     _save(deepdream(load_model(args.model), _images(args)[:1], args.layer, steps=args.steps), args)
 
 
 def cmd_invert(args):
-    from .synthesis import invert
+    from ..synthesis import invert
 
     _save(invert(load_model(args.model), _images(args)[:1], args.layers, steps=args.steps), args)
 
 
 def cmd_style(args):
-    from .synthesis import style_transfer
+    from ..synthesis import style_transfer
 
     content, style = read_images([args.content, args.style], args.size or _size_of(args.content))
     _save(style_transfer(load_model(args.model), content[None], style[None], steps=args.steps), args)
@@ -125,14 +125,14 @@ def _size_of(path):
 
 
 def cmd_fool(args):
-    from .synthesis import fool
+    from ..synthesis import fool
 
     _save(fool(load_model(args.model), _images(args), args.target, epsilon=args.epsilon), args)
 
 
 def cmd_dissect(args):
-    from .data import shapes
-    from .dissection import dissect
+    from ..data import shapes
+    from ..dissection import dissect
 
     out = check_output(args.output)
     concepts = args.data if args.data else shapes(args.n)
@@ -142,7 +142,7 @@ def cmd_dissect(args):
 
 
 def cmd_report(args):
-    from .render.microscope import model_report
+    from .report import model_report
 
     out = check_output(args.output)
     model_report(load_model(args.model), _data(args), out, n=args.n)
@@ -150,7 +150,7 @@ def cmd_report(args):
 
 
 def cmd_demo(args):
-    from .render.microscope import demo_report
+    from .report import demo_report
 
     out = check_output(args.out, folder=True)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The floor of each framework for :mod:`convscope.bench`: the fastest way the framework itself
+"""The floor of each framework for :mod:`convscope.app.bench`: the fastest way the framework itself
 offers to compute what a method needs, written as a user would, without convscope.
 
 - torch: the module called under ``inference_mode``, a forward hook that stops the pass once
@@ -107,7 +107,7 @@ class KerasFloor:
         import keras
         import tensorflow as tf
 
-        from .backends.tensorflow._model import channels_last
+        from ..backends.tensorflow._model import channels_last
 
         self.tf, self.keras, self.model = tf, keras, model
         self.last = channels_last(model, keras)

@@ -1,7 +1,7 @@
 """Write the demo model as a Keras file with the weights of the torch one.
 
-    python -m convscope.data.export_keras            # writes core/data/demo.keras
-    python -m convscope.data.export_keras --check    # also compares the scores with torch
+    python -m convscope.data._build.export_keras            # writes core/data/demo.keras
+    python -m convscope.data._build.export_keras --check    # also compares the scores with torch
 
 The Keras model takes NHWC input (64 x 64 x 3) and has the torch model's layers and names
 (conv1..conv4, bn1..bn4, relu1..relu4, pool1..pool3, gap, flatten, fc): the global average
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import DEMO_CLASSES, WIDTHS
+from ..demo import DEMO_CLASSES, WIDTHS
 
 __all__ = ["build_keras_demo", "keras_weights_from_torch", "export"]
 
-_HERE = Path(__file__).parent
+_HERE = Path(__file__).parent.parent  # core/data, where the demo files live
 TORCH_BN_EPSILON = 1e-5
 
 
@@ -79,8 +79,8 @@ def _compare_with_torch(model, n: int = 8) -> float:
     """Largest relative difference between the Keras and torch scores on generated shapes."""
     import torch
 
-    from .demo import demo_model
-    from .shapes import shapes
+    from ..demo import demo_model
+    from ..shapes import shapes
 
     x = shapes(n, seed=3).images
     with torch.inference_mode():

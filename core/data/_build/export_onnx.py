@@ -1,7 +1,7 @@
 """Export the shipped torch demo model to ``demo.onnx`` in the package.
 
-    python -m convscope.data.export_onnx             # writes core/data/demo.onnx
-    python -m convscope.data.export_onnx --check     # also compares with torch on demo images
+    python -m convscope.data._build.export_onnx             # writes core/data/demo.onnx
+    python -m convscope.data._build.export_onnx --check     # also compares with torch on demo images
 
 BatchNormalization nodes are kept (not folded into the convolutions) and every node's output
 tensor is named after its torch module (conv1, bn1, relu1, pool1, ..., gap, flatten, fc), so
@@ -14,11 +14,11 @@ import argparse
 import io
 from pathlib import Path
 
-from .demo import demo_model
+from ..demo import demo_model
 
 __all__ = ["export_demo", "OPSET"]
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent  # core/data, where the demo files live
 OPSET = 17
 
 
@@ -62,7 +62,7 @@ def export_demo(path: Path | str = HERE / "demo.onnx", opset: int = OPSET):
                           dynamic_axes={"input": {0: "batch"}, "fc": {0: "batch"}}, opset_version=opset,
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
     proto = _rename_outputs(onnx.load_from_string(buffer.getvalue()), names)
-    proto.producer_name = "convscope.data.export_onnx"
+    proto.producer_name = "convscope.data._build.export_onnx"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return proto
@@ -72,7 +72,7 @@ def _check(path):
     import numpy as np
     import torch
 
-    from .shapes import shapes
+    from ..shapes import shapes
 
     import convscope
 

@@ -18,10 +18,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._plugins import load
-from .._validate import as_images, describe, param_error
+from ._plugins import load
+from ._validate import as_images, describe, param_error
 
-__all__ = ["prepare", "check_target", "output_seeds", "index_per_sample", "softmax", "objective"]
+__all__ = ["prepare", "check_target", "output_seeds", "index_per_sample", "softmax", "objective", "OUTPUT_MODES"]
+
+#: What a perturbation method compares: the raw scores, or their softmax.
+OUTPUT_MODES = ("score", "probability")
 
 
 def prepare(model, x, owner: str):
