@@ -8,7 +8,8 @@ Gradient variants get ``A`` and ``dS/dA`` from ONE forward and backward pass
 passes, so they run on any backend.
 
 The default layer is the last one with a spatial output (H x W > 1), e.g. the last conv
-block before global pooling.
+block before global pooling. ``clip`` (default True) keeps the final ReLU; ``clip=False``
+returns the signed map (the argument was called ``relu`` before; that name still works).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .._layers import check_layer_name, check_spatial, gap_linear_head, resolve_
 from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare
 from .gradients import input_gradient
 from .._batching import auto_batch_size
+from .._renamed import renamed
 from .result import AttributionMaps, reduce_channels, upsample
 
 __all__ = ["cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam", "LayerPass"]
@@ -87,31 +89,32 @@ def _pass(backend, x, target, layer, mode, recs, owner):
     return LayerPass(backend, x, layer, acts, grads, seeds, classes, outputs, recs, owner)
 
 
-def _combine(p: LayerPass, weights: np.ndarray, relu: bool) -> np.ndarray:
+def _combine(p: LayerPass, weights: np.ndarray, clip: bool) -> np.ndarray:
     """``ReLU(sum_c w_c A_c)`` at the layer's resolution, (N, h, w)."""
     if weights.ndim == 4:
         m = np.einsum("nchw,nchw->nhw", weights, p.acts)
     else:
         m = np.einsum("nc,nchw->nhw", weights, p.acts)
-    return np.maximum(m, 0) if relu else m
+    return np.maximum(m, 0) if clip else m
 
 
-def _result(p: LayerPass, layer_maps: np.ndarray, relu: bool, **info) -> AttributionMaps:
+def _result(p: LayerPass, layer_maps: np.ndarray, clip: bool, **info) -> AttributionMaps:
     maps = upsample(layer_maps, p.x.shape[2:])
-    return AttributionMaps(maps, p.x, p.owner, p.classes, signed=not relu, outputs=p.outputs,
+    return AttributionMaps(maps, p.x, p.owner, p.classes, signed=not clip, outputs=p.outputs,
                            info={"layer": p.layer, "layer_maps": layer_maps.astype(np.float32), **info})
 
 
-def _run(owner, model, x, target, layer, weights_fn, mode, relu, precheck=None, **info):
+def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, **info):
     p = _layer_pass(owner, model, x, target, layer, mode, precheck)
-    return _result(p, _combine(p, weights_fn(p), relu), relu, **info)
+    return _result(p, _combine(p, weights_fn(p), clip), clip, **info)
 
 
 # --------------------------------------------------------------------------- gradient variants
-def grad_cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+@renamed(relu="clip")
+def grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij dS/dA_cij``,
     ``cam = ReLU(sum_c w_c A_c)``. Any layer with a spatial output; default the last one."""
-    return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", relu)
+    return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", clip)
 
 
 def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
@@ -122,17 +125,19 @@ def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
     return (alpha * np.maximum(g, 0)).sum(axis=(2, 3)).astype(np.float32)
 
 
-def grad_cam_pp(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+@renamed(relu="clip")
+def grad_cam_pp(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
     """Grad-CAM++ (Chattopadhay et al. 2018), with the usual exp(score) closed form:
     ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)``, ``w_c = sum_ij alpha_cij ReLU(g_cij)``,
     where ``g = dS/dA`` (alpha = 0 where g = 0)."""
-    return _run("grad_cam_pp", model, x, target, layer, _grad_cam_pp_weights, "gradient", relu)
+    return _run("grad_cam_pp", model, x, target, layer, _grad_cam_pp_weights, "gradient", clip)
 
 
-def layer_cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+@renamed(relu="clip")
+def layer_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
     """LayerCAM (Jiang et al. 2021): a weight per channel and position,
     ``cam = ReLU(sum_c ReLU(dS/dA_c) * A_c)``; works on early layers too."""
-    return _run("layer_cam", model, x, target, layer, lambda p: np.maximum(p.grads, 0), "gradient", relu)
+    return _run("layer_cam", model, x, target, layer, lambda p: np.maximum(p.grads, 0), "gradient", clip)
 
 
 def guided_grad_cam(model, x, target=None, *, layer: str | None = None) -> AttributionMaps:
@@ -143,14 +148,15 @@ def guided_grad_cam(model, x, target=None, *, layer: str | None = None) -> Attri
     p = _layer_pass(owner, model, x, target, layer, "gradient")
     coarse = _result(p, _combine(p, p.grads.mean(axis=(2, 3)), True), True)
     target = p.classes if p.classes is not None else target
-    guided, _, _ = input_gradient(p.backend, p.x, target, owner, relu="guided")
+    guided, _, _ = input_gradient(p.backend, p.x, target, owner, rule="guided")
     a = guided * coarse.maps[:, None]
     return AttributionMaps(reduce_channels(a, "max-abs"), p.x, owner, p.classes, attributions=a, outputs=p.outputs,
                            info={"layer": p.layer, "grad_cam": coarse.maps})
 
 
 # --------------------------------------------------------------------------- gradient-free variants
-def cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+@renamed(relu="clip")
+def cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
     """CAM (Zhou et al. 2016): ``cam = ReLU(sum_c W_kc A_c)`` with ``W`` the weights of the
     linear layer that follows global average pooling of ``layer``, k the explained class.
 
@@ -170,7 +176,7 @@ def cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -
                              f"for {c} channels and {k} outputs.")
         return p.seeds @ w
 
-    return _run("cam", model, x, target, layer, weights, "activations", relu,
+    return _run("cam", model, x, target, layer, weights, "activations", clip,
                 precheck=lambda recs, name: gap_linear_head(recs, name, "cam"))
 
 
@@ -197,11 +203,13 @@ def _score_cam_weights(p: LayerPass, output: str, batch_size: int) -> np.ndarray
     return weights.astype(np.float32)
 
 
-def score_cam(model, x, target=None, *, layer: str | None = None, output: str = "probability",
-              batch_size: int | None = None, relu: bool = True) -> AttributionMaps:
+@renamed(relu="clip")
+def score_cam(model, x, target=None, *, layer: str | None = None, output: str = "score",
+              batch_size: int | None = None, clip: bool = True) -> AttributionMaps:
     """Score-CAM (Wang et al. 2020): ``w_c = f(x * H_c)``, where ``H_c`` is channel c upsampled to
-    the input and scaled to [0, 1], f the explained class's softmax probability
-    (``output="probability"``, as in the authors' code) or score. Gradient-free.
+    the input and scaled to [0, 1], f the explained class's score (the default, as every method
+    explains the scores) or its softmax probability (``output="probability"``, as in the
+    authors' code). Gradient-free.
 
     ``batch_size`` masked images per backend call (None: as occlusion chooses). A constant channel scales to 0 (never
     NaN); all such channels share one forward pass of a black image.
@@ -214,10 +222,11 @@ def score_cam(model, x, target=None, *, layer: str | None = None, output: str = 
         return _score_cam_weights(p, output, batch_size or auto_batch_size(*p.x.shape[2:]))
 
     return _run("score_cam", model, x, target, layer, weights,
-                "activations", relu, output=output)
+                "activations", clip, output=output)
 
 
-def eigen_cam(model, x, target=None, *, layer: str | None = None, relu: bool = True) -> AttributionMaps:
+@renamed(relu="clip")
+def eigen_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
     """Eigen-CAM (Muhammad and Yeasin 2020): the projection of the centred activations on
     their first principal component, ``cam = (A - mean) v_1`` with ``v_1`` the top right
     singular vector of the (h w, C) activation matrix. Class-agnostic: ``target`` is
@@ -234,4 +243,4 @@ def eigen_cam(model, x, target=None, *, layer: str | None = None, relu: bool = T
     sign = np.sign(np.einsum("np,np->n", proj, total - total.mean(axis=1, keepdims=True)))
     proj *= np.where(sign == 0, 1, sign)[:, None]
     layer_maps = proj.reshape(n, h, w).astype(np.float32)
-    return _result(p, np.maximum(layer_maps, 0) if relu else layer_maps, relu)
+    return _result(p, np.maximum(layer_maps, 0) if clip else layer_maps, clip)

@@ -90,10 +90,11 @@ def _curve(kind, model, x, maps, target, steps, fill, output, batch_size, blur_s
     return PerturbationCurve(kind, fractions, scores.astype(np.float32), auc, classes, output)
 
 
-def deletion(model, x, maps, target=None, *, steps: int = 32, fill="mean", output: str = "probability",
+def deletion(model, x, maps, target=None, *, steps: int = 32, fill="mean", output: str = "score",
              batch_size: int | None = None, blur_sigma: float = 5.0) -> PerturbationCurve:
-    """Deletion curve: the explained probability (or score) as the top ``k / steps`` of the
-    pixels by ``maps`` are replaced by ``fill`` (all channels), k = 0..steps; lower AUC is better.
+    """Deletion curve: the explained score (or, with ``output="probability"`` as in RISE, its
+    softmax probability) as the top ``k / steps`` of the pixels by ``maps`` are replaced by
+    ``fill`` (all channels), k = 0..steps; lower AUC is better.
 
     ``maps`` (N, H, W) or an AttributionMaps (whose target is used when ``target`` is None;
     else the predicted class of the clean image). ``fill`` as in occlusion: "mean" (each
@@ -107,7 +108,7 @@ def deletion(model, x, maps, target=None, *, steps: int = 32, fill="mean", outpu
     return _curve("deletion", model, x, maps, target, steps, fill, output, batch_size, blur_sigma)
 
 
-def insertion(model, x, maps, target=None, *, steps: int = 32, fill="blur", output: str = "probability",
+def insertion(model, x, maps, target=None, *, steps: int = 32, fill="blur", output: str = "score",
               batch_size: int | None = None, blur_sigma: float = 5.0) -> PerturbationCurve:
     """Insertion curve: start from ``fill`` (by default a Gaussian blur of the image, as in
     RISE) and put back the top ``k / steps`` of the pixels by ``maps``; higher AUC is better.
