@@ -61,7 +61,7 @@ class AscentTrace:
 
 
 def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: int, optimizer, transforms: Transforms,
-               priors: Priors, rng: np.random.Generator, value_range, relu="standard", callback=None, progress=None,
+               priors: Priors, rng: np.random.Generator, value_range, rule="standard", callback=None, progress=None,
                desc="synthesis", stop=None):
     """Maximise ``objective - penalties`` over the parameters ``t``; returns (t, trace).
 
@@ -88,10 +88,10 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
                 x = param.image(t)
                 sampling = transforms.sample(rng, size)
                 if "constant" in box:  # a linear objective: the same seeds, without a callable
-                    result = backend.gradient(sampling.apply(x), box["constant"], wrt=(INPUT,), relu=relu)
+                    result = backend.gradient(sampling.apply(x), box["constant"], wrt=(INPUT,), relu=rule)
                     box["values"] = objective(result.activations)[0]
                 else:
-                    result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, relu=relu)
+                    result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, relu=rule)
                 trace.passes += 1
                 g_obj = sampling.adjoint(result.grads[INPUT])
                 g = g_obj

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
+from .._renamed import renamed
 from .._validate import as_images, check_int, check_number, param_error
 from ..backend import INPUT
 from ..render import Renderable, grid, to_rgb
@@ -49,10 +50,11 @@ class Dream(Renderable):
         return f"Dream({self.objective!r}, {self.image.shape[-2]}x{self.image.shape[-1]})"
 
 
-def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
-              step_size: float = 0.01, jitter: int = 4, value_range=(0.0, 1.0), relu: str = "standard",
+@renamed(image="x", relu="rule")
+def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
+              step_size: float = 0.01, jitter: int = 4, value_range=(0.0, 1.0), rule: str = "standard",
               seed: int = 0, progress=None, callback=None) -> Dream:
-    """Dream ``layer`` (a layer name, for ``layer_l2(layer)``, or an Objective) into ``image``.
+    """Dream ``layer`` (a layer name, for ``layer_l2(layer)``, or an Objective) into the images ``x``.
 
     ``octaves`` image sizes, each ``octave_scale`` times the next smaller; ``steps`` per
     octave of size ``step_size`` (L1-normalised gradient: ``x += step_size g / mean|g|``);
@@ -73,7 +75,7 @@ def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.
     octave_scale = check_number(octave_scale, "octave_scale", owner, low=1)
     lo, hi = value_range = check_range(value_range, owner)
     fixed = fixed_input_size(backend)
-    x0 = as_images(image, param="image", owner=owner, spatial=fixed)
+    x0 = as_images(x, param="x", owner=owner, spatial=fixed)
     rng = np.random.default_rng(seed)
     h, w = x0.shape[2:]
     sizes = [(h, w)]
@@ -104,7 +106,7 @@ def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.
                 dy, dx = (rng.integers(-jitter, jitter + 1, size=2) if jitter else (0, 0))
                 shifted = np.roll(x, (int(dy), int(dx)), axis=(2, 3))
                 probe = shifted if fixed is None or size == fixed else resize_images(shifted, fixed)
-                g = backend.gradient(probe, seeds, wrt=(INPUT,), at=tensors, relu=relu).grads[INPUT]
+                g = backend.gradient(probe, seeds, wrt=(INPUT,), at=tensors, relu=rule).grads[INPUT]
                 if probe is not shifted:
                     g = resize_adjoint(g, size)
                 g = np.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
