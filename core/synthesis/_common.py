@@ -6,7 +6,7 @@ import numpy as np
 
 from .._validate import check_number, param_error
 
-__all__ = ["fixed_input_size", "input_channels", "check_weight", "check_range", "check_size", "numpy_single_threaded"]
+__all__ = ["fixed_input_size", "input_channels", "check_weight", "check_range", "check_size", "numpy_single_threaded", "warn_zero_gradient"]
 
 
 def fixed_input_size(backend):
@@ -82,3 +82,13 @@ def numpy_single_threaded():
     except ImportError:
         return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def warn_zero_gradient(owner: str, objective) -> None:
+    """Say that the objective's gradient at the input is exactly zero for some image, so the
+    image cannot change (a dead unit, a saturated ReLU, a layer the input does not reach)."""
+    import warnings
+
+    warnings.warn(f"{owner}: the gradient of {objective!r} at the input is exactly zero for at least one image, so "
+                  "that image does not change; pick another layer or channel, or start from another image.",
+                  RuntimeWarning, stacklevel=3)

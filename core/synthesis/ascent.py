@@ -20,7 +20,7 @@ import numpy as np
 from ..backend import INPUT
 from . import regularizers as R
 from .._progress import progress_bar
-from ._common import numpy_single_threaded
+from ._common import numpy_single_threaded, warn_zero_gradient
 from .params import ImageParam
 from .transforms import Transforms
 
@@ -94,6 +94,8 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
                     result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, relu=rule)
                 trace.passes += 1
                 g_obj = sampling.adjoint(result.grads[INPUT])
+                if step == 0 and not np.abs(g_obj).reshape(len(g_obj), -1).max(axis=1).all():
+                    warn_zero_gradient(desc, objective)
                 g = g_obj
                 penalty = np.zeros(len(x), np.float32)
                 if priors.l2:

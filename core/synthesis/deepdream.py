@@ -22,7 +22,7 @@ from ..backend import INPUT
 from ..render import Renderable, grid, to_rgb
 from .._imageops import resize_adjoint, resize_images
 from .._progress import progress_bar
-from ._common import check_range, fixed_input_size, numpy_single_threaded
+from ._common import check_range, fixed_input_size, numpy_single_threaded, warn_zero_gradient
 from .objectives import Objective, layer_l2
 
 __all__ = ["deepdream", "Dream"]
@@ -110,7 +110,10 @@ def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, s
                 if probe is not shifted:
                     g = resize_adjoint(g, size)
                 g = np.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
-                scale = np.abs(g).reshape(len(g), -1).mean(axis=1).reshape(-1, 1, 1, 1) + 1e-12
+                scale = np.abs(g).reshape(len(g), -1).mean(axis=1).reshape(-1, 1, 1, 1)
+                if not scale.all():
+                    warn_zero_gradient(owner, layer if isinstance(layer, str) else objective)
+                scale = np.maximum(scale, np.finfo(np.float32).tiny)  # scale-free: 1e-18 gradients still move
                 x = np.clip(x + step_size * (hi - lo) * g / scale, lo, hi).astype(np.float32)
                 history.append(np.asarray(box["values"], np.float32))
                 if callback is not None:
