@@ -88,7 +88,8 @@ class Emitter:
         ones (a flipped kernel) join the weights, which sessions share instead of copying."""
         from onnx import numpy_helper
 
-        value = np.ascontiguousarray(value, dtype)
+        value = np.asarray(value, dtype)
+        value = np.ascontiguousarray(value) if value.ndim else value  # a scalar stays 0-d
         if value.nbytes >= INLINE_BYTES:
             name = self.fresh("weight")
             self.graph.weights[name] = value
