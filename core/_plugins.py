@@ -1,7 +1,7 @@
 """Turning any model into a Backend through the registered plugins, memoised.
 
-:func:`load` asks the plugins once per model: a model file is cached by its resolved path,
-modification time, size and the options (the last ``FILE_CACHE_SIZE`` files, least recently
+:func:`load` asks the plugins once per model: a model file is cached by the file its path
+resolves to (device and inode), its modification time, size and the options (the last ``FILE_CACHE_SIZE`` files, least recently
 used first out); an in-memory model (a torch module, a Keras model) by identity and options,
 weakly: the cache holds no reference to the model, so deleting it frees what was cached for it.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import stat
 import threading
 import warnings
 import weakref
@@ -108,14 +109,16 @@ def _frozen(value):
 
 
 def _file_key(model, options_key):
+    """(device, inode, mtime_ns, size, options) of a model file, else None. The device and
+    inode are the file the path resolves to, whatever its spelling (relative, through links),
+    at the cost of one ``stat``; a rewritten or replaced file has a new mtime or inode."""
     if not isinstance(model, (str, os.PathLike)):
         return None
     try:
-        path = os.path.realpath(os.fspath(model))
-        st = os.stat(path)
+        st = os.stat(model)
     except (OSError, TypeError, ValueError):
         return None  # not a file (a name some plugin claims, or missing): never cached
-    return (path, st.st_mtime_ns, st.st_size, options_key) if os.path.isfile(path) else None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, options_key) if stat.S_ISREG(st.st_mode) else None
 
 
 def _make(model, options):
@@ -143,11 +146,12 @@ def load(model, **options) -> Backend:
     kept once the model is deleted. A call with an option that cannot be hashed (lists and
     dicts count by content) is not memoised. :func:`clear_cache` forgets everything.
     """
-    if not options and (type(model) in _BACKEND_TYPES or isinstance(model, Backend)):
+    if not options and (type(model) in _BACKEND_TYPES or (
+            not isinstance(model, (str, os.PathLike)) and isinstance(model, Backend))):
         _BACKEND_TYPES.add(type(model))  # a Protocol isinstance check costs ~10 us: once per type
         return model
     try:
-        options_key = _frozen(options)
+        options_key = _frozen(options) if options else ()
     except TypeError:
         return _make(model, options)
     key = _file_key(model, options_key)
