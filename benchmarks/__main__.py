@@ -12,7 +12,8 @@ Sections:
 2. larger models (not with ``--quick``): ResNet-18 on torch and ONNX Runtime, ResNet50 on Keras;
 3. backend overheads: the torch gradient against ``torch.autograd.grad``
    (:mod:`benchmarks.torch_speed`), the ONNX gradient against torch autograd and its forward
-   against a bare session (:mod:`benchmarks.onnx_speed`);
+   against a bare session (:mod:`benchmarks.onnx_speed`), a method given a model file against the
+   loaded backend (:mod:`benchmarks.load_speed`);
 4. features: the top-patches scan against bare activations, the t-SNE adapter against
    openTSNE, openTSNE against scikit-learn (:mod:`benchmarks.features_speed`);
 5. dissection throughput against bare activations (:mod:`benchmarks.dissection_speed`);
@@ -111,7 +112,7 @@ def large_models(threads: int) -> str:
 def overheads(quick: bool, threads: int) -> str:
     import numpy as np
 
-    from . import onnx_speed, torch_speed
+    from . import load_speed, onnx_speed, torch_speed
     from .models import resnet18
 
     rng = np.random.default_rng(0)
@@ -134,6 +135,7 @@ def overheads(quick: bool, threads: int) -> str:
             (_, ours), (bare_name, bare) = fwd.items()
             lines.append(f"| ONNX backend forward vs bare session.run ({bare_name}), ResNet-18 | {ours * 1e3:.1f} | "
                          f"{bare * 1e3:.1f} | {ours / bare:.2f} |")
+    lines += load_speed.rows(repeat=15 if quick else 40)
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@ hand at each ReLU, batch invariance, determinism, and that bad input is refused.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .backend import INPUT, OUTPUT, RELU_RULES, Backend, Layer
@@ -43,6 +45,15 @@ def _close(name, got, want, rtol, atol=None):
     return err
 
 
+def _rule_keyword(backend) -> str:
+    """``rule``, or ``relu`` for a bare-Protocol backend written before the rename."""
+    try:
+        params = inspect.signature(backend.gradient).parameters
+    except (TypeError, ValueError):
+        return "rule"
+    return "relu" if "rule" not in params and "relu" in params else "rule"
+
+
 def _fd_direction(backend, x, fn, grad, rng, h):
     """Compare <grad, d> with the central difference (fn(x + h d) - fn(x - h d)) / 2h."""
     d = rng.standard_normal(x.shape).astype(np.float32)
@@ -66,6 +77,7 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
     report = {}
     if not isinstance(backend, Backend):
         _fail(f"{type(backend).__name__} does not implement the Backend protocol")
+    rule_kw = _rule_keyword(backend)
 
     # --- layer records (after one forward, so a backend may size its probe from x)
     out = backend.forward(x)
@@ -152,12 +164,12 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
     report["relu_rule_sites"] = len(pairs)
     for rule in RELU_RULES:
         for pre_name, relu in pairs:
-            gr = backend.gradient(x, {OUTPUT: r_out}, wrt=[pre_name, relu.name], relu=rule)
+            gr = backend.gradient(x, {OUTPUT: r_out}, wrt=[pre_name, relu.name], **{rule_kw: rule})
             upper = 6.0 if "6" in relu.op else None
             want = relu_rule(rule, gr.activations[pre_name], gr[relu.name], upper)
             _close(f"{rule} rule at {relu.name!r}", gr[pre_name], want, 1e-5, atol=1e-6)
     if pairs:
-        gs = backend.gradient(x, {OUTPUT: r_out}, wrt=[INPUT], relu="guided")[INPUT]
+        gs = backend.gradient(x, {OUTPUT: r_out}, wrt=[INPUT], **{rule_kw: "guided"})[INPUT]
         if np.allclose(gs, g[INPUT]):
             _fail("guided gradient equals the standard gradient: the rule did not reach the ReLUs")
     gb = [backend.gradient(x[i:i + 1], {OUTPUT: r_out[i:i + 1]}, wrt=[INPUT])[INPUT] for i in range(len(x))]
@@ -184,8 +196,9 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
         _fail(f"forward accepted input with {what}")
     for what, call in {
         "an unknown layer": lambda: backend.activations(x, ["no_such_layer_xyz"]),
-        "an unknown relu rule": lambda: backend.gradient(x, {OUTPUT: r_out}, relu="sideways"),
+        "an unknown relu rule": lambda: backend.gradient(x, {OUTPUT: r_out}, **{rule_kw: "sideways"}),
         "a seed of the wrong shape": lambda: backend.gradient(x, {OUTPUT: r_out[:, :1]}),
+        "an unknown name in wrt": lambda: backend.gradient(x, {OUTPUT: r_out}, wrt=["no_such_layer_xyz"]),
     }.items():
         try:
             call()

@@ -82,7 +82,7 @@ def test_every_relu_form_follows_the_rule(forms, form, rule):
     backend = convscope.load(forms[form])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every ReLU reached: no "does not reach" warning
-        got = backend.gradient(x, {"output": seed}, wrt=["input", "conv_d"], relu=rule)
+        got = backend.gradient(x, {"output": seed}, wrt=["input", "conv_d"], rule=rule)
     want, out = tape_input_gradient(lambda t: reference_forward(forms["functional"], t, explicit_rule(rule)), x, seed)
     np.testing.assert_allclose(got["input"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     np.testing.assert_allclose(got.outputs, out, rtol=1e-5, atol=1e-6)
@@ -264,7 +264,7 @@ def test_keras_applications(make, first_relu):
     assert rel(backend.gradient(x, {"output": seed})["input"], want) < 1e-4
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        g = backend.gradient(x, {"output": seed}, wrt=["input", pre, relu], relu="guided")
+        g = backend.gradient(x, {"output": seed}, wrt=["input", pre, relu], rule="guided")
     np.testing.assert_allclose(g[pre], relu_rule("guided", g.activations[pre], g[relu], upper),
                                rtol=1e-5, atol=1e-6 * np.abs(g[pre]).max())
     assert np.isfinite(g["input"]).all() and np.abs(g["input"]).sum() > 0

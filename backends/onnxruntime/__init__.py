@@ -15,8 +15,8 @@ import threading
 
 import numpy as np
 
-from convscope._validate import as_images, check_choice, check_finite, check_name, param_error
-from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
+from convscope._validate import check_finite, check_name, param_error
+from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
 from .adjoint import build_adjoint
@@ -56,8 +56,9 @@ def _frameworks():
     return onnx, onnxruntime
 
 
-class OnnxBackend:
-    """Backend for an ONNX model (path, bytes or ``onnx.ModelProto``).
+class OnnxBackend(BackendBase):
+    """Backend for an ONNX model (path, bytes or ``onnx.ModelProto``); :class:`~convscope.backend.BackendBase`
+    checks the arguments.
 
     ``input_shape`` (C, H, W) sizes the layer records of a model whose file leaves the size
     open (default: the last batch seen). ``input`` and ``output`` pick a graph input or
@@ -110,17 +111,18 @@ class OnnxBackend:
     def _tensor(self, name):
         return self.graph.image if name == INPUT else self.graph.scores if name == OUTPUT else name
 
-    def _check_names(self, names, param, owner):
-        names = [names] if isinstance(names, str) else list(names)
-        for n in names:
-            if n not in (INPUT, OUTPUT) and n not in self._name_set:
-                check_name(n, [INPUT, OUTPUT, *self._names], param, owner)
-        return names
+    def _layer_known(self, name):
+        return name in self._name_set
 
-    def _check(self, x, owner):
-        x = as_images(x, owner=owner, channels=self.channels, spatial=self._spatial)
+    def _layer_names(self):
+        return self._names
+
+    def _note_input(self, x):
         self._last_shape = tuple(x.shape[1:])
-        return x
+
+    def _tensor_shape(self, name, chw):
+        dims = self._shapes_for(tuple(chw))[0].get(self._tensor(name))
+        return None if dims is None or None in dims[1:] else tuple(dims[1:])
 
     def _probe(self, names, chw):
         batch = self.graph.fixed_batch or 2
@@ -132,10 +134,6 @@ class OnnxBackend:
             if chw not in self._shapes:
                 self._shapes[chw] = infer_shapes(self.graph, chw, self._onnx, probe=self._probe)
             return self._shapes[chw]
-
-    def _layer_shape(self, name, n, chw):
-        dims = self._shapes_for(chw)[0].get(self._tensor(name))
-        return None if dims is None or None in dims[1:] else (n, *dims[1:])
 
     # ----------------------------------------------------------------- the protocol
     def layers(self):
@@ -151,14 +149,11 @@ class OnnxBackend:
                 self._layers[chw] = layer_records(self.graph, self._names, self._shapes_for(chw)[0])
             return list(self._layers[chw])
 
-    def forward(self, x):
-        x = self._check(x, "forward")
+    def _forward(self, x):
         with self._lock:
             return check_finite(self._runner.forward(x, [self.graph.scores])[0], "the output", "forward")
 
-    def activations(self, x, layers):
-        x = self._check(x, "activations")
-        names = self._check_names(layers, "layers", "activations")
+    def _activations(self, x, names):
         tensors = list(dict.fromkeys(self._tensor(n) for n in names if n != INPUT))
         with self._lock:
             values = dict(zip(tensors, self._runner.forward(x, tensors))) if tensors else {}
@@ -174,33 +169,12 @@ class OnnxBackend:
                 self._plans[key] = build_adjoint(self.graph, shapes, dtypes, list(seeds), list(wrt), relu)
             return key, self._plans[key]
 
-    def _check_seeds(self, seed_map, at, n, chw):
-        if not hasattr(seed_map, "items"):
-            raise param_error("seeds", "gradient", "a mapping {name: array} (or a callable returning one)",
-                              type(seed_map).__name__, TypeError)
-        checked = {}
-        for name, s in seed_map.items():
-            self._check_names([name], "seeds", "gradient")
-            if name not in at:
-                raise ValueError(f"The 'seeds' parameter of gradient names {name!r}, which is not in at={at}.")
-            s = np.asarray(s, dtype=np.float32)
-            want = self._layer_shape(name, n, chw)
-            if want is None or s.shape != want:
-                raise param_error("seeds", "gradient", f"shaped like {name!r}, {want}", f"shape {s.shape}")
-            checked[self._tensor(name)] = np.ascontiguousarray(s)
-        return checked
+    def _feeds(self, seed_map):
+        """Seeds (checked by the base) keyed by graph tensor, as the sessions take them."""
+        return {self._tensor(name): np.ascontiguousarray(s, dtype=np.float32) for name, s in seed_map.items()}
 
-    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
-        x = self._check(x, "gradient")
-        check_choice(relu, RELU_RULES, "relu", "gradient")
-        wrt = self._check_names(wrt, "wrt", "gradient")
-        if not callable(seeds) and not hasattr(seeds, "items"):
-            raise param_error("seeds", "gradient", "a mapping {name: array} or a callable returning one",
-                              type(seeds).__name__, TypeError)
-        if at is None:
-            at = [OUTPUT] if callable(seeds) else list(seeds)
-        at = self._check_names(at, "at", "gradient")
-        n, chw = len(x), tuple(x.shape[1:])
+    def _gradient(self, x, seeds, wrt, at, relu):
+        chw = tuple(x.shape[1:])
         shown = list(dict.fromkeys([*at, *wrt]))
         wrt_t = tuple(dict.fromkeys(self._tensor(w) for w in wrt))
         with self._lock:
@@ -208,10 +182,10 @@ class OnnxBackend:
                 at_t = tuple(dict.fromkeys(self._tensor(a) for a in at))
                 key, plan = self._plan(chw, at_t, wrt_t, relu)
                 acts, grads = self._runner.split(key, plan, x, shown_tensors=self._shown(shown),
-                                                 seeds=lambda values: self._check_seeds(
-                                                     seeds({a: check_finite(values[self._tensor(a)], repr(a), "gradient") for a in at}), at, n, chw))
+                                                 seeds=lambda values: self._feeds(
+                                                     seeds({a: check_finite(values[self._tensor(a)], repr(a), "gradient") for a in at})))
             else:
-                seed_map = self._check_seeds(seeds, at, n, chw)
+                seed_map = self._feeds(seeds)
                 key, plan = self._plan(chw, tuple(sorted(seed_map)), wrt_t, relu)
                 acts, grads = self._runner.combined(key, plan, x, seed_map, self._shown(shown))
         acts[self.graph.image] = x

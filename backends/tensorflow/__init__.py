@@ -24,17 +24,19 @@ eagerly (for debugging). Layer records come from one eager probe pass per input 
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
 
-from convscope._validate import as_images, check_choice, check_finite, check_name, describe, param_error
-from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients
+from convscope._validate import check_finite, describe, param_error
+from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
 from ._compiled import SeedCall, activations_body, callable_gradient_body, forward_body, gradient_body
@@ -76,8 +78,37 @@ def _traced(names):
     return [n for n in names if n not in (INPUT, OUTPUT)]
 
 
-class KerasBackend:
-    """Backend for a Keras 3 model on TensorFlow.
+def _to_edge(channels_last, a):
+    """A result in the model's layout -> float32 NumPy, NCHW for a 4-d map."""
+    a = np.asarray(a, dtype=np.float32)
+    if channels_last and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    return a
+
+
+def _to_model(channels_last, a):
+    """NCHW (edge) -> the model's layout, for inputs and seeds."""
+    if channels_last and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return a
+
+
+def _weak_run(tf, keras, model, output, output_names):
+    """The pass ``run(x, rule)`` -> ``{name: tensor}`` (``x`` as ``input``, the picked scores as
+    ``output``). It holds the model weakly: traced functions keep it, and they are shared by
+    every backend ``convscope.load`` makes for the model, which must be free to go."""
+    model = weakref.ref(model)
+
+    def run(x, rule):
+        layer_run = LayerRun(tf, keras, rule)
+        out = layer_run.run(model(), x, INPUT)
+        layer_run.store[OUTPUT] = pick_output(out, output, output_names)
+        return layer_run.store
+    return run
+
+
+class KerasBackend(BackendBase):
+    """Backend for a Keras 3 model on TensorFlow; :class:`~convscope.backend.BackendBase` checks the arguments.
 
     ``input_shape`` (C, H, W) sets the probe used by :meth:`layers` (default: the model's
     declared input, else the last batch seen). ``output`` (index or name) picks one output
@@ -85,6 +116,8 @@ class KerasBackend:
     """
 
     name = "tensorflow"
+    #: traced functions, probes and the lock: shared by the backends of one model (no reference to it)
+    _shared = ("_shapes_seen", "_functions", "_probes", "_latest", "_lock", "_seed_call")
 
     def __init__(self, model, *, input_shape=None, output=None, compile=True):
         import keras
@@ -95,10 +128,12 @@ class KerasBackend:
         self._tf, self._keras, self.model, self.output = tf, keras, model, output
         self._compile = bool(compile)
         self._lock = threading.RLock()
-        self._functions, self._probes = OrderedDict(), OrderedDict()
+        self._functions, self._probes, self._latest = OrderedDict(), OrderedDict(), [None]
         self._traces = 0  # how many functions were traced: once per cache key, never per call
-        self._seed_call = SeedCall(self._to_edge, self._to_model)
         self._channels_last = channels_last(model, keras)
+        self._to_edge = functools.partial(_to_edge, self._channels_last)
+        self._to_model = functools.partial(_to_model, self._channels_last)
+        self._seed_call = SeedCall(self._to_edge, self._to_model)
         declared = to_channels_first(declared_input_shape(model), self._channels_last)
         input_shape = check_input_shape(input_shape)
         self._input_shape = input_shape
@@ -107,6 +142,7 @@ class KerasBackend:
         self.channels = (input_shape or declared or (None,))[0]
         self._last_shape = None
         self._output_names = list(getattr(model, "output_names", None) or [])
+        self._run = _weak_run(tf, keras, model, output, self._output_names)
         if hasattr(model, "_outputs_struct"):  # functional: check the output choice now
             struct = model._outputs_struct
             self._pick(struct[0] if isinstance(struct, (list, tuple)) and len(struct) == 1 else struct)
@@ -131,26 +167,6 @@ class KerasBackend:
 
     def _pick(self, out):
         return pick_output(out, self.output, self._output_names)
-
-    def _to_edge(self, a):
-        """A result in the model's layout -> float32 NumPy, NCHW for a 4-d map."""
-        a = np.asarray(a, dtype=np.float32)
-        if self._channels_last and a.ndim == 4:
-            return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
-        return a
-
-    def _to_model(self, a):
-        """NCHW (edge) -> the model's layout, for inputs and seeds."""
-        if self._channels_last and a.ndim == 4:
-            return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-        return a
-
-    def _run(self, x, rule):
-        """The pass: ``{name: tensor}`` with ``x`` as ``input`` and the picked scores as ``output``."""
-        run = LayerRun(self._tf, self._keras, rule)
-        out = run.run(self.model, x, INPUT)
-        run.store[OUTPUT] = self._pick(out)
-        return run.store
 
     def _function(self, key, body, seed_ranks=()):
         """The concrete function for ``key``, traced once and kept in an LRU cache.
@@ -187,20 +203,20 @@ class KerasBackend:
                           "rule does not reach them; their gradient follows the standard rule.", RuntimeWarning,
                           stacklevel=4)
 
-    def _check(self, x, owner):
-        x = as_images(x, owner=owner, channels=self.channels, spatial=self._spatial)
+    def _note_input(self, x):
         if self._input_shape is None:
             self._last_shape = x.shape[1:]
         if not self.model.built:  # a subclassed model never called: build it as Keras's first call would
-            self.model(self._to_model(np.zeros((1, *x.shape[1:]), np.float32)), training=False)
-            self.channels = x.shape[1]
-        return x
+            with self._locked():
+                self.model(self._to_model(np.zeros((1, *x.shape[1:]), np.float32)), training=False)
+                self.channels = x.shape[1]
 
     # ----------------------------------------------------------------- layer records and names
     def _probe(self, shape):
         """(records, {name: NCHW shape without batch}, {name: layer}) for inputs of ``shape``."""
         if shape in self._probes:
             self._probes.move_to_end(shape)
+            self._latest[0] = self._probes[shape][1]
             return self._probes[shape]
         tf, keras = self._tf, self._keras
         run = LayerRun(tf, keras, "standard", probe=True)
@@ -214,6 +230,7 @@ class KerasBackend:
         shapes = {r.name: r.shape for r in records}
         shapes[INPUT], shapes[OUTPUT] = tuple(shape), self._to_edge(out).shape[1:]
         self._probes[shape] = (records, shapes, {name: layer for name, layer, *_ in run.records})
+        self._latest[0] = shapes
         while len(self._probes) > 8:
             self._probes.popitem(last=False)
         return self._probes[shape]
@@ -230,67 +247,52 @@ class KerasBackend:
         with self._locked():
             return list(self._probe(self._probe_shape())[0])
 
-    def _check_names(self, names, param, owner, allow=(INPUT, OUTPUT)):
-        names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in names if n not in allow]
-        if unknown:
-            known = [r.name for r in (next(reversed(self._probes.values()))[0] if self._probes else self.layers())]
-            for n in unknown:
-                if n not in known:
-                    parent = n.rpartition("/")[0] if isinstance(n, str) else ""
-                    inside = [k for k in known if k.startswith(parent + "/")] if parent else []
-                    check_name(n, inside or [*allow, *known], param, owner)
-        return names
+    def _layer_known(self, name):
+        latest = self._latest[0]  # the names of the latest probe (read without the lock: a seeds
+        if latest is None:        # callable may be checking what it returned)
+            self.layers()
+            latest = self._latest[0]
+        return name in latest and name not in (INPUT, OUTPUT)
+
+    def _layer_names(self):
+        self._layer_known(INPUT)
+        return [n for n in self._latest[0] if n not in (INPUT, OUTPUT)]
+
+    def _name_hints(self, name, allow=(INPUT, OUTPUT)):
+        known = self._layer_names()
+        parent = name.rpartition("/")[0] if isinstance(name, str) else ""
+        inside = [k for k in known if k.startswith(parent + "/")] if parent else []
+        return inside or [*allow, *known]
+
+    def _tensor_shape(self, name, chw):
+        with self._locked():
+            return self._probe(tuple(chw))[1].get(name)
 
     # ----------------------------------------------------------------- the protocol
-    def forward(self, x):
+    def _forward(self, x):
         with self._locked():
-            x = self._check(x, "forward")
             fn = self._function(("forward",), forward_body(self._run))
             return check_finite(self._to_edge(fn(self._to_model(x))), "the output", "forward")
 
-    def activations(self, x, layers):
+    def _activations(self, x, names):
         with self._locked():
-            x = self._check(x, "activations")
-            names = list(dict.fromkeys(self._check_names(layers, "layers", "activations")))
             fn = self._function(("activations", tuple(names)), activations_body(self._run, names))
             return {n: check_finite(self._to_edge(a), repr(n), "activations")
                     for n, a in zip(names, fn(self._to_model(x)))}
 
-    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
+    def _gradient(self, x, seeds, wrt, at, relu):
         with self._locked():
-            x = self._check(x, "gradient")
-            check_choice(relu, RELU_RULES, "relu", "gradient")
-            wrt = list(dict.fromkeys(self._check_names(wrt, "wrt", "gradient")))
-            if at is None:
-                at = [OUTPUT] if callable(seeds) else list(seeds) if hasattr(seeds, "keys") else []
-            at = list(dict.fromkeys(self._check_names(at, "at", "gradient")))
             acts = list(dict.fromkeys([*at, *wrt]))
             if callable(seeds):
                 return self._callable_gradient(x, seeds, wrt, at, acts, relu)
-            if not hasattr(seeds, "items"):
-                raise param_error("seeds", "gradient", "a dict {name: array} or a callable", describe(seeds), TypeError)
-            shapes = self._probe(tuple(x.shape[1:]))[1]
-            names, arrays = list(seeds), []
-            for n in names:
-                self._check_names([n], "seeds", "gradient")
-                if n not in at:
-                    raise ValueError(f"The 'seeds' parameter of gradient names {n!r}, which is not in at={at}.")
-                s = np.asarray(seeds[n], dtype=np.float32)
-                want = (len(x), *shapes[n]) if n in shapes else None
-                if want is not None and s.shape != want:
-                    raise param_error("seeds", "gradient", f"shaped like {n!r}, {want}", f"shape {s.shape}")
-                arrays.append(np.ascontiguousarray(s))
-            if not names:
-                raise param_error("seeds", "gradient", "a dict with at least one seed", "an empty dict")
+            names = list(seeds)
+            arrays = [np.ascontiguousarray(seeds[n], dtype=np.float32) for n in names]
             key = ("gradient", relu, tuple(names), tuple(a.ndim for a in arrays), tuple(wrt), tuple(acts))
             body = gradient_body(self._tf, self._run, relu, names, wrt, _traced(acts))
             fn = self._function(key, body, seed_ranks=key[3])
             return self._result(fn(self._to_model(x), *[self._to_model(a) for a in arrays]), x, wrt, acts)
 
     def _callable_gradient(self, x, seeds, wrt, at, acts, relu):
-        if not at:
-            raise param_error("at", "gradient", "at least one tensor name when seeds is a callable", "[]")
         key = ("gradient_callable", relu, tuple(at), tuple(wrt), tuple(acts))
         body = callable_gradient_body(self._tf, self._run, relu, at, wrt, _traced(acts), self._seed_call)
         fn = self._function(key, body)

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from convscope._validate import check_finite, param_error
+from convscope._validate import check_finite
 from convscope.backend import OUTPUT
 
 __all__ = ["forward_body", "activations_body", "gradient_body", "callable_gradient_body", "SeedCall"]
@@ -77,8 +77,8 @@ class SeedCall:
     """The Python side of callable seeds: the ``tf.py_function`` that a traced gradient calls.
 
     Before each call, :meth:`arm` sets the user's callable and the names of ``at``; the hook
-    calls it with ``{name: NCHW array}`` (``to_edge`` converts from the model's layout),
-    checks what it returns, and hands one float32 seed per ``at`` name back to the graph
+    calls it with ``{name: NCHW array}`` (``to_edge`` converts from the model's layout)
+    and hands one float32 seed per ``at`` name back to the graph
     (zeros where none is given, ``to_model`` converting back). An exception raised there
     is kept and re-raised unchanged by :meth:`disarm`. ``thread`` is the id of the thread
     running the hook, so that a callable calling its own backend fails instead of deadlocking.
@@ -101,18 +101,9 @@ class SeedCall:
         self.thread = threading.get_ident()
         try:
             acts = {n: check_finite(self.to_edge(t.numpy()), repr(n), "gradient") for n, t in zip(self.at, tensors)}
-            seeds = self.fn(dict(acts))
-            if not hasattr(seeds, "items"):
-                raise param_error("seeds", "gradient", "a callable returning a dict {name: array}",
-                                  f"a callable returning {type(seeds).__name__}", TypeError)
+            seeds = self.fn(dict(acts))  # checked by the backend's base (names in ``at``, shapes)
             out = {n: np.zeros(a.shape, np.float32) for n, a in acts.items()}
-            for n, s in seeds.items():
-                if n not in acts:
-                    raise ValueError(f"The 'seeds' parameter of gradient names {n!r}, which is not in at={list(self.at)}.")
-                s = np.asarray(s, dtype=np.float32)
-                if s.shape != acts[n].shape:
-                    raise param_error("seeds", "gradient", f"shaped like {n!r}, {acts[n].shape}", f"shape {s.shape}")
-                out[n] = s
+            out.update((n, np.asarray(s, dtype=np.float32)) for n, s in seeds.items())
             return [self.to_model(out[n]) for n in self.at]
         except BaseException as err:
             self.error = err

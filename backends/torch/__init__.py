@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 import threading
-import weakref
 from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 
-from convscope._validate import as_images, check_choice, check_finite, check_name, param_error
-from convscope.backend import INPUT, OUTPUT, RELU_RULES, Gradients, Layer
+from convscope._validate import check_finite, check_name
+from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients, Layer
 from convscope.hookspecs import hookimpl
 
 from ._pool import MIN_ELEMENTS, channels_last_pool_mode
@@ -32,12 +31,6 @@ def convscope_make_backend(model, options):
     if isinstance(model, torch.nn.Module):
         return TorchBackend(model, **options)
     return None
-
-
-#: Layer records per module and probe shape. Keyed weakly, holding no reference to the
-#: module, so ``convscope.load(module)`` called again (as every method does when given a raw
-#: module) does not probe again, and a deleted module takes its records with it.
-_PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class _Stop(Exception):
@@ -105,8 +98,8 @@ def _training_modules(root) -> list:
     return found
 
 
-class TorchBackend:
-    """Backend for a ``torch.nn.Module``.
+class TorchBackend(BackendBase):
+    """Backend for a ``torch.nn.Module``; :class:`~convscope.backend.BackendBase` checks the arguments.
 
     ``input_shape`` (C, H, W) sets the probe used by :meth:`layers` (default: the module's
     own ``input_shape`` attribute when it has one, else the shape of the last batch seen,
@@ -117,6 +110,9 @@ class TorchBackend:
     name = "torch"
     #: torch modules take any input size (a size mismatch surfaces as the module's own error)
     fixed_size = None
+    #: layer records per probe shape, and the lock of the module's hooks: shared by every
+    #: backend ``convscope.load`` makes for one module (they hold no reference to it)
+    _shared = ("_shapes_seen", "_layers", "_lock")
 
     def __init__(self, module, *, input_shape=None, output=None):
         import torch
@@ -126,7 +122,7 @@ class TorchBackend:
         self.output = output
         self._named = {n: m for n, m in module.named_modules() if n}
         self._lock = threading.RLock()
-        self._layers = _PROBES.setdefault(module, {})  # shared by every backend of this module
+        self._layers = {}  # probe shape -> (records, output shape)
         self._last_shape = None
         self._max_pools = None  # whether the model has MaxPool2d modules, found on first use
         hint = getattr(module, "input_shape", None)  # a model may state its input size (C, H, W)
@@ -225,11 +221,9 @@ class TorchBackend:
     def _tensor(self, x):
         return self._torch.from_numpy(x).to(self._device, self._dtype)
 
-    def _check(self, x, owner):
-        x = as_images(x, owner=owner, channels=self.channels)
+    def _note_input(self, x):
         if self._input_shape is None:
             self._last_shape = x.shape[1:]
-        return x
 
     def _numpy(self, t, what=None, owner=""):
         """To float32 NumPy; with ``what``, NaN or Inf the model produced is reported."""
@@ -238,21 +232,16 @@ class TorchBackend:
         return a if what is None else check_finite(a, what, owner)
 
     # ----------------------------------------------------------------- the protocol
-    def _known(self):
-        return [layer.name for layer in self.layers()]
+    def _layer_known(self, name):
+        return name in self._named  # a module's second call, ``name#2``, is found in layers()
 
-    def _check_names(self, names, param, owner, allow=(INPUT, OUTPUT)):
-        if isinstance(names, str):
-            names = [names]
-        names = list(names)
-        for n in names:
-            if n not in allow and n not in self._named:
-                check_name(n, [*allow, *self._known()], param, owner)
-        return names
+    def _tensor_shape(self, name, chw):
+        if name == INPUT:
+            return chw
+        records, out_shape = self._probed(tuple(chw))
+        return out_shape if name == OUTPUT else next((r.shape for r in records if r.name == name), None)
 
-    def layers(self):
-        """Records in execution order, shapes for ``input_shape`` or else the last batch seen."""
-        shape = self._input_shape or self._last_shape or (self.channels or 3, 224, 224)
+    def _probed(self, shape):
         with self._lock:
             if shape not in self._layers:
                 try:
@@ -260,7 +249,11 @@ class TorchBackend:
                 except RuntimeError as err:
                     raise ValueError(f"Could not run the model on a probe of shape {shape} to list its layers ({err}). "
                                      "Pass input_shape=(C, H, W) to convscope.load, or run a batch first.") from None
-            return list(self._layers[shape])
+            return self._layers[shape]
+
+    def layers(self):
+        """Records in execution order, shapes for ``input_shape`` or else the last batch seen."""
+        return list(self._probed(tuple(self._input_shape or self._last_shape or (self.channels or 3, 224, 224)))[0])
 
     def _probe(self, shape):
         """One forward pass with hooks on every module: order, shapes, geometry and data flow.
@@ -268,7 +261,7 @@ class TorchBackend:
         Data flow follows the autograd graph: a module's inputs are the modules whose
         outputs are reached from its input tensors through functional operations (an add
         in a residual block records both branches). Outputs are kept alive for the pass so
-        that no node is freed and reused.
+        that no node is freed and reused. Returns (records, shape of the scores or None).
         """
         torch = self._torch
         order, info, producer, handles, alive = [], {}, {}, [], []
@@ -314,7 +307,7 @@ class TorchBackend:
                 handles.append(m.register_forward_hook(post(name)))
             with self._eval_mode(), torch.enable_grad():
                 x = torch.zeros((1, *shape), dtype=self._dtype, device=self._device, requires_grad=True)
-                self.module(x)
+                out = self.module(x)
         finally:
             for h in handles:
                 h.remove()
@@ -325,16 +318,18 @@ class TorchBackend:
                                  op=type(m).__name__, **_geometry(m, d["in_shape"], torch)))
         seen = {r.name for r in records}
         records += [Layer(name=n, kind=_kind(m, torch), op=type(m).__name__) for n, m in self._named.items() if n not in seen]
-        return records
+        if self.output is not None and not isinstance(out, torch.Tensor):
+            try:
+                out = out[self.output]
+            except (KeyError, IndexError, TypeError):
+                out = None
+        return records, tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
 
-    def forward(self, x):
-        x = self._check(x, "forward")
+    def _forward(self, x):
         with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
             return self._numpy(self._run(self._tensor(x)), "the output", "forward")
 
-    def activations(self, x, layers):
-        x = self._check(x, "activations")
-        names = self._check_names(layers, "layers", "activations")
+    def _activations(self, x, names):
         store = {}
         inner = [n for n in names if n not in (INPUT, OUTPUT)]
         stop = OUTPUT not in names and len(set(inner)) == len(inner)
@@ -349,14 +344,8 @@ class TorchBackend:
             store[INPUT] = xt
             return {n: self._numpy(store[n], repr(n), "activations") for n in names}
 
-    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, relu="standard"):
+    def _gradient(self, x, seeds, wrt, at, relu):
         torch = self._torch
-        x = self._check(x, "gradient")
-        check_choice(relu, RELU_RULES, "relu", "gradient")
-        wrt = self._check_names(wrt, "wrt", "gradient")
-        if at is None:
-            at = list(seeds) if not callable(seeds) else [OUTPUT]
-        at = self._check_names(at, "at", "gradient")
         inner = list(dict.fromkeys(n for n in [*at, *wrt] if n not in (INPUT, OUTPUT)))
         # Only layers at or after the first ``wrt`` layer need a graph: when ``wrt`` names
         # layers only, the pass runs without one until a ``wrt`` layer starts it (Grad-CAM
@@ -381,17 +370,10 @@ class TorchBackend:
                     for n in dict.fromkeys([*at, *wrt])}
             seed_map = seeds({n: acts[n] for n in at}) if callable(seeds) else seeds
             outs, grads_out = [], []
-            for n, s in seed_map.items():
-                if n not in store:
-                    self._check_names([n], "seeds", "gradient")  # an unknown name: say which names exist
-                    raise ValueError(f"The 'seeds' parameter of gradient names {n!r}, which is not in at={at}.")
-                s = np.asarray(s, dtype=np.float32)
-                if s.shape != tuple(store[n].shape):
-                    raise param_error("seeds", "gradient", f"shaped like {n!r}, {tuple(store[n].shape)}",
-                                      f"shape {s.shape}")
+            for n, s in seed_map.items():  # names in ``at``, shapes checked by the base
                 if store[n].requires_grad:  # else nothing in ``wrt`` reaches it: no contribution
                     outs.append(store[n])
-                    seed = torch.from_numpy(np.ascontiguousarray(s))
+                    seed = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
                     grads_out.append(seed if seed.dtype == store[n].dtype and self._device.type == "cpu"
                                      else seed.to(self._device, store[n].dtype))
             targets = [store[n] for n in wrt]
@@ -410,8 +392,7 @@ class TorchBackend:
     def __setstate__(self, state):
         import torch
 
-        self.__dict__.update(state, _lock=threading.RLock(), _torch=torch)
-        self._layers = _PROBES.setdefault(self.module, {})
+        self.__dict__.update(state, _lock=threading.RLock(), _torch=torch, _layers={})
 
     def weights(self, layer):
         check_name(layer, self._named, "layer", "weights")

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from . import rules_pointwise, rules_pool, rules_spatial  # noqa: F401  (they fill the rule table)
+from . import (rules_activation, rules_math, rules_norm, rules_pointwise, rules_pool, rules_reduce,  # noqa: F401
+               rules_resize, rules_shape, rules_spatial)  # (they fill the rule table)
 from ._emit import DIFFERENTIABLE, RULES, Emitter, UnsupportedOperatorError, describe_node
 from .._shapes import FLOAT
 
@@ -68,12 +69,15 @@ def _activity(nodes, seeds, wrt, dtypes):
 
 
 def _check_rules(active):
+    """Every active node without a rule, named in one error (node by node, the first 10)."""
     missing = [n for n in active if n.domain not in ("", "ai.onnx") or n.op_type not in RULES]
     if missing:
-        listed = "; ".join(describe_node(n) for n in missing[:5]) + ("; ..." if len(missing) > 5 else "")
+        kinds = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in missing})
+        listed = "; ".join(describe_node(n) for n in missing[:10]) + ("; ..." if len(missing) > 10 else "")
         raise UnsupportedOperatorError(
-            f"No gradient rule for {len(missing)} operator(s) on the gradient path: {listed}. Gradient methods "
-            f"cannot run on this model; forward and activations still work. Operators with a rule: "
+            f"No gradient rule for {len(missing)} operator(s) on the gradient path ({', '.join(kinds)}): {listed}. "
+            "Gradient methods cannot run on this model; forward, activations and the gradient-free methods "
+            "(occlusion, Score-CAM, activation maps, top patches, dissection) still work. Operators with a rule: "
             f"{', '.join(supported_operators())}.")
 
 
@@ -84,7 +88,7 @@ def build_adjoint(graph, shapes, dtypes, seeds, wrt, relu) -> AdjointPlan:
     _check_rules(active)
     taken = {o for n in nodes for o in n.output} | {v.name for v in graph.proto.graph.input}
     taken |= set(graph.weights) | set(graph.constants)
-    em = Emitter(graph, shapes, relu, varied.__contains__, taken)
+    em = Emitter(graph, shapes, relu, varied.__contains__, taken, types=dtypes)
     contributions = defaultdict(list)
     seed_inputs = {}
     for name in seeds:

@@ -11,8 +11,11 @@ import numpy as np
 
 from .._load import INLINE_BYTES
 
-__all__ = ["Emitter", "RULES", "DIFFERENTIABLE", "UnsupportedOperatorError", "rule", "attr", "describe_node"]
+__all__ = ["Emitter", "RULES", "DIFFERENTIABLE", "UnsupportedOperatorError", "rule", "attr", "describe_node",
+           "FLOAT_TYPES", "INT64_MIN", "INT64_MAX"]
 
+FLOAT_TYPES = (1, 10, 11, 16)  # float, float16, double, bfloat16
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 RULES: dict = {}
 DIFFERENTIABLE: dict = {}  # op type -> indices of inputs that carry adjoints (None: all of them)
 
@@ -50,14 +53,16 @@ class Emitter:
     """Appends backward nodes; knows the forward shapes, constants and the ReLU rule.
 
     ``varied`` tells whether a tensor depends on what is differentiated (only those get an
-    adjoint); ``taken`` holds the names already used in the graph."""
+    adjoint); ``taken`` holds the names already used in the graph; ``types`` the element
+    types of the forward tensors (``dtypes`` collects those of backward tensors a plan exports)."""
 
-    def __init__(self, graph, shapes, relu, varied, taken):
+    def __init__(self, graph, shapes, relu, varied, taken, types=None):
         from onnx import helper
 
         self._helper = helper
         self.graph, self.shapes, self.relu = graph, shapes, relu
         self.varied = varied
+        self.types = types or {}
         self.nodes, self.initializers, self.patches, self.dtypes = [], [], {}, {}
         self._taken = taken
         self._count = 0
@@ -83,7 +88,8 @@ class Emitter:
         ones (a flipped kernel) join the weights, which sessions share instead of copying."""
         from onnx import numpy_helper
 
-        value = np.ascontiguousarray(value, dtype)
+        value = np.asarray(value, dtype)
+        value = np.ascontiguousarray(value) if value.ndim else value  # a scalar stays 0-d
         if value.nbytes >= INLINE_BYTES:
             name = self.fresh("weight")
             self.graph.weights[name] = value
@@ -119,6 +125,14 @@ class Emitter:
         graph = self.graph
         return graph.constants[name] if name in graph.constants else graph.weights.get(name)
 
+    def constant(self, name, node, what):
+        """The value of a constant input the rule needs (axes, pads, scales), else the error."""
+        value = self.value(name)
+        if value is None:
+            raise UnsupportedOperatorError(f"{describe_node(node)} takes its {what} from a computed tensor {name!r}; "
+                                           f"the gradient rule needs them constant.")
+        return np.asarray(value)
+
     def scalar(self, name, default):
         """A constant scalar input such as Clip's bound: (float or default, is_constant)."""
         if not name:
@@ -144,6 +158,41 @@ class Emitter:
         if self.relu == "guided":
             dy = self.op("Relu", [dy], stem="guided")
         return self.op("Where", [inside, dy, self.const(0.0)], stem="relu_grad")
+
+    def reduce_sum(self, t, axes, keepdims=1, stem="reduce"):
+        return self.op("ReduceSum", [t, self.ints(axes)], keepdims=keepdims, stem=stem)
+
+    def mean(self, t, axes, shape):
+        """Mean of ``t`` (static ``shape``, None where unknown) over ``axes``, keeping them."""
+        total = self.reduce_sum(t, axes, stem="mean")
+        sizes = [shape[a] for a in axes]
+        if None not in sizes:
+            return self.op("Mul", [total, self.const(1.0 / float(np.prod(sizes)))])
+        count = self.op("Div", [self.op("Cast", [self.op("Size", [t])], to=1),
+                                self.op("Cast", [self.op("Size", [total])], to=1)])
+        return self.op("Div", [total, count])
+
+    def pad(self, t, rank, axis, before, after):
+        """Zeros added along ``axis`` of a rank-``rank`` tensor (the adjoint of a crop)."""
+        if before == 0 and after == 0:
+            return t
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = int(before), int(after)
+        return self.op("Pad", [t, self.ints(pads)], stem="place")
+
+    def reverse(self, t, axis):
+        return self.op("Slice", [t, self.ints([-1]), self.ints([INT64_MIN]), self.ints([axis]), self.ints([-1])],
+                       stem="reverse")
+
+    def sum_to(self, grad, grad_shape, target_shape):
+        """Sum ``grad`` (static ``grad_shape``) down to ``target_shape``, undoing numpy broadcasting."""
+        lead = len(grad_shape) - len(target_shape)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(target_shape)
+                                    if d == 1 and grad_shape[lead + i] != 1]
+        if not axes:
+            return grad
+        summed = self.reduce_sum(grad, axes, stem="unbroadcast")
+        return self.op("Squeeze", [summed, self.ints(range(lead))]) if lead else summed
 
     def unbroadcast(self, grad, operand, output, node):
         """Sum ``grad`` (shaped like ``output``) over the axes along which ``operand`` was broadcast."""

@@ -1,4 +1,5 @@
-"""Gradient rules for pointwise, linear-algebra and shape operators (see :mod:`._emit`).
+"""Gradient rules for pointwise, linear-algebra and shape operators (see :mod:`._emit`);
+other activations are in :mod:`.rules_activation`, more arithmetic in :mod:`.rules_math`.
 
 Every rule is the vector-Jacobian product of the operator's ONNX definition (opset >= 16):
 for y = f(x) it returns dx = J_f(x)^T dy, with broadcasting undone by summation.
@@ -40,16 +41,6 @@ def _clip(em, node, dys):
     if lo_const and lo == 0.0:
         return [em.relu_rule(dy, inside)]
     return [em.op("Where", [inside, dy, em.const(0.0)])]
-
-
-@rule("LeakyRelu")
-def _leaky_relu(em, node, dys):
-    """y = x (x > 0), alpha x otherwise: dx = dy or alpha dy. Not a ReLU for the guided rule."""
-    alpha = float(attr(node, "alpha", 0.01))
-    if alpha < 0:
-        raise UnsupportedOperatorError(f"{describe_node(node)} has a negative alpha; no gradient rule for it.")
-    positive = em.op("Greater", [node.output[0], em.const(0.0)])
-    return [em.op("Where", [positive, dys[0], em.op("Mul", [dys[0], em.const(alpha)])])]
 
 
 @rule("Sigmoid")
@@ -160,21 +151,36 @@ def _swap_last(rank):
 
 @rule("MatMul", inputs=(0, 1))
 def _matmul(em, node, dys):
-    """y = a @ b (batched): da = dy @ b^T, db = a^T @ dy, summed over broadcast batch axes."""
+    """y = a @ b with numpy's rules (batched, broadcast over the batch axes; a 1-d a is a row,
+    a 1-d b a column, and the added axis is dropped from y): da = dy @ b^T, db = a^T @ dy,
+    each summed over the batch axes along which its operand was broadcast."""
     a, b = node.input
     dy, y = dys[0], node.output[0]
-    ra, rb = len(em.shape(a, node)), len(em.shape(b, node))
-    if ra < 2 or rb < 2:
-        raise UnsupportedOperatorError(f"{describe_node(node)} multiplies a 1-d tensor; no gradient rule for it.")
+    sa, sb, sy = em.shape(a, node), em.shape(b, node), em.shape(y, node)
     da = db = None
-    if em.varied(a):
-        if rb == 2 and len(em.shape(y, node)) == 2:  # a Linear layer: no transposed copy of the weight
-            da = em.op("Gemm", [dy, b], transB=1)
-        else:
-            da = em.op("MatMul", [dy, em.op("Transpose", [b], perm=_swap_last(rb))])
-        da = em.unbroadcast(da, a, y, node)
+    if em.varied(a) and len(sb) == 2 and len(sa) >= 2:  # a Linear layer: no transposed copy of the weight
+        flat = dy if len(sy) == 2 else em.op("Reshape", [dy, em.ints([-1, sb[1]])])
+        da = em.op("Gemm", [flat, b], transB=1)
+        da = da if len(sa) == 2 else em.reshape_like(da, a)
+        if not em.varied(b):
+            return [da, None]
+    a2 = em.op("Unsqueeze", [a, em.ints([0])]) if len(sa) == 1 else a
+    b2 = em.op("Unsqueeze", [b, em.ints([1])]) if len(sb) == 1 else b
+    sa2, sb2 = ((1,) + tuple(sa) if len(sa) == 1 else tuple(sa)), (tuple(sb) + (1,) if len(sb) == 1 else tuple(sb))
+    sy2 = list(sy) + ([1] if len(sb) == 1 else [])
+    if len(sa) == 1:
+        sy2.insert(len(sy2) - 1, 1)
+    added = ([len(sy2) - 2] if len(sa) == 1 else []) + ([len(sy2) - 1] if len(sb) == 1 else [])
+    dy2 = em.op("Unsqueeze", [dy, em.ints(added)]) if added else dy
+    batch = list(sy2[:-2])
+    if em.varied(a) and da is None:
+        da = em.op("MatMul", [dy2, em.op("Transpose", [b2], perm=_swap_last(len(sb2)))])
+        da = em.sum_to(da, batch + list(sa2[-2:]), sa2)
+        da = em.op("Squeeze", [da, em.ints([0])]) if len(sa) == 1 else da
     if em.varied(b):
-        db = em.unbroadcast(em.op("MatMul", [em.op("Transpose", [a], perm=_swap_last(ra)), dy]), b, y, node)
+        db = em.op("MatMul", [em.op("Transpose", [a2], perm=_swap_last(len(sa2))), dy2])
+        db = em.sum_to(db, batch + list(sb2[-2:]), sb2)
+        db = em.op("Squeeze", [db, em.ints([1])]) if len(sb) == 1 else db
     return [da, db]
 
 

@@ -121,3 +121,32 @@ def _lrn(em, node, dys):
     spread = _channel_window_sum(em, inner, channels, hi, lo)
     cross = em.op("Mul", [em.op("Mul", [spread, x]), em.const(2.0 * alpha * beta / size)])
     return [em.op("Sub", [direct, cross])]
+
+
+@rule("ConvTranspose")
+def _conv_transpose(em, node, dys):
+    """y = ConvTranspose(x, W) scatters each x through the kernel; its adjoint gathers: dx =
+    Conv(dy, W) with the same strides, dilations, groups and begin pads, and end pads less
+    output_padding (the rows output_padding adds receive no x; where it exceeds the end pad,
+    they are cut off dy first). W (C_in, C_out / group, k...) reads as a Conv weight as it is."""
+    x, w = node.input[:2]
+    if attr(node, "output_shape") is not None or attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise UnsupportedOperatorError(f"{describe_node(node)} sets output_shape or auto_pad SAME; the gradient rule "
+                                       "needs explicit pads.")
+    size_in, size_out = spatial_size(em, x, node), spatial_size(em, node.output[0], node)
+    n = len(size_in)
+    weight = em.value(w)
+    kernel = attr(node, "kernel_shape") or list((em.shape(w, node) if weight is None else weight.shape)[2:])
+    strides = list(attr(node, "strides", [1] * n))
+    dilations = list(attr(node, "dilations", [1] * n))
+    pads = [0] * 2 * n if attr(node, "auto_pad", "NOTSET") == "VALID" else list(attr(node, "pads", [0] * 2 * n))
+    extra = list(attr(node, "output_padding", [0] * n))
+    dy, begin, end = dys[0], pads[:n], []
+    for i in range(n):
+        full = strides[i] * (size_in[i] - 1) + (kernel[i] - 1) * dilations[i] + 1 - begin[i]  # rows x reaches
+        cut = size_out[i] - full
+        if cut > 0:
+            dy = em.op("Slice", [dy, em.ints([0]), em.ints([full]), em.ints([2 + i])])
+        end.append(max(-cut, 0))
+    return [em.op("Conv", [dy, w], strides=strides, dilations=dilations, pads=begin + end,
+                  group=int(attr(node, "group", 1)), kernel_shape=list(kernel), stem="conv_transpose_adjoint")]
