@@ -330,7 +330,9 @@ _SHAPE_CACHE = 1024
 
 
 class _Unchecked:
-    """The trusted path of a :class:`BackendBase`: the framework's calls, without the checks."""
+    """The trusted path of a :class:`BackendBase`: the framework's calls without the image and
+    seed checks (the expensive ones: a scan of every value). Names are still checked, which
+    costs a set look-up each, so an unknown layer a caller passed on raises the one error."""
 
     __slots__ = ("_backend",)
 
@@ -343,21 +345,25 @@ class _Unchecked:
     def __repr__(self):
         return f"unchecked({self._backend!r})"
 
-    def forward(self, x):
+    def _images(self, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it is already so
         self._backend._note_input(x)
-        return self._backend._forward(x)
+        return x
+
+    def forward(self, x):
+        return self._backend._forward(self._images(x))
 
     def activations(self, x, layers):
-        self._backend._note_input(x)
-        return self._backend._activations(x, _as_list(layers))
+        return self._backend._activations(self._images(x), self._backend._check_names(layers, "layers", "activations"))
 
     def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, rule="standard", relu=None):
         if relu is not None:
             rule = _rule_of(rule, relu)[0]
+        b = self._backend
         if at is None:
             at = list(seeds) if isinstance(seeds, Mapping) else [OUTPUT]
-        self._backend._note_input(x)
-        return self._backend._gradient(x, seeds, _as_list(wrt), _as_list(at), rule)
+        return b._gradient(self._images(x), seeds, b._check_names(wrt, "wrt", "gradient"),
+                           b._check_names(at, "at", "gradient"), rule)
 
 
 def unchecked(backend):
@@ -365,9 +371,9 @@ def unchecked(backend):
 
     For a :class:`BackendBase`, an object with the same interface whose ``forward``,
     ``activations`` and ``gradient`` call ``_forward``, ``_activations`` and ``_gradient``
-    directly: no image, name, seed or rule check (``x`` must be C-contiguous float32
-    (N, C, H, W), seeds float32 arrays shaped like their tensors, names known); every other
-    member is the backend's own. Any other backend is returned as it is.
+    directly: no image, seed or rule check (``x`` must be float32 (N, C, H, W) and finite,
+    seeds float32 arrays shaped like their tensors); names are still checked (a set
+    look-up). Every other member is the backend's own. Any other backend is returned as it is.
     """
     if isinstance(backend, _Unchecked):
         return backend

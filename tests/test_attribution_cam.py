@@ -57,7 +57,7 @@ def test_grad_cam_matches_captum(demo, batch):
     want = lgc.attribute(torch.from_numpy(x), target=torch.from_numpy(y), relu_attributions=True)
     assert_close(got.info["layer_maps"], want[:, 0].detach().numpy())
     assert_close(got.maps, captum_attr.LayerAttribution.interpolate(want, (64, 64), "bilinear")[:, 0].detach().numpy())
-    mid = A.grad_cam(demo, x, y, layer="conv3", relu=False)
+    mid = A.grad_cam(demo, x, y, layer="conv3", clip=False)
     want = lgc.__class__(demo, demo.conv3).attribute(torch.from_numpy(x), target=torch.from_numpy(y))
     assert_close(mid.info["layer_maps"], want[:, 0].detach().numpy())
     assert mid.signed
@@ -140,7 +140,7 @@ def test_score_cam_constant_maps_give_no_nan(demo, batch):
 def test_eigen_cam_projects_on_the_first_principal_component(demo, batch):
     x, y = batch
     a, _, _ = _acts_and_grads(demo, demo.relu4, x, y)
-    got = A.eigen_cam(demo, x, relu=False)
+    got = A.eigen_cam(demo, x, clip=False)
     for i in range(len(x)):
         m = a[i].reshape(64, -1).T.double().numpy()
         m = m - m.mean(axis=0)

@@ -84,7 +84,7 @@ def input_gradient(backend, x, target, owner, *, rule="standard", layer=None, ne
             s, box["index"] = _unit_seeds(acts[layer], target, neuron, layer, owner)
             return {layer: s}
         at = [layer]
-    g = backend.gradient(x, seeds, at=at, wrt=[INPUT], relu=rule)
+    g = backend.gradient(x, seeds, at=at, wrt=[INPUT], rule=rule)
     return g.grads[INPUT], box["index"], g.outputs
 
 

@@ -206,7 +206,7 @@ def _unit_gradients(backend, layer, chosen, result, image_shape, layer_shape, ba
             canvas[n, :, ct:cb, cl:cr] = result.patches[i, j][:, ct - t:cb - t, cl - l:cr - l]
             y, x = result.locations[i, j]
             seeds[n, chosen[i], y, x] = 1.0
-        g = backend.gradient(canvas, {layer: seeds}, wrt=["input"], relu=rule)
+        g = backend.gradient(canvas, {layer: seeds}, wrt=["input"], rule=rule)
         acts = g.activations[layer]
         for n, (i, j) in enumerate(part):
             y, x = result.locations[i, j]

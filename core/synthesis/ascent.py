@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import INPUT
+from ..backend import INPUT, unchecked
 from . import regularizers as R
 from .._progress import progress_bar
 from ._common import numpy_single_threaded, warn_zero_gradient
@@ -67,6 +67,7 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
 
     ``stop(step, values, outputs)``, when given, ends the run early when it returns True.
     """
+    backend = unchecked(backend)  # the images are made here, finite float32: no per-step check
     lo, hi = value_range
     center = (lo + hi) / 2.0
     size = param.shape[2:]
@@ -88,10 +89,10 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
                 x = param.image(t)
                 sampling = transforms.sample(rng, size)
                 if "constant" in box:  # a linear objective: the same seeds, without a callable
-                    result = backend.gradient(sampling.apply(x), box["constant"], wrt=(INPUT,), relu=rule)
+                    result = backend.gradient(sampling.apply(x), box["constant"], wrt=(INPUT,), rule=rule)
                     box["values"] = objective(result.activations)[0]
                 else:
-                    result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, relu=rule)
+                    result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, rule=rule)
                 trace.passes += 1
                 g_obj = sampling.adjoint(result.grads[INPUT])
                 if step == 0 and not np.abs(g_obj).reshape(len(g_obj), -1).max(axis=1).all():

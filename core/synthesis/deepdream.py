@@ -17,8 +17,8 @@ import numpy as np
 
 from .._plugins import load
 from .._renamed import renamed
-from .._validate import as_images, check_int, check_number, param_error
-from ..backend import INPUT
+from .._validate import as_images, check_choice, check_int, check_number, param_error
+from ..backend import RELU_RULES, INPUT, unchecked
 from ..render import Renderable, grid, to_rgb
 from .._imageops import resize_adjoint, resize_images
 from .._progress import progress_bar
@@ -75,7 +75,9 @@ def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, s
     octave_scale = check_number(octave_scale, "octave_scale", owner, low=1)
     lo, hi = value_range = check_range(value_range, owner)
     fixed = fixed_input_size(backend)
-    x0 = as_images(x, param="x", owner=owner, spatial=fixed)
+    x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed)
+    check_choice(rule, RELU_RULES, "rule", owner)
+    backend = unchecked(backend)  # the images are checked: each step's pass need not
     rng = np.random.default_rng(seed)
     h, w = x0.shape[2:]
     sizes = [(h, w)]
@@ -106,7 +108,7 @@ def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, s
                 dy, dx = (rng.integers(-jitter, jitter + 1, size=2) if jitter else (0, 0))
                 shifted = np.roll(x, (int(dy), int(dx)), axis=(2, 3))
                 probe = shifted if fixed is None or size == fixed else resize_images(shifted, fixed)
-                g = backend.gradient(probe, seeds, wrt=(INPUT,), at=tensors, relu=rule).grads[INPUT]
+                g = backend.gradient(probe, seeds, wrt=(INPUT,), at=tensors, rule=rule).grads[INPUT]
                 if probe is not shifted:
                     g = resize_adjoint(g, size)
                 g = np.roll(g, (-int(dy), -int(dx)), axis=(2, 3))

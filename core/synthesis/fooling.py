@@ -21,7 +21,7 @@ import numpy as np
 from .._plugins import load
 from .._renamed import renamed
 from .._validate import as_images, check_choice, check_int, check_number, param_error
-from ..backend import INPUT, OUTPUT
+from ..backend import INPUT, OUTPUT, unchecked
 from ..render import Renderable, grid, normalize, to_rgb
 from .._progress import progress_bar
 from .._targets import softmax
@@ -80,7 +80,8 @@ def fool(model, x, target=None, *, method: str = "pgd", epsilon=8 / 255, steps: 
     """
     owner = "fool"
     backend = load(model)
-    x0 = as_images(x, param="x", owner=owner, spatial=fixed_input_size(backend))
+    x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed_input_size(backend))
+    backend = unchecked(backend)  # the images are checked: each step's pass need not
     n = len(x0)
     check_choice(method, ("fgsm", "pgd"), "method", owner)
     lo, hi = value_range = check_range(value_range, owner)
