@@ -66,7 +66,7 @@ class Emitter:
         self.nodes, self.initializers, self.patches, self.dtypes = [], [], {}, {}
         self._taken = taken
         self._count = 0
-        self._consts = {}
+        self._consts, self._consts_folded = {}, {}
 
     # -------------------------------------------------------------- names and nodes
     def fresh(self, stem):
@@ -119,11 +119,49 @@ class Emitter:
         return dims
 
     def value(self, name):
-        """The value of a constant input (initializer, weight, Constant node), else None."""
+        """The value of a constant input (initializer, weight, Constant node, or a small subgraph of
+        constants only, as torch writes F.pad's pads), else None."""
         if not name:
             return None
         graph = self.graph
-        return graph.constants[name] if name in graph.constants else graph.weights.get(name)
+        if name in graph.constants:
+            return graph.constants[name]
+        if name in graph.weights:
+            return graph.weights[name]
+        if name not in self._consts_folded:
+            self._consts_folded[name] = None if self.varied(name) else self._fold(name)
+        return self._consts_folded[name]
+
+    def _fold(self, name, limit=64):
+        """Evaluate the constant-only subgraph computing ``name`` (onnx's reference evaluator), or None."""
+        graph, nodes, leaves, todo = self.graph, {}, {}, [name]
+        while todo:
+            t = todo.pop()
+            if t in nodes or t in leaves or not t:
+                continue
+            if t in graph.constants or t in graph.weights:
+                leaves[t] = graph.constants[t] if t in graph.constants else graph.weights[t]
+                continue
+            index = graph.producer.get(t)
+            if index is None or len(nodes) >= limit:
+                return None
+            node = graph.nodes[index]
+            if node.domain not in ("", "ai.onnx") or node.op_type.startswith("Random") or node.attribute and any(
+                    a.type in (5, 10) for a in node.attribute):  # GRAPH / GRAPHS: no control flow
+                return None
+            nodes[t] = index
+            todo.extend(node.input)
+        from onnx import helper, numpy_helper
+        from onnx.reference import ReferenceEvaluator
+
+        order = [graph.nodes[i] for i in sorted(set(nodes.values()))]
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in leaves.items()]
+        model = helper.make_model(helper.make_graph(order, "fold", [], [helper.make_value_info(name, helper.TypeProto())],
+                                                    inits), opset_imports=list(graph.proto.opset_import))
+        try:
+            return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+        except Exception:  # an operator the reference evaluator lacks: the value stays unknown
+            return None
 
     def constant(self, name, node, what):
         """The value of a constant input the rule needs (axes, pads, scales), else the error."""

@@ -109,22 +109,34 @@ def slice_source(start, end, step, n):
 
 @rule("Slice")
 def _slice(em, node, dys):
-    """dx is zero but for the sliced elements, which receive dy; one axis after another."""
+    """dx is zero but for the sliced elements, which receive dy; one axis after another. With
+    constant starts and ends the source indices are known here (slices and pads); with computed
+    ones (torch.chunk on a dynamic batch) ONNX Runtime slices a range 0..n-1 with the very same
+    inputs, and dy is scattered to the indices that come out."""
     x, dy = node.input[0], dys[0]
     rank = len(em.shape(x, node))
-    given = [em.constant(name, node, what).reshape(-1).astype(np.int64) if name else None
-             for name, what in zip(list(node.input[1:5]) + [""] * (4 - len(node.input[1:5])),
-                                   ("starts", "ends", "axes", "steps"))]
-    starts, ends, axes, steps = given
-    axes = np.arange(len(starts)) if axes is None else axes
-    steps = np.ones(len(starts), np.int64) if steps is None else steps
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis = int(axis) % rank
+    names = list(node.input[1:5]) + [""] * (5 - len(node.input))
+    values = [em.value(name) if name else None for name in names]
+    if names[2] and values[2] is None:
+        em.constant(names[2], node, "axes")  # raises: the axis to scatter along must be known
+    count = int(em.shape(names[0], node)[0]) if values[0] is None else np.asarray(values[0]).size
+    axes = [int(a) % rank for a in (np.arange(count) if values[2] is None else np.asarray(values[2]).reshape(-1))]
+    known = all(v is not None for v, name in zip(values, names) if name)
+    for k, axis in enumerate(axes):
         n = _axis_size(em, node, x, axis)
-        source = slice_source(int(start), int(end), int(step), n)
-        dy = index_map_adjoint(em, dy, rank, axis, source, n)
-        if dy is None:  # an empty slice: nothing depends on x
-            return [None]
+        if known:
+            start, end = (int(np.asarray(v).reshape(-1)[k]) for v in values[:2])
+            step = 1 if values[3] is None else int(np.asarray(values[3]).reshape(-1)[k])
+            dy = index_map_adjoint(em, dy, rank, axis, slice_source(start, end, step, n), n)
+            if dy is None:  # an empty slice: nothing depends on x
+                return [None]
+            continue
+        pick = [em.op("Gather", [name, em.ints([k])]) for name in (names[0], names[1])]
+        steps = [em.op("Gather", [names[3], em.ints([k])])] if names[3] else []
+        index_type = np.int64 if em.types.get(names[0], 7) == 7 else np.int32  # Slice's inputs share one type
+        iota = em.const(np.arange(n, dtype=np.int64), np.int64)
+        source = em.op("Slice", [iota, *pick, em.const(np.zeros(1), index_type), *steps])
+        dy = scatter_add(em, dy, rank, axis, 1, source, n)
     return [dy]
 
 
