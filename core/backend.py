@@ -81,8 +81,9 @@ class Gradients:
 class Backend(Protocol):
     """What convscope needs from a model, in NumPy.
 
-    Optional attribute: ``fixed_size``, the (H, W) a model requires, or None when it takes
-    any size; methods that make images (synthesis) read it with ``getattr``.
+    Optional attributes: ``fixed_size``, the (H, W) a model requires, or None when it takes
+    any size; ``value_range``, the (low, high) of its input values (default (0, 1)); methods
+    that make images (synthesis) read them with ``getattr``.
     """
 
     name: str
@@ -190,6 +191,9 @@ class BackendBase:
     channels = None
     #: backward rules ``gradient`` accepts
     rules = RELU_RULES
+    #: (low, high) of the model's input values: ``load(model, value_range=...)``; synthesis
+    #: keeps the images it makes inside it
+    value_range = (0.0, 1.0)
     #: attributes holding per-model caches (and their lock) that keep no strong reference to
     #: the model: :func:`convscope.load` shares them between the backends it makes for one
     #: in-memory model with the same options, so a new backend does not probe or trace again

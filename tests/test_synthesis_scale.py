@@ -55,3 +55,20 @@ def test_a_zero_gradient_warns_instead_of_silently_doing_nothing(rng):
     np.testing.assert_array_equal(dream.image, x)
     with pytest.warns(RuntimeWarning, match="exactly zero"):
         S.visualize(net, S.channel("3", 0), steps=2, size=16, progress=False)
+
+
+def test_the_value_range_belongs_to_the_backend(rng):
+    import convscope
+
+    net = _tiny_net(1.0)
+    backend = convscope.load(net, value_range=(-1.0, 1.0))
+    assert backend.value_range == (-1.0, 1.0) and convscope.load(net).value_range == (0.0, 1.0)
+    x = rng.random((1, 3, 16, 16), dtype=np.float32) * 2 - 1
+    dream = S.deepdream(backend, x, "3", octaves=1, steps=2, step_size=0.5, jitter=0, progress=False)
+    assert dream.image.min() >= -1 and dream.image.min() < 0  # kept in [-1, 1], not clipped to [0, 1]
+    vis = S.visualize(backend, S.channel("3", 1), steps=2, size=16, progress=False)
+    assert vis.images.min() >= -1 and vis.images.min() < 0
+    clipped = S.deepdream(backend, x, "3", octaves=1, steps=1, jitter=0, value_range=(0, 1), progress=False)
+    assert clipped.image.min() >= 0  # a per-call range still overrides
+    with pytest.raises(ValueError, match=r"'value_range' parameter of convscope.load must be a pair \(low, high\) of finite"):
+        convscope.load(net, value_range=(1, 0))

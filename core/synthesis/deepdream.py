@@ -22,7 +22,7 @@ from ..backend import RELU_RULES, INPUT, unchecked
 from ..render import Renderable, grid, to_rgb
 from .._imageops import resize_adjoint, resize_images
 from .._progress import progress_bar
-from ._common import check_range, fixed_input_size, numpy_single_threaded, warn_zero_gradient
+from ._common import backend_range, check_range, fixed_input_size, numpy_single_threaded, warn_zero_gradient
 from .objectives import Objective, layer_l2
 
 __all__ = ["deepdream", "Dream"]
@@ -52,7 +52,7 @@ class Dream(Renderable):
 
 @renamed(image="x", relu="rule")
 def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
-              step_size: float = 0.01, jitter: int = 4, value_range=(0.0, 1.0), rule: str = "standard",
+              step_size: float = 0.01, jitter: int = 4, value_range=None, rule: str = "standard",
               seed: int = 0, progress=None, callback=None) -> Dream:
     """Dream ``layer`` (a layer name, for ``layer_l2(layer)``, or an Objective) into the images ``x``.
 
@@ -73,7 +73,7 @@ def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, s
     seed = check_int(seed, "seed", owner, low=0)
     step_size = check_number(step_size, "step_size", owner, low=0, strict=True)
     octave_scale = check_number(octave_scale, "octave_scale", owner, low=1)
-    lo, hi = value_range = check_range(value_range, owner)
+    lo, hi = value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     fixed = fixed_input_size(backend)
     x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed)
     check_choice(rule, RELU_RULES, "rule", owner)

@@ -25,7 +25,7 @@ from ..backend import INPUT, OUTPUT, unchecked
 from ..render import Renderable, grid, normalize, to_rgb
 from .._progress import progress_bar
 from .._targets import softmax
-from ._common import check_range, fixed_input_size
+from ._common import backend_range, check_range, fixed_input_size
 
 __all__ = ["fool", "Fooling"]
 
@@ -69,7 +69,7 @@ class Fooling(Renderable):
 
 @renamed(image="x")
 def fool(model, x, target=None, *, method: str = "pgd", epsilon=8 / 255, steps: int = 40, step_size=None,
-         confidence: float = 0.9, random_start: bool = False, value_range=(0.0, 1.0), seed: int = 0, progress=None,
+         confidence: float = 0.9, random_start: bool = False, value_range=None, seed: int = 0, progress=None,
          callback=None) -> Fooling:
     """Perturb ``x`` (N, C, H, W) within ``epsilon`` (L-infinity) until the model
     predicts ``target`` (an int or one per image; None: any class but the current one).
@@ -84,7 +84,7 @@ def fool(model, x, target=None, *, method: str = "pgd", epsilon=8 / 255, steps: 
     backend = unchecked(backend)  # the images are checked: each step's pass need not
     n = len(x0)
     check_choice(method, ("fgsm", "pgd"), "method", owner)
-    lo, hi = value_range = check_range(value_range, owner)
+    lo, hi = value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     if epsilon is not None:
         epsilon = check_number(epsilon, "epsilon", owner, low=0, strict=True)
     steps = 1 if method == "fgsm" else check_int(steps, "steps", owner, low=1)

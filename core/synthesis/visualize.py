@@ -9,7 +9,7 @@ from .._validate import as_images, check_choice, check_int, check_number, param_
 from ..backend import RELU_RULES
 from ..render import Renderable, grid, to_rgb
 from .._renamed import renamed
-from ._common import check_range, check_size, check_weight, input_channels
+from ._common import backend_range, check_range, check_size, check_weight, input_channels
 from .ascent import Priors, run_ascent
 from .gram import diversity as diversity_term
 from .objectives import as_objective
@@ -79,7 +79,7 @@ def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, 
               optimizer="adam", lr: float = 0.05, transforms="standard", l2: float = 0.0, tv: float = 0.0,
               tv_beta: float = 2.0, blur_every: int = 0, blur_sigma: float = 0.5, clip_norm: float = 0.0,
               clip_contribution: float = 0.0, clip: bool = True, diversity: float = 0.0, diversity_layer=None,
-              value_range=(0.0, 1.0), rule: str = "standard", seed: int = 0, progress=None,
+              value_range=None, rule: str = "standard", seed: int = 0, progress=None,
               callback=None) -> Visualization:
     """Synthesise ``batch`` images that maximise ``objective`` on ``model``.
 
@@ -123,7 +123,7 @@ def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, 
     steps = check_int(steps, "steps", owner, low=1)
     batch = check_int(batch, "batch", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
-    value_range = check_range(value_range, owner)
+    value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     weights = {name: check_weight(v, name, owner) for name, v in
                dict(l2=l2, tv=tv, diversity=diversity, blur_sigma=blur_sigma, clip_norm=clip_norm,
                     clip_contribution=clip_contribution).items()}
