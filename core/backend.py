@@ -21,7 +21,7 @@ import numpy as np
 
 from ._validate import as_images, check_choice, check_name, describe, param_error
 
-__all__ = ["Backend", "BackendBase", "unchecked", "Layer", "Gradients", "Seeds", "RELU_RULES", "INPUT", "OUTPUT"]
+__all__ = ["Backend", "BackendBase", "unchecked", "Layer", "LAYOUTS", "Gradients", "Seeds", "RELU_RULES", "INPUT", "OUTPUT"]
 
 INPUT = "input"
 OUTPUT = "output"
@@ -33,15 +33,30 @@ RELU_RULES = ("standard", "guided", "deconvnet")
 Seeds = Union[Mapping[str, np.ndarray], Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]]
 
 
+#: How a layer's output is laid out (without the batch axis), as :attr:`Layer.layout` says.
+LAYOUTS = ("chw", "hwc", "tokens", "vector", "other")
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer (or tensor) a backend can report on.
 
-    ``shape`` is the output shape without the batch axis, channels first; ``None`` where
-    the backend cannot know it. ``kernel``, ``stride``, ``dilation`` are (h, w) and
-    ``padding`` is (top, left, bottom, right), set for conv and pool layers so that
-    receptive fields can be computed. ``inputs`` names the layers whose outputs feed this
-    one, where the backend knows the data flow.
+    ``shape`` is the output shape without the batch axis as the backend hands it out (NCHW
+    maps are (C, H, W)); ``None`` where the backend cannot know it. ``layout`` says what the
+    axes are (:data:`LAYOUTS`): ``"chw"`` a channels-first map, ``"hwc"`` a channels-last map
+    (a tensor permuted inside the model, as in ConvNeXt blocks), ``"tokens"`` a (T, D)
+    sequence (a ViT), ``"vector"`` (D,), ``"other"``; empty when the backend does not say
+    (then a 3-d shape is taken to be a channels-first map).
+
+    Geometry, for receptive fields: ``kernel``, ``stride``, ``dilation`` are (h, w) and
+    ``padding`` is (top, left, bottom, right), set for conv and pool layers; a padding layer
+    reports kernel (1, 1), stride (1, 1) and its padding, a cropping layer the same with
+    negative padding. ``kind == "deconv"`` (a transposed conv) reports the transposed op's
+    kernel, stride, padding and dilation; ``kind == "upsample"`` reports the integer scale
+    factors (out / in) as ``stride``. ``inputs`` names the layers whose outputs this layer's
+    output is computed from (through operators that are not layers themselves), where the
+    backend knows the data flow; an input whose map is (C, 1, 1) while this layer's is larger
+    is a broadcast gate (squeeze-excitation) and does not widen the field.
     """
 
     name: str
@@ -53,11 +68,14 @@ class Layer:
     dilation: tuple | None = None
     inputs: tuple = ()
     op: str = ""
+    layout: str = ""
 
     @property
     def spatial(self) -> bool:
-        """True when the output is a (C, H, W) map."""
-        return self.shape is not None and len(self.shape) == 3
+        """True when the output is a channels-first (C, H, W) map."""
+        if self.shape is None or len(self.shape) != 3:
+            return False
+        return self.layout in ("", "chw")
 
 
 @dataclass
