@@ -2,11 +2,13 @@
 spatial layers a synthesis objective or a report walks."""
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from ._validate import check_name, describe, param_error
 
-__all__ = ["records", "spatial_size", "default_layer", "resolve_layer", "check_layer_name", "check_spatial",
+__all__ = ["records", "spatial_size", "layout_of", "is_map", "default_candidates", "default_layer", "token_grid", "resolve_layer", "check_layer_name", "check_spatial",
            "gap_linear_head", "spatial_layers", "check_layers"]
 
 
@@ -24,11 +26,63 @@ def spatial_size(shape) -> int:
     return int(shape[1] * shape[2]) if shape is not None and len(shape) == 3 and None not in shape[1:] else 0
 
 
+def layout_of(record) -> str:
+    """The record's layout; a backend that does not say gets "chw" for 3-d shapes."""
+    if record.layout:
+        return record.layout
+    shape = record.shape
+    return "chw" if shape is not None and len(shape) == 3 else "vector" if shape is not None and len(shape) == 1 else "other"
+
+
+def is_map(record) -> bool:
+    """A channels-first map with more than one position: what a CAM reads by default."""
+    return layout_of(record) == "chw" and spatial_size(record.shape) > 1
+
+
+def _ancestors(recs):
+    """The records the last one is computed from, in reverse execution order (the last
+    layer first), following ``inputs``; None when the backend reports no data flow."""
+    if not any(r.inputs for r in recs):
+        return None
+    index = {r.name: i for i, r in enumerate(recs)}
+    heap, seen, out = [-(len(recs) - 1)], {len(recs) - 1}, []
+    while heap:
+        i = -heapq.heappop(heap)
+        out.append(recs[i])
+        for name in recs[i].inputs:
+            j = index.get(name)
+            if j is not None and j not in seen:
+                seen.add(j)
+                heapq.heappush(heap, -j)
+    return out
+
+
+def default_candidates(recs):
+    """What a CAM reads by default: ``("map", [name])``, the last channels-first map (H x W > 1)
+    on the data path into the outputs (before global pooling); or, for a token model (a
+    token sequence lies between that map and the outputs, as in a ViT), ``("tokens",
+    names)``: the token layers on that path, the last one first. Without data flow, the last
+    channels-first map in execution order."""
+    path = _ancestors(recs)
+    if path is None:
+        maps = [r.name for r in recs if is_map(r)]
+        return ("map", maps[-1:]) if maps else (None, [])
+    tokens = []
+    for r in path:
+        if is_map(r):
+            return ("tokens", tokens) if tokens else ("map", [r.name])
+        if layout_of(r) == "tokens" and r.shape is not None and r.shape[0] > 1:
+            tokens.append(r.name)
+    return ("tokens", tokens) if tokens else (None, [])
+
+
 def default_layer(recs, owner: str) -> str:
-    """The last layer (in execution order) whose output is a spatial map, H x W > 1."""
-    for r in reversed(recs):
-        if spatial_size(r.shape) > 1:
-            return r.name
+    """The name :func:`default_candidates` picks for a convolutional network."""
+    kind, names = default_candidates(recs)
+    if kind == "map":
+        return names[0]
+    if kind == "tokens":
+        return names[0]
     raise ValueError(f"{owner} found no layer with a spatial (C, H, W) output in this model; "
                      "pass layer=<name> explicitly.")
 
@@ -41,11 +95,26 @@ def resolve_layer(backend, x, layer, owner: str):
     if layer is None:
         return default_layer(recs, owner), recs
     check_name(layer, [r.name for r in recs], "layer", owner)
-    shape = next(r.shape for r in recs if r.name == layer)
-    if shape is not None and spatial_size(shape) <= 1 and None not in shape:
+    record = next(r for r in recs if r.name == layer)
+    shape = record.shape
+    if layout_of(record) == "chw" and shape is not None and spatial_size(shape) <= 1 and None not in shape:
         raise param_error("layer", owner, "a layer with a spatial (C, H, W) output, H x W > 1",
                           f"{layer!r} with output shape {tuple(shape)}")
     return layer, recs
+
+
+def token_grid(recs, layer: str):
+    """(H, W) of the channels-first map a token layer's sequence was made from (the patch
+    embedding conv of a ViT), found by the data flow; None when there is none."""
+    index = {r.name: i for i, r in enumerate(recs)}
+    if layer not in index:
+        return None
+    upto = recs[: index[layer] + 1]
+    path = _ancestors(upto)
+    for r in path or []:
+        if is_map(r):
+            return tuple(r.shape[1:])
+    return None
 
 
 def check_layer_name(backend, x, layer, owner: str) -> None:

@@ -7,9 +7,15 @@ Gradient variants get ``A`` and ``dS/dA`` from ONE forward and backward pass
 (``backend.gradient(..., wrt=[layer])``); CAM, Score-CAM and Eigen-CAM need only forward
 passes, so they run on any backend.
 
-The default layer is the last one with a spatial output (H x W > 1), e.g. the last conv
-block before global pooling. ``clip`` (default True) keeps the final ReLU; ``clip=False``
+``clip`` (default True) keeps the final ReLU; ``clip=False``
 returns the signed map (the argument was called ``relu`` before; that name still works).
+
+The default layer is the last channels-first map on the data path into the outputs (before
+global pooling), the same logical tensor on every backend; ``maps.info["layer"]`` names it.
+A token model (a ViT) gets its last token layer whose gradient reaches the patch tokens,
+reshaped to the patch grid; ``reshape=`` (a function (N, T, D) -> (N, C, h, w), as
+pytorch-grad-cam's ``reshape_transform``) handles any other layout. What convscope chose
+(the layer, a final softmax left out) is in ``maps.info["choices"]``.
 """
 from __future__ import annotations
 
@@ -17,13 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import check_choice, check_int
+from .._validate import check_choice, check_int, describe, param_error
 from ..backend import OUTPUT
-from .._layers import check_layer_name, check_spatial, gap_linear_head, resolve_layer
+from .._layers import check_spatial, default_candidates, default_layer, gap_linear_head, records, resolve_layer
 from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare
 from .gradients import input_gradient
 from .._batching import auto_batch_size
 from .._renamed import renamed
+from ._layer_maps import check_reshape, patch_tokens_reached, to_maps
 from .result import AttributionMaps, reduce_channels, upsample
 
 __all__ = ["cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam", "LayerPass"]
@@ -43,41 +50,70 @@ class LayerPass:
     seeds: np.ndarray | None
     classes: np.ndarray | None
     outputs: np.ndarray | None
-    records: list | None  # the layer records, when the variant needed them
+    records: list | None  # the layer records
     owner: str
+    choice: str | None = None  # why this layer, when convscope chose it among candidates
 
 
-def _layer_pass(owner, model, x, target, layer, mode, precheck=None):
+def _layer_pass(owner, model, x, target, layer, mode, precheck=None, reshape=None):
     """Run the one pass a variant needs: ``"gradient"`` (A and dS/dA), ``"activations"`` (A
     and the outputs) or ``"layer"`` (A only). ``precheck(records, layer)`` may refuse the
-    model before any pass is run."""
+    model before any pass is run. The layer's arrays come as (N, C, h, w) maps whatever its
+    layout (:mod:`._layer_maps`); a token model's default layer is chosen by the gradient."""
     backend, x = prepare(model, x, owner)
     target = check_target(target, len(x), owner)
-    recs = None
-    if layer is None or precheck is not None or not isinstance(layer, str):
-        layer, recs = resolve_layer(backend, x, layer, owner)
-        if precheck is not None:
-            precheck(recs, layer)
-    try:
-        return _pass(backend, x, target, layer, mode, recs, owner)
-    except ValueError:
-        if recs is None:  # a named layer the backend does not know: say so about 'layer'
-            check_layer_name(backend, x, layer, owner)
-        raise
+    reshape = check_reshape(reshape, owner)
+    if layer is not None and not isinstance(layer, str):
+        raise param_error("layer", owner, "a layer name (str) or None", describe(layer), TypeError)
+    recs = records(backend, x)
+    choice = None
+    if layer is None:
+        kind, names = default_candidates(recs)
+        if kind == "tokens":
+            layer, choice = _token_layer(backend, x, target, names, recs, owner)
+        else:
+            layer = default_layer(recs, owner)
+    else:
+        layer = resolve_layer(backend, x, layer, owner)[0]
+    if precheck is not None:
+        precheck(recs, layer)
+    p = _pass(backend, x, target, layer, mode, recs, owner, reshape)
+    if choice is not None:
+        p.choice = choice
+    return p
 
 
-def _pass(backend, x, target, layer, mode, recs, owner):
-    """The pass itself, then the check that the layer's output is a spatial map."""
+def _token_layer(backend, x, target, names, recs, owner):
+    """The last token layer whose gradient reaches the patch tokens, from one pass."""
+    seed_fn = _output_seeds(target, owner, {})
+    g = backend.gradient(x, seed_fn, at=[OUTPUT], wrt=names)
+    by = {r.name: r for r in recs}
+    for name in names:
+        if patch_tokens_reached(g.grads[name], by[name], recs):
+            skipped = names[:names.index(name)]
+            why = (f"{name}: the last token layer before the head whose gradient reaches the patch tokens"
+                   + (f" (after it, {', '.join(skipped)} pass the class token only)" if skipped else ""))
+            return name, why
+    raise ValueError(f"{owner}: no token layer of this model gets a gradient on its patch tokens for the explained "
+                     "class; pass layer=<name> explicitly.")
+
+
+def _output_seeds(target, owner, box):
+    def seed_fn(acts):
+        box["seeds"], box["classes"] = output_seeds(target, acts[OUTPUT], owner)
+        return {OUTPUT: box["seeds"]}
+    return seed_fn
+
+
+def _pass(backend, x, target, layer, mode, recs, owner, reshape=None):
+    """The pass itself, then the layer's arrays as (N, C, h, w) maps, H x W > 1."""
     seeds = classes = None
+    record = next((r for r in recs if r.name == layer), None)
     if mode == "gradient":
         box = {}
-
-        def seed_fn(acts):
-            box["seeds"], box["classes"] = output_seeds(target, acts[OUTPUT], owner)
-            return {OUTPUT: box["seeds"]}
-
-        g = backend.gradient(x, seed_fn, at=[OUTPUT], wrt=[layer])
+        g = backend.gradient(x, _output_seeds(target, owner, box), at=[OUTPUT], wrt=[layer])
         acts, grads, outputs = g.activations[layer], g.grads[layer], g.outputs
+        grads = to_maps(grads, record, reshape, recs, owner)
         seeds, classes = box["seeds"], box["classes"]
     else:
         names = [layer, OUTPUT] if mode == "activations" else [layer]
@@ -85,7 +121,7 @@ def _pass(backend, x, target, layer, mode, recs, owner):
         acts, grads, outputs = got[layer], None, got.get(OUTPUT)
         if outputs is not None:
             seeds, classes = output_seeds(target, outputs, owner)
-    check_spatial(acts, layer, owner)
+    acts = check_spatial(to_maps(acts, record, reshape, recs, owner), layer, owner)
     return LayerPass(backend, x, layer, acts, grads, seeds, classes, outputs, recs, owner)
 
 
@@ -101,20 +137,31 @@ def _combine(p: LayerPass, weights: np.ndarray, clip: bool) -> np.ndarray:
 def _result(p: LayerPass, layer_maps: np.ndarray, clip: bool, **info) -> AttributionMaps:
     maps = upsample(layer_maps, p.x.shape[2:])
     return AttributionMaps(maps, p.x, p.owner, p.classes, signed=not clip, outputs=p.outputs,
-                           info={"layer": p.layer, "layer_maps": layer_maps.astype(np.float32), **info})
+                           info={"layer": p.layer, "layer_maps": layer_maps.astype(np.float32), **_choices(p), **info})
 
 
-def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, **info):
-    p = _layer_pass(owner, model, x, target, layer, mode, precheck)
+def _choices(p: LayerPass) -> dict:
+    """What convscope chose for the user on this call: the layer (when it was not given) and
+    the backend's own choices (a final softmax left out, say)."""
+    chosen = dict(getattr(p.backend, "choices", None) or {})
+    if p.choice is not None:
+        chosen["layer"] = p.choice
+    return {"choices": chosen} if chosen else {}
+
+
+def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, reshape=None, **info):
+    p = _layer_pass(owner, model, x, target, layer, mode, precheck, reshape)
     return _result(p, _combine(p, weights_fn(p), clip), clip, **info)
 
 
 # --------------------------------------------------------------------------- gradient variants
 @renamed(relu="clip")
-def grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
+def grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
+             reshape=None) -> AttributionMaps:
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij dS/dA_cij``,
     ``cam = ReLU(sum_c w_c A_c)``. Any layer with a spatial output; default the last one."""
-    return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", clip)
+    return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", clip,
+                reshape=reshape)
 
 
 def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
@@ -126,37 +173,42 @@ def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
 
 
 @renamed(relu="clip")
-def grad_cam_pp(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
+def grad_cam_pp(model, x, target=None, *, layer: str | None = None, clip: bool = True,
+             reshape=None) -> AttributionMaps:
     """Grad-CAM++ (Chattopadhay et al. 2018), with the usual exp(score) closed form:
     ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)``, ``w_c = sum_ij alpha_cij ReLU(g_cij)``,
     where ``g = dS/dA`` (alpha = 0 where g = 0)."""
-    return _run("grad_cam_pp", model, x, target, layer, _grad_cam_pp_weights, "gradient", clip)
+    return _run("grad_cam_pp", model, x, target, layer, _grad_cam_pp_weights, "gradient", clip,
+                reshape=reshape)
 
 
 @renamed(relu="clip")
-def layer_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
+def layer_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
+             reshape=None) -> AttributionMaps:
     """LayerCAM (Jiang et al. 2021): a weight per channel and position,
     ``cam = ReLU(sum_c ReLU(dS/dA_c) * A_c)``; works on early layers too."""
-    return _run("layer_cam", model, x, target, layer, lambda p: np.maximum(p.grads, 0), "gradient", clip)
+    return _run("layer_cam", model, x, target, layer, lambda p: np.maximum(p.grads, 0), "gradient", clip,
+                reshape=reshape)
 
 
-def guided_grad_cam(model, x, target=None, *, layer: str | None = None) -> AttributionMaps:
+def guided_grad_cam(model, x, target=None, *, layer: str | None = None, reshape=None) -> AttributionMaps:
     """Guided Grad-CAM (Selvaraju et al. 2017): the guided-backprop gradient (N, C, H, W)
     times the upsampled Grad-CAM map; the map is ``max_c |.|``. Two passes: one standard
     (Grad-CAM), one with the guided ReLU rule."""
     owner = "guided_grad_cam"
-    p = _layer_pass(owner, model, x, target, layer, "gradient")
+    p = _layer_pass(owner, model, x, target, layer, "gradient", reshape=reshape)
     coarse = _result(p, _combine(p, p.grads.mean(axis=(2, 3)), True), True)
     target = p.classes if p.classes is not None else target
     guided, _, _ = input_gradient(p.backend, p.x, target, owner, rule="guided")
     a = guided * coarse.maps[:, None]
     return AttributionMaps(reduce_channels(a, "max-abs"), p.x, owner, p.classes, attributions=a, outputs=p.outputs,
-                           info={"layer": p.layer, "grad_cam": coarse.maps})
+                           info={"layer": p.layer, "grad_cam": coarse.maps, **_choices(p)})
 
 
 # --------------------------------------------------------------------------- gradient-free variants
 @renamed(relu="clip")
-def cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
+def cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
+             reshape=None) -> AttributionMaps:
     """CAM (Zhou et al. 2016): ``cam = ReLU(sum_c W_kc A_c)`` with ``W`` the weights of the
     linear layer that follows global average pooling of ``layer``, k the explained class.
 
@@ -177,7 +229,7 @@ def cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -
         return p.seeds @ w
 
     return _run("cam", model, x, target, layer, weights, "activations", clip,
-                precheck=lambda recs, name: gap_linear_head(recs, name, "cam"))
+                precheck=lambda recs, name: gap_linear_head(recs, name, "cam"), reshape=reshape)
 
 
 def _score_cam_weights(p: LayerPass, output: str, batch_size: int) -> np.ndarray:
@@ -205,7 +257,7 @@ def _score_cam_weights(p: LayerPass, output: str, batch_size: int) -> np.ndarray
 
 @renamed(relu="clip")
 def score_cam(model, x, target=None, *, layer: str | None = None, output: str = "score",
-              batch_size: int | None = None, clip: bool = True) -> AttributionMaps:
+              batch_size: int | None = None, clip: bool = True, reshape=None) -> AttributionMaps:
     """Score-CAM (Wang et al. 2020): ``w_c = f(x * H_c)``, where ``H_c`` is channel c upsampled to
     the input and scaled to [0, 1], f the explained class's score (the default, as every method
     explains the scores) or its softmax probability (``output="probability"``, as in the
@@ -222,18 +274,19 @@ def score_cam(model, x, target=None, *, layer: str | None = None, output: str = 
         return _score_cam_weights(p, output, batch_size or auto_batch_size(*p.x.shape[2:]))
 
     return _run("score_cam", model, x, target, layer, weights,
-                "activations", clip, output=output)
+                "activations", clip, reshape=reshape, output=output)
 
 
 @renamed(relu="clip")
-def eigen_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True) -> AttributionMaps:
+def eigen_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
+             reshape=None) -> AttributionMaps:
     """Eigen-CAM (Muhammad and Yeasin 2020): the projection of the centred activations on
     their first principal component, ``cam = (A - mean) v_1`` with ``v_1`` the top right
     singular vector of the (h w, C) activation matrix. Class-agnostic: ``target`` is
     ignored. The sign of ``v_1`` is chosen so that the map correlates positively with the
     channel-summed activation. One forward pass to the layer.
     """
-    p = _layer_pass("eigen_cam", model, x, None, layer, "layer")
+    p = _layer_pass("eigen_cam", model, x, None, layer, "layer", reshape=reshape)
     n, c, h, w = p.acts.shape
     m = p.acts.reshape(n, c, h * w).transpose(0, 2, 1).astype(np.float64)
     m -= m.mean(axis=1, keepdims=True)
