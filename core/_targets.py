@@ -22,7 +22,7 @@ from ._plugins import load
 from .backend import unchecked
 from ._validate import as_images, describe, param_error
 
-__all__ = ["prepare", "check_target", "output_seeds", "index_per_sample", "softmax", "objective", "OUTPUT_MODES"]
+__all__ = ["prepare", "with_choices", "check_target", "output_seeds", "index_per_sample", "softmax", "objective", "OUTPUT_MODES"]
 
 #: What a perturbation method compares: the raw scores, or their softmax.
 OUTPUT_MODES = ("score", "probability")
@@ -37,6 +37,13 @@ def prepare(model, x, owner: str):
     x = as_images(x, owner=owner, channels=getattr(backend, "channels", None),
                   spatial=getattr(backend, "fixed_size", None))
     return unchecked(backend), x
+
+
+def with_choices(info: dict, backend) -> dict:
+    """``info`` with what convscope chose for the user on this model (a final softmax left
+    out, say: ``backend.choices``) under ``"choices"``, when it chose anything."""
+    chosen = {**(getattr(backend, "choices", None) or {}), **info.get("choices", {})}
+    return {**info, "choices": chosen} if chosen else info
 
 
 _KINDS = "an int, one int per sample, a callable or None"

@@ -26,7 +26,7 @@ import numpy as np
 from .._validate import check_choice, check_int, describe, param_error
 from ..backend import OUTPUT
 from .._layers import check_spatial, default_candidates, default_layer, gap_linear_head, records, resolve_layer
-from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare
+from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare, with_choices
 from .gradients import input_gradient
 from .._batching import auto_batch_size
 from .._renamed import renamed
@@ -143,10 +143,7 @@ def _result(p: LayerPass, layer_maps: np.ndarray, clip: bool, **info) -> Attribu
 def _choices(p: LayerPass) -> dict:
     """What convscope chose for the user on this call: the layer (when it was not given) and
     the backend's own choices (a final softmax left out, say)."""
-    chosen = dict(getattr(p.backend, "choices", None) or {})
-    if p.choice is not None:
-        chosen["layer"] = p.choice
-    return {"choices": chosen} if chosen else {}
+    return with_choices({"choices": {"layer": p.choice}} if p.choice is not None else {}, p.backend)
 
 
 def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, reshape=None, **info):

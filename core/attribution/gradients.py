@@ -12,7 +12,7 @@ import numpy as np
 from .._validate import check_choice, check_int, check_number, describe, param_error
 from ..backend import INPUT, OUTPUT
 from .._layers import check_layer_name
-from .._targets import check_target, index_per_sample, output_seeds, prepare
+from .._targets import check_target, index_per_sample, output_seeds, prepare, with_choices
 from .._batching import auto_batch_size
 from .result import AttributionMaps, reduce_channels
 
@@ -108,7 +108,7 @@ def _gradient_map(owner, model, x, target, variant, rule, layer, neuron):
             check_layer_name(backend, x, layer, owner)
         raise
     info = {"variant": variant} if layer is None else {"variant": variant, "target_layer": layer, "neuron": neuron}
-    return _maps(g, variant, x, owner, index, outputs, info)
+    return _maps(g, variant, x, owner, index, outputs, with_choices(info, backend))
 
 
 def _maps(g, variant, x, owner, index, outputs, info):
@@ -160,7 +160,8 @@ def input_x_gradient(model, x, target=None) -> AttributionMaps:
     target = check_target(target, len(x), "input_x_gradient")
     g, index, outputs = input_gradient(backend, x, target, "input_x_gradient")
     a = x * g
-    return AttributionMaps(a.sum(axis=1), x, "input_x_gradient", index, signed=True, attributions=a, outputs=outputs)
+    return AttributionMaps(a.sum(axis=1), x, "input_x_gradient", index, signed=True, attributions=a, outputs=outputs,
+                           info=with_choices({}, backend))
 
 
 # --------------------------------------------------------------------------- averaged gradients
@@ -226,7 +227,7 @@ def smoothgrad(model, x, target=None, *, noise: float = 0.15, samples: int = 25,
     g = _averaged_gradient(backend, x, None, np.zeros(samples), np.full(samples, 1.0 / samples), draw,
                            classes, batch_size, owner)
     return _maps(g, variant, x, owner, None if callable(classes) else classes, outputs,
-                 {"noise": noise, "samples": samples, "variant": variant})
+                 with_choices({"noise": noise, "samples": samples, "variant": variant}, backend))
 
 
 def _gradient_batch(batch_size, x, owner):
@@ -293,4 +294,5 @@ def integrated_gradients(model, x, target=None, *, baseline=None, steps: int = 5
     g = _averaged_gradient(backend, base, diff, alphas, weights, None, classes, batch_size, owner)
     a = diff * g
     return AttributionMaps(a.sum(axis=1), x, owner, None if callable(classes) else classes, signed=True,
-                           attributions=a, outputs=outputs, info={"steps": steps, "method": method})
+                           attributions=a, outputs=outputs,
+                           info=with_choices({"steps": steps, "method": method}, backend))

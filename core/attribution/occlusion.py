@@ -7,7 +7,7 @@ import numpy as np
 from .._validate import check_choice, check_int, describe, param_error
 from .._batching import auto_batch_size
 from .._imageops import fill_images
-from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare
+from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare, with_choices
 from .result import AttributionMaps
 
 __all__ = ["occlusion", "window_positions"]
@@ -101,6 +101,6 @@ def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", outp
         total[:, y:y + wh, c:c + ww] += d[:, None, None]
         count[y:y + wh, c:c + ww] += 1
     maps = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    return AttributionMaps(maps, x, owner, classes, signed=True, outputs=base,
-                           info={"window": window, "stride": stride, "fill": fill if isinstance(fill, str) else "value",
-                                 "output": output, "evaluated": int(len(pairs)), "windows": len(corners)})
+    info = {"window": window, "stride": stride, "fill": fill if isinstance(fill, str) else "value", "output": output,
+            "evaluated": int(len(pairs)), "windows": len(corners)}
+    return AttributionMaps(maps, x, owner, classes, signed=True, outputs=base, info=with_choices(info, backend))
