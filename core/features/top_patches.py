@@ -74,13 +74,15 @@ class TopPatches(Renderable):
     bottom, right) in input pixels (half-open, may reach into the padding),
     ``patches[i, j]`` the image under that box (C, h, w), zero outside the image, and
     ``gradients[i, j]`` the unit's gradient over the same box under the backward ``rule``
-    ("guided" for guided backprop; None when no rule was asked).
+    ("guided" for guided backprop; None when no rule was asked). ``info["crop"]`` says when
+    a receptive field larger than the image was clamped to it.
     """
 
     def __init__(self, layer, channels, values, indices, locations, boxes, patches, gradients=None, rule=None):
         self.layer, self.channels = layer, list(channels)
         self.values, self.indices, self.locations, self.boxes = values, indices, locations, boxes
         self.patches, self.gradients, self.rule = patches, gradients, rule
+        self.info = {}
 
     @property
     def guided(self):
@@ -166,7 +168,7 @@ def top_patches(model, data, layer: str, channels=None, k: int = 9, *, rule: str
         raise param_error("layer", owner, "a layer with a spatial (C, H, W) output",
                           f"{layer!r} of shape {first.shape[1:]}")
     chosen = channel_list(channels, first.shape[1], owner)
-    field = _field_of(backend, layer, owner)
+    field, clamped = _field_of(backend, layer, probe.shape[2:], owner)
     step = ActivationStep(model if client is not None else backend, [layer], _UnitMaxima(layer, chosen, field),
                           backend=backend)
     summary = scan(dataset, step, lambda: TopK(k, len(chosen)), batch_size=batch_size, client=client,
@@ -178,6 +180,8 @@ def top_patches(model, data, layer: str, channels=None, k: int = 9, *, rule: str
     ys, xs = locations[..., 0], locations[..., 1]
     boxes = np.stack([sy * ys + ay, sx * xs + ax, sy * ys + by + 1, sx * xs + bx + 1], axis=-1)
     result = TopPatches(layer, chosen, summary.values, summary.keys, locations, boxes, summary.payload["patch"])
+    if clamped:
+        result.info["crop"] = clamped
     if rule is not None:
         result.gradients = _unit_gradients(backend, layer, chosen, result, probe.shape[1:], first.shape[1:],
                                            batch_size_for(batch_size, dataset.image_size, owner), rule)
@@ -185,10 +189,28 @@ def top_patches(model, data, layer: str, channels=None, k: int = 9, *, rule: str
     return result
 
 
-def _field_of(backend, layer, owner):
-    """((S, a, b) rows, (S, a, b) columns): unit y covers rows S y + a .. S y + b."""
-    (t0, l0, b0, r0), (sy, sx) = unit_boxes(backend, layer, 0, 0, owner=owner)
-    return (int(sy), int(t0), int(b0) - 1), (int(sx), int(l0), int(r0) - 1)
+def _field_of(backend, layer, image_size, owner):
+    """((S, a, b) rows, (S, a, b) columns): unit y covers rows S y + a .. S y + b; and a note
+    when the field is larger than the image along an axis: the crop there is then the whole
+    image (S = 0), so no patch is larger than the image."""
+    record = next((r for r in backend.layers() if r.name == layer), None)
+    if record is not None and record.layout not in ("", "chw"):
+        raise param_error("layer", owner, "a layer with a channels-first (C, H, W) output",
+                          f"{layer!r}, a {record.layout!r} layer of shape {record.shape}")
+    (t0, l0, b0, r0), stride = unit_boxes(backend, layer, 0, 0, owner=owner)
+    if not all(float(s).is_integer() for s in stride):
+        raise ValueError(f"{owner}: units of {layer!r} are {stride} input pixels apart (after upsampling); top "
+                         "patches need whole-pixel strides: pick a layer before the upsampling.")
+    axes, clamped = [], []
+    for (lo, hi, s), size in zip(((int(t0), int(b0), stride[0]), (int(l0), int(r0), stride[1])), image_size):
+        if hi - lo > size:
+            axes.append((0, 0, size - 1))
+            clamped.append(f"{hi - lo}")
+        else:
+            axes.append((int(s), lo, hi - 1))
+    note = (f"the receptive field of {layer!r} ({' x '.join(clamped)} pixels along the clamped axes) is larger than "
+            f"the image {tuple(image_size)}: its patches are the whole image there") if clamped else None
+    return tuple(axes), note
 
 
 def _unit_gradients(backend, layer, chosen, result, image_shape, layer_shape, batch_size, rule):
