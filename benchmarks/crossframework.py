@@ -64,9 +64,9 @@ def _cases(quick: bool) -> list:
         ("backend", "gradient", "input, seed at the scores",
          lambda b, x, y, d: b.gradient(x, {"output": np.eye(4, dtype=np.float32)[y]})["input"], False),
         ("backend", "gradient (guided)", "input",
-         lambda b, x, y, d: b.gradient(x, {"output": np.eye(4, dtype=np.float32)[y]}, relu="guided")["input"], False),
+         lambda b, x, y, d: b.gradient(x, {"output": np.eye(4, dtype=np.float32)[y]}, rule="guided")["input"], False),
         ("backend", "gradient (deconvnet)", "input",
-         lambda b, x, y, d: b.gradient(x, {"output": np.eye(4, dtype=np.float32)[y]}, relu="deconvnet")["input"], False),
+         lambda b, x, y, d: b.gradient(x, {"output": np.eye(4, dtype=np.float32)[y]}, rule="deconvnet")["input"], False),
     ]
     for name in ("saliency", "input_x_gradient", "deconvnet", "guided_backprop", "cam", "grad_cam", "grad_cam_pp",
                  "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam"):

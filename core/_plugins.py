@@ -121,15 +121,40 @@ def _file_key(model, options_key):
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, options_key) if stat.S_ISREG(st.st_mode) else None
 
 
+#: Options every backend takes, handled here rather than by each plugin.
+CORE_OPTIONS = ("value_range",)
+
+
 def _make(model, options):
-    backend = plugin_manager().hook.convscope_make_backend(model=model, options=dict(options))
+    options = dict(options)
+    value_range = options.pop("value_range", None)
+    if value_range is not None:
+        value_range = _check_value_range(value_range)
+    backend = plugin_manager().hook.convscope_make_backend(model=model, options=options)
     if backend is None:
         raise TypeError(
             f"No convscope backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}. "
             f"Installed backends: {', '.join(installed_backends())}"
             f"{''.join(f'; {p} failed to load ({e})' for p, e in _broken.items())}. Pass a torch.nn.Module, a Keras model or "
             "'.keras' file, an '.onnx' file, or register a plugin with convscope.register_backend.")
+    if value_range is not None:
+        backend.value_range = value_range
     return backend
+
+
+def _check_value_range(value_range) -> tuple:
+    """(low, high), low < high: the range of the model's input values, which synthesis keeps
+    its images in (default (0, 1))."""
+    from ._validate import param_error
+
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise param_error("value_range", "convscope.load", "a pair (low, high)", repr(value_range), TypeError) from None
+    if not (lo < hi and abs(lo) != float("inf") and abs(hi) != float("inf")):
+        raise param_error("value_range", "convscope.load", "a pair (low, high) of finite numbers with low < high",
+                          repr(value_range))
+    return lo, hi
 
 
 def load(model, **options) -> Backend:

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._batching import batch_size_for
 from ._progress import progress_bar
 from ._validate import param_error
 from .data.datasets import Batch, Dataset, as_dataset, empty_error
@@ -174,7 +175,7 @@ class ActivationStep:
     @property
     def backend(self):
         if self._backend is None:
-            from .._plugins import load
+            from ._plugins import load
 
             self._backend = load(self.model, **self.options)
         return self._backend
@@ -211,7 +212,7 @@ def _scan_shard(dataset, step, make_summary, batch_size, owner):
     return summary, seen
 
 
-def scan(data, step: Callable, make_summary: Callable[[], Summary], *, batch_size: int = 64, client=None,
+def scan(data, step: Callable, make_summary: Callable[[], Summary], *, batch_size: int | None = None, client=None,
          progress: bool | None = None, owner: str = "scan", desc: str | None = None) -> Summary:
     """Stream ``data`` through ``step`` into a summary; returns the summary.
 
@@ -219,10 +220,12 @@ def scan(data, step: Callable, make_summary: Callable[[], Summary], *, batch_siz
     maps a :class:`Batch` to a result; ``make_summary()`` makes an empty :class:`Summary`.
     With ``client`` (a ``dask.distributed.Client``) each worker scans one shard and the
     summaries are merged; ``step`` and ``make_summary`` must then be picklable and the
-    dataset must have random access (arrays, folders, ``shapes(n)``). A tqdm bar shows
-    progress when ``progress``. Raises ValueError when the dataset holds no image.
+    dataset must have random access (arrays, folders, ``shapes(n)``). ``batch_size`` None
+    takes :func:`~convscope._batching.auto_batch_size` of the image size (64 at 64 x 64).
+    ``progress`` as everywhere (:mod:`convscope._progress`). Raises ValueError when the dataset holds no image.
     """
     dataset = as_dataset(data, owner=owner)
+    batch_size = batch_size_for(batch_size, dataset.image_size, owner)
     if client is None:
         bar = progress_bar(total=dataset.n, desc=desc or owner, progress=progress, unit="img")
         try:

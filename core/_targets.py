@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._plugins import load
+from .backend import unchecked
 from ._validate import as_images, describe, param_error
 
 __all__ = ["prepare", "check_target", "output_seeds", "index_per_sample", "softmax", "objective", "OUTPUT_MODES"]
@@ -28,8 +29,14 @@ OUTPUT_MODES = ("score", "probability")
 
 
 def prepare(model, x, owner: str):
-    """The Backend for ``model`` and ``x`` as C-contiguous float32 (N, C, H, W)."""
-    return load(model), as_images(x, owner=owner)
+    """The Backend for ``model`` and ``x`` checked once, as C-contiguous float32 (N, C, H, W).
+
+    The backend returned is its trusted path (:func:`convscope.backend.unchecked`): the
+    method's own passes do not check the images again."""
+    backend = load(model)
+    x = as_images(x, owner=owner, channels=getattr(backend, "channels", None),
+                  spatial=getattr(backend, "fixed_size", None))
+    return unchecked(backend), x
 
 
 _KINDS = "an int, one int per sample, a callable or None"

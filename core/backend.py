@@ -21,7 +21,7 @@ import numpy as np
 
 from ._validate import as_images, check_choice, check_name, describe, param_error
 
-__all__ = ["Backend", "BackendBase", "unchecked", "Layer", "Gradients", "Seeds", "RELU_RULES", "INPUT", "OUTPUT"]
+__all__ = ["Backend", "BackendBase", "unchecked", "Layer", "LAYOUTS", "Gradients", "Seeds", "RELU_RULES", "INPUT", "OUTPUT"]
 
 INPUT = "input"
 OUTPUT = "output"
@@ -33,15 +33,30 @@ RELU_RULES = ("standard", "guided", "deconvnet")
 Seeds = Union[Mapping[str, np.ndarray], Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]]
 
 
+#: How a layer's output is laid out (without the batch axis), as :attr:`Layer.layout` says.
+LAYOUTS = ("chw", "hwc", "tokens", "vector", "other")
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer (or tensor) a backend can report on.
 
-    ``shape`` is the output shape without the batch axis, channels first; ``None`` where
-    the backend cannot know it. ``kernel``, ``stride``, ``dilation`` are (h, w) and
-    ``padding`` is (top, left, bottom, right), set for conv and pool layers so that
-    receptive fields can be computed. ``inputs`` names the layers whose outputs feed this
-    one, where the backend knows the data flow.
+    ``shape`` is the output shape without the batch axis as the backend hands it out (NCHW
+    maps are (C, H, W)); ``None`` where the backend cannot know it. ``layout`` says what the
+    axes are (:data:`LAYOUTS`): ``"chw"`` a channels-first map, ``"hwc"`` a channels-last map
+    (a tensor permuted inside the model, as in ConvNeXt blocks), ``"tokens"`` a (T, D)
+    sequence (a ViT), ``"vector"`` (D,), ``"other"``; empty when the backend does not say
+    (then a 3-d shape is taken to be a channels-first map).
+
+    Geometry, for receptive fields: ``kernel``, ``stride``, ``dilation`` are (h, w) and
+    ``padding`` is (top, left, bottom, right), set for conv and pool layers; a padding layer
+    reports kernel (1, 1), stride (1, 1) and its padding, a cropping layer the same with
+    negative padding. ``kind == "deconv"`` (a transposed conv) reports the transposed op's
+    kernel, stride, padding and dilation; ``kind == "upsample"`` reports the integer scale
+    factors (out / in) as ``stride``. ``inputs`` names the layers whose outputs this layer's
+    output is computed from (through operators that are not layers themselves), where the
+    backend knows the data flow; an input whose map is (C, 1, 1) while this layer's is larger
+    is a broadcast gate (squeeze-excitation) and does not widen the field.
     """
 
     name: str
@@ -53,11 +68,14 @@ class Layer:
     dilation: tuple | None = None
     inputs: tuple = ()
     op: str = ""
+    layout: str = ""
 
     @property
     def spatial(self) -> bool:
-        """True when the output is a (C, H, W) map."""
-        return self.shape is not None and len(self.shape) == 3
+        """True when the output is a channels-first (C, H, W) map."""
+        if self.shape is None or len(self.shape) != 3:
+            return False
+        return self.layout in ("", "chw")
 
 
 @dataclass
@@ -81,8 +99,9 @@ class Gradients:
 class Backend(Protocol):
     """What convscope needs from a model, in NumPy.
 
-    Optional attribute: ``fixed_size``, the (H, W) a model requires, or None when it takes
-    any size; methods that make images (synthesis) read it with ``getattr``.
+    Optional attributes: ``fixed_size``, the (H, W) a model requires, or None when it takes
+    any size; ``value_range``, the (low, high) of its input values (default (0, 1)); methods
+    that make images (synthesis) read them with ``getattr``.
     """
 
     name: str
@@ -190,6 +209,9 @@ class BackendBase:
     channels = None
     #: backward rules ``gradient`` accepts
     rules = RELU_RULES
+    #: (low, high) of the model's input values: ``load(model, value_range=...)``; synthesis
+    #: keeps the images it makes inside it
+    value_range = (0.0, 1.0)
     #: attributes holding per-model caches (and their lock) that keep no strong reference to
     #: the model: :func:`convscope.load` shares them between the backends it makes for one
     #: in-memory model with the same options, so a new backend does not probe or trace again
@@ -330,7 +352,9 @@ _SHAPE_CACHE = 1024
 
 
 class _Unchecked:
-    """The trusted path of a :class:`BackendBase`: the framework's calls, without the checks."""
+    """The trusted path of a :class:`BackendBase`: the framework's calls without the image and
+    seed checks (the expensive ones: a scan of every value). Names are still checked, which
+    costs a set look-up each, so an unknown layer a caller passed on raises the one error."""
 
     __slots__ = ("_backend",)
 
@@ -343,21 +367,25 @@ class _Unchecked:
     def __repr__(self):
         return f"unchecked({self._backend!r})"
 
-    def forward(self, x):
+    def _images(self, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)  # no copy when it is already so
         self._backend._note_input(x)
-        return self._backend._forward(x)
+        return x
+
+    def forward(self, x):
+        return self._backend._forward(self._images(x))
 
     def activations(self, x, layers):
-        self._backend._note_input(x)
-        return self._backend._activations(x, _as_list(layers))
+        return self._backend._activations(self._images(x), self._backend._check_names(layers, "layers", "activations"))
 
     def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, rule="standard", relu=None):
         if relu is not None:
             rule = _rule_of(rule, relu)[0]
+        b = self._backend
         if at is None:
             at = list(seeds) if isinstance(seeds, Mapping) else [OUTPUT]
-        self._backend._note_input(x)
-        return self._backend._gradient(x, seeds, _as_list(wrt), _as_list(at), rule)
+        return b._gradient(self._images(x), seeds, b._check_names(wrt, "wrt", "gradient"),
+                           b._check_names(at, "at", "gradient"), rule)
 
 
 def unchecked(backend):
@@ -365,9 +393,9 @@ def unchecked(backend):
 
     For a :class:`BackendBase`, an object with the same interface whose ``forward``,
     ``activations`` and ``gradient`` call ``_forward``, ``_activations`` and ``_gradient``
-    directly: no image, name, seed or rule check (``x`` must be C-contiguous float32
-    (N, C, H, W), seeds float32 arrays shaped like their tensors, names known); every other
-    member is the backend's own. Any other backend is returned as it is.
+    directly: no image, seed or rule check (``x`` must be float32 (N, C, H, W) and finite,
+    seeds float32 arrays shaped like their tensors); names are still checked (a set
+    look-up). Every other member is the backend's own. Any other backend is returned as it is.
     """
     if isinstance(backend, _Unchecked):
         return backend

@@ -57,7 +57,7 @@ def test_grad_cam_matches_captum(demo, batch):
     want = lgc.attribute(torch.from_numpy(x), target=torch.from_numpy(y), relu_attributions=True)
     assert_close(got.info["layer_maps"], want[:, 0].detach().numpy())
     assert_close(got.maps, captum_attr.LayerAttribution.interpolate(want, (64, 64), "bilinear")[:, 0].detach().numpy())
-    mid = A.grad_cam(demo, x, y, layer="conv3", relu=False)
+    mid = A.grad_cam(demo, x, y, layer="conv3", clip=False)
     want = lgc.__class__(demo, demo.conv3).attribute(torch.from_numpy(x), target=torch.from_numpy(y))
     assert_close(mid.info["layer_maps"], want[:, 0].detach().numpy())
     assert mid.signed
@@ -122,9 +122,9 @@ def _score_cam_reference(model, layer, x, y):
 def test_score_cam_matches_the_written_out_algorithm(demo, batch):
     x, y = batch
     want = _score_cam_reference(demo, demo.relu4, x[:2], y[:2])
-    got = A.score_cam(demo, x[:2], y[:2], batch_size=50)
+    got = A.score_cam(demo, x[:2], y[:2], batch_size=50, output="probability")
     assert_close(got.info["layer_maps"], want.numpy(), 1e-4)
-    assert_close(A.score_cam(demo, x[:2], y[:2], batch_size=7).maps, got.maps, 1e-5)
+    assert_close(A.score_cam(demo, x[:2], y[:2], batch_size=7, output="probability").maps, got.maps, 1e-5)
 
 
 def test_score_cam_constant_maps_give_no_nan(demo, batch):
@@ -132,7 +132,7 @@ def test_score_cam_constant_maps_give_no_nan(demo, batch):
     dead = copy.deepcopy(demo)
     with torch.no_grad():
         dead.conv4.weight[:40] = 0  # those channels become constant maps (bias through BN and ReLU)
-    got = A.score_cam(dead, x[:2], y[:2])
+    got = A.score_cam(dead, x[:2], y[:2], output="probability")
     assert np.isfinite(got.maps).all() and np.isfinite(got.info["layer_maps"]).all()
     assert_close(got.info["layer_maps"], _score_cam_reference(dead, dead.relu4, x[:2], y[:2]).numpy(), 1e-4)
 
@@ -140,7 +140,7 @@ def test_score_cam_constant_maps_give_no_nan(demo, batch):
 def test_eigen_cam_projects_on_the_first_principal_component(demo, batch):
     x, y = batch
     a, _, _ = _acts_and_grads(demo, demo.relu4, x, y)
-    got = A.eigen_cam(demo, x, relu=False)
+    got = A.eigen_cam(demo, x, clip=False)
     for i in range(len(x)):
         m = a[i].reshape(64, -1).T.double().numpy()
         m = m - m.mean(axis=0)

@@ -69,7 +69,7 @@ def test_guided_patches_equal_guided_backprop_on_the_full_image(demo, data):
             image = data.images[n:n + 1]
             seed = np.zeros((1, 64, 16, 16), np.float32)
             seed[0, c, y, x] = 1
-            full = demo.gradient(image, {"relu3": seed}, relu="guided")["input"][0]
+            full = demo.gradient(image, {"relu3": seed}, rule="guided")["input"][0]
             t, l, b, r = got.boxes[i, j]
             want = crop(full, t, l, b - t)
             assert np.abs(want).max() > 0

@@ -138,7 +138,7 @@ CASES = [
     ("save_gif", lambda: S.save_gif([np.zeros((4, 4, 3))], "never.gif", scale=0), V, None, "scale"),
     ("deepdream", lambda: S.deepdream(model(), x(1), "relu9"), V, None, "layer"),
     ("deepdream", lambda: S.deepdream(model(), x(1), "relu3", octaves=0), V, None, "octaves"),
-    ("invert", lambda: S.invert(model(), x(2), ["relu2"]), V, None, "image"),
+    ("invert", lambda: S.invert(model(), x(2), ["relu2"]), V, None, "x"),
     ("invert", lambda: S.invert(model(), x(1), []), V, None, "layers"),
     ("psnr", lambda: S.psnr(np.zeros((2, 2)), np.zeros((3, 3))), V, None, "b"),
     ("psnr", lambda: S.psnr(np.zeros(2), np.ones(2), value_range=(1, 0)), V, None, "value_range"),

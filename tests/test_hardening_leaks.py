@@ -82,7 +82,7 @@ def test_a_thousand_backend_calls_stay_flat(framework, module, request):
         request.getfixturevalue("one_torch_thread")
     backend = convscope.load(convscope.data.demo_model(framework))
     calls = [lambda: backend.forward(X),
-             lambda: backend.gradient(X, {"output": SEEDS}, wrt=["input", "relu3"], relu="guided"),
+             lambda: backend.gradient(X, {"output": SEEDS}, wrt=["input", "relu3"], rule="guided"),
              lambda: backend.gradient(X, lambda acts: {"relu4": acts["relu4"]}, at=["relu4"])]
     step = iter(range(10**9))
     check(lambda: calls[next(step) % 3](), f"{framework} backend")

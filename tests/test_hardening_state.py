@@ -29,8 +29,8 @@ def _failing_calls(backend, x, k, layers):
     a, b = layers
     return [
         lambda: backend.gradient(x, exploding, at=["output"]),
-        lambda: backend.gradient(x, exploding, at=[a, "output"], wrt=["input", b], relu="guided"),
-        lambda: backend.gradient(x, exploding, at=[b], wrt=[a], relu="deconvnet"),
+        lambda: backend.gradient(x, exploding, at=[a, "output"], wrt=["input", b], rule="guided"),
+        lambda: backend.gradient(x, exploding, at=[b], wrt=[a], rule="deconvnet"),
         lambda: convscope.attribution.saliency(backend, x, exploding_target),
         lambda: convscope.attribution.guided_backprop(backend, x, exploding_target),
         lambda: convscope.attribution.grad_cam(backend, x, exploding_target, layer=b),
@@ -50,7 +50,7 @@ class _ExplodingObjective(convscope.synthesis.Objective):
 def _check_unchanged_and_working(backend, x, k, layers, snapshot, model):
     before = snapshot(model)
     seeds = np.eye(k, dtype=np.float32)[np.arange(len(x)) % k]
-    want = {rule: backend.gradient(x, {"output": seeds}, wrt=["input", layers[1]], relu=rule)
+    want = {rule: backend.gradient(x, {"output": seeds}, wrt=["input", layers[1]], rule=rule)
             for rule in ("standard", "guided")}
     assert snapshot(model) == before  # a normal call changes nothing either
     for call in _failing_calls(backend, x, k, layers):
@@ -58,7 +58,7 @@ def _check_unchanged_and_working(backend, x, k, layers, snapshot, model):
             call()
         assert snapshot(model) == before
     for rule, g in want.items():  # and the backend still gives the same answers
-        again = backend.gradient(x, {"output": seeds}, wrt=["input", layers[1]], relu=rule)
+        again = backend.gradient(x, {"output": seeds}, wrt=["input", layers[1]], rule=rule)
         np.testing.assert_array_equal(again["input"], g["input"])
         np.testing.assert_array_equal(again[layers[1]], g[layers[1]])
 

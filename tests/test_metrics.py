@@ -84,7 +84,7 @@ def test_deletion_and_insertion_curves_by_hand():
     late = M.deletion(RegionMean(), x, -maps, 0, steps=8, fill="zero", output="score")
     np.testing.assert_allclose(late.scores[0], [1, 1, 1, 1, 1, 1, 1, 0.5, 0], atol=1e-6)
     # probability: softmax([s, 0])[0]
-    prob = M.deletion(RegionMean(), x, maps, 0, steps=4, fill="zero")
+    prob = M.deletion(RegionMean(), x, maps, 0, steps=4, fill="zero", output="probability")
     np.testing.assert_allclose(prob.scores[0], [np.exp(1) / (np.exp(1) + 1), 0.5, 0.5, 0.5, 0.5], rtol=1e-6)
     assert "mean AUC" in repr(prob)
 

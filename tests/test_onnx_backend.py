@@ -71,8 +71,8 @@ def test_demo_gradients_match_torch(demo, torch_demo, rule, seed_at, wrt):
     x = images()
     shape = (3, *[r for r in torch_demo.layers() if r.name == seed_at][0].shape) if seed_at != "output" else (3, 4)
     seed = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    got = demo.gradient(x, {seed_at: seed}, wrt=wrt, relu=rule)
-    want = torch_demo.gradient(x, {seed_at: seed}, wrt=wrt, relu=rule)
+    got = demo.gradient(x, {seed_at: seed}, wrt=wrt, rule=rule)
+    want = torch_demo.gradient(x, {seed_at: seed}, wrt=wrt, rule=rule)
     for name in wrt:
         assert np.abs(want[name]).max() > 0
         assert relative(got[name], want[name]) < 1e-4, name
@@ -90,11 +90,11 @@ def test_callable_seeds_run_once_and_agree_with_fixed_seeds(demo, torch_demo):
         seed[np.arange(len(out)), out.argmax(1)] = 1
         return {"output": seed}
 
-    got = demo.gradient(x, top_class, at=["output", "conv4"], wrt=["conv4"], relu="guided")
-    want = torch_demo.gradient(x, top_class, at=["output", "conv4"], wrt=["conv4"], relu="guided")
+    got = demo.gradient(x, top_class, at=["output", "conv4"], wrt=["conv4"], rule="guided")
+    want = torch_demo.gradient(x, top_class, at=["output", "conv4"], wrt=["conv4"], rule="guided")
     assert relative(got["conv4"], want["conv4"]) < 1e-4
     assert relative(got.activations["conv4"], want.activations["conv4"]) < 1e-4
-    fixed = demo.gradient(x, top_class({"output": demo.forward(x)}), wrt=["conv4"], relu="guided")
+    fixed = demo.gradient(x, top_class({"output": demo.forward(x)}), wrt=["conv4"], rule="guided")
     np.testing.assert_allclose(got["conv4"], fixed["conv4"], rtol=1e-5, atol=1e-7)
 
 
@@ -108,7 +108,7 @@ def test_fixed_seeds_cost_one_run_and_callable_seeds_two(demo, monkeypatch):
 
     monkeypatch.setattr(type(demo._runner), "_call", counted)
     x = images(2)
-    demo.gradient(x, {"output": np.ones((2, 4), np.float32)}, wrt=["input", "conv2"], relu="guided")
+    demo.gradient(x, {"output": np.ones((2, 4), np.float32)}, wrt=["input", "conv2"], rule="guided")
     assert len(calls) == 1
     demo.gradient(x, lambda acts: {"output": acts["output"]}, at=["output"], wrt=["conv3"])
     assert len(calls) == 3  # one forward, one backward
@@ -140,14 +140,14 @@ def test_callable_seeds_run_one_forward_and_a_backward_that_recomputes_nothing(m
     x = images(2)
     at, wrt = ["relu3", "output"], ["input", "conv2"]
     squares = lambda acts: {"relu3": 2 * acts["relu3"], "output": acts["output"]}  # noqa: E731  (d/dz of ||z||^2)
-    called = backend.gradient(x, squares, at=at, wrt=wrt, relu="guided")
+    called = backend.gradient(x, squares, at=at, wrt=wrt, rule="guided")
     assert len(runs) == 2 and sorted(built) == ["split-backward", "split-forward"]
     forward_tensors = {o for node in backend.graph.nodes for o in node.output}
     backward = built["split-backward"].graph
     assert not forward_tensors & {o for node in backward.node for o in node.output}
     residuals = {v.name for v in backward.input} & forward_tensors
     assert {"relu1", "relu2", "relu3", "pool1"} <= residuals and runs[1] >= residuals and runs[0] == {"input"}
-    fixed = backend.gradient(x, squares(called.activations), at=at, wrt=wrt, relu="guided")
+    fixed = backend.gradient(x, squares(called.activations), at=at, wrt=wrt, rule="guided")
     assert len(runs) == 3
     assert len(built["combined"].graph.node) == len(built["split-forward"].graph.node) + len(backward.node)
     for name in wrt:
@@ -160,7 +160,7 @@ def test_callable_seeds_run_one_forward_and_a_backward_that_recomputes_nothing(m
             a[...] = -1
         return seeds
 
-    again = backend.gradient(x, scribbling, at=at, wrt=wrt, relu="guided")
+    again = backend.gradient(x, scribbling, at=at, wrt=wrt, rule="guided")
     for name in wrt:
         np.testing.assert_array_equal(again[name], called[name])
 
@@ -193,11 +193,11 @@ def test_fixed_size_is_the_size_the_file_fixes(demo):
 def test_sessions_and_adjoint_graphs_are_cached(demo):
     x = images(2)
     seed = {"output": np.ones((2, 4), np.float32)}
-    demo.gradient(x, seed, wrt=["conv3"], relu="deconvnet")
+    demo.gradient(x, seed, wrt=["conv3"], rule="deconvnet")
     demo.activations(x, ["relu2", "pool3"])
     plans, sessions = len(demo._plans), len(demo._sessions)
     for _ in range(2):
-        demo.gradient(x, {"output": np.full((2, 4), 2.0, np.float32)}, wrt=["conv3"], relu="deconvnet")
+        demo.gradient(x, {"output": np.full((2, 4), 2.0, np.float32)}, wrt=["conv3"], rule="deconvnet")
         demo.activations(images(2, seed=1), ["relu2", "pool3"])
     assert (len(demo._plans), len(demo._sessions)) == (plans, sessions)
 
@@ -257,7 +257,7 @@ def test_runs_with_torch_and_tensorflow_blocked():
 
         backend = convscope.load(convscope.data.demo_model("onnx"))
         x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-        g = backend.gradient(x, {"output": np.eye(4, dtype=np.float32)[:2]}, wrt=["input", "conv4"], relu="guided")
+        g = backend.gradient(x, {"output": np.eye(4, dtype=np.float32)[:2]}, wrt=["input", "conv4"], rule="guided")
         assert g["input"].shape == x.shape and np.abs(g["conv4"]).sum() > 0
         assert not any(m.split(".")[0] in ("torch", "tensorflow") for m in sys.modules), "a framework was imported"
         print("ok", backend.name)

@@ -63,7 +63,7 @@ def test_clip_from_zero_follows_the_relu_rule(rule):
     clip = [r for r in backend.layers() if r.kind == "relu"][0]
     assert clip.op == "Clip[0, 0.5]"
     seed = np.random.default_rng(1).standard_normal(backend.forward(x).shape).astype(np.float32)
-    g = backend.gradient(x, {"output": seed}, wrt=[clip.inputs[0], clip.name], relu=rule)
+    g = backend.gradient(x, {"output": seed}, wrt=[clip.inputs[0], clip.name], rule=rule)
     want = relu_rule(rule, g.activations[clip.inputs[0]], g[clip.name], upper=0.5)
     np.testing.assert_allclose(g[clip.inputs[0]], want, rtol=1e-6, atol=1e-7)
     assert not np.allclose(want, relu_rule("standard", g.activations[clip.inputs[0]], g[clip.name], upper=0.5))
@@ -86,8 +86,8 @@ def test_callable_seeds_equal_the_same_seeds_given_fixed(name, batch):
         return dict(given)
 
     for rule in ("standard", "guided"):
-        called = backend.gradient(x, cubes, at=at, wrt=wrt, relu=rule)
-        fixed = backend.gradient(x, given, at=at, wrt=wrt, relu=rule)
+        called = backend.gradient(x, cubes, at=at, wrt=wrt, rule=rule)
+        fixed = backend.gradient(x, given, at=at, wrt=wrt, rule=rule)
         np.testing.assert_array_equal(called.outputs, fixed.outputs)
         for n in wrt:
             assert np.abs(fixed[n]).max() > 0
@@ -129,8 +129,8 @@ def test_resnet_exported_from_torch_matches_torch(resnet, rule):
     if rule == "standard":
         check_backend(backend, x)
     seed = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
-    got = backend.gradient(x, {"output": seed}, wrt=["input", *RESNET_PAIRS], relu=rule)
-    want = reference.gradient(x, {"output": seed}, wrt=["input", *RESNET_PAIRS.values()], relu=rule)
+    got = backend.gradient(x, {"output": seed}, wrt=["input", *RESNET_PAIRS], rule=rule)
+    want = reference.gradient(x, {"output": seed}, wrt=["input", *RESNET_PAIRS.values()], rule=rule)
     assert relative(got["input"], want["input"]) < 1e-4
     for ours, theirs in RESNET_PAIRS.items():
         assert relative(got[ours], want[theirs]) < 1e-4, ours
@@ -145,9 +145,9 @@ def test_model_fixed_at_batch_one_serves_a_batch_by_splitting(resnet):
         want = resnet(torch.from_numpy(x)).numpy()
     assert relative(backend.forward(x), want) < 1e-4
     seed = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-    reference = convscope.load(resnet).gradient(x, {"output": seed}, wrt=["input", "layer1"], relu="guided")
-    fixed = backend.gradient(x, {"output": seed}, wrt=["input", "/layer1/relu_1/Relu_output_0"], relu="guided")
-    called = backend.gradient(x, lambda acts: {"output": seed}, wrt=["input"], relu="guided")
+    reference = convscope.load(resnet).gradient(x, {"output": seed}, wrt=["input", "layer1"], rule="guided")
+    fixed = backend.gradient(x, {"output": seed}, wrt=["input", "/layer1/relu_1/Relu_output_0"], rule="guided")
+    called = backend.gradient(x, lambda acts: {"output": seed}, wrt=["input"], rule="guided")
     assert relative(fixed["input"], reference["input"]) < 1e-4
     assert relative(fixed["/layer1/relu_1/Relu_output_0"], reference["layer1"]) < 1e-4
     assert relative(called["input"], reference["input"]) < 1e-4

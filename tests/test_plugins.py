@@ -29,7 +29,7 @@ class LinearBackend:
         acts = {"pooled": self._pooled(x)[:, :, None, None], "fc": self.forward(x), "output": self.forward(x), "input": x}
         return {n: acts[n] for n in layers}
 
-    def gradient(self, x, seeds, *, wrt=("input",), at=None, relu="standard"):
+    def gradient(self, x, seeds, *, wrt=("input",), at=None, rule="standard"):
         raise NotImplementedError("this backend is gradient-free")
 
     def weights(self, layer):

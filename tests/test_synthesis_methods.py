@@ -52,7 +52,7 @@ def test_deepdream_on_a_fixed_size_model_enlarges_the_small_octaves(demo):
 
     dream = deepdream(FixedSize(backend), data.images[:1], "relu3", octaves=2, steps=2, progress=False)
     assert seen == [(64, 64)] * 4 and dream.image.shape == (1, 3, 64, 64)
-    with pytest.raises(ValueError, match=r"'image' parameter of deepdream must be images of size \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"'x' parameter of deepdream must be images of size \(64, 64\)"):
         deepdream(FixedSize(backend), data.images[:1, :, :48, :48], "relu3", progress=False)
 
 

@@ -92,8 +92,8 @@ def test_every_gradient_kind_agrees_with_torch(keras_demo, torch_demo, x, rule):
     ]
     for name, other in other_backends(torch_demo).items():
         for seeds, wrt in cases:
-            ours = keras_demo.gradient(x, seeds, wrt=wrt, relu=rule)
-            theirs = other.gradient(x, seeds, wrt=wrt, relu=rule)
+            ours = keras_demo.gradient(x, seeds, wrt=wrt, rule=rule)
+            theirs = other.gradient(x, seeds, wrt=wrt, rule=rule)
             for n in wrt:
                 assert ours[n].shape == theirs[n].shape and ours[n].dtype == np.float32
                 assert rel(ours[n], theirs[n]) < 1e-4, (name, rule, list(seeds), n)
@@ -106,11 +106,11 @@ def test_callable_seeds_see_the_pass_and_match_torch(keras_demo, torch_demo, x):
     def dream(acts):  # DeepDream's objective 1/2 ||a||^2 at relu3: the seed is the activation
         return {"relu3": acts["relu3"]}
 
-    ours = keras_demo.gradient(x, dream, at=["relu3"], wrt=["input", "pool1"], relu="guided")
-    theirs = torch_demo.gradient(x, dream, at=["relu3"], wrt=["input", "pool1"], relu="guided")
+    ours = keras_demo.gradient(x, dream, at=["relu3"], wrt=["input", "pool1"], rule="guided")
+    theirs = torch_demo.gradient(x, dream, at=["relu3"], wrt=["input", "pool1"], rule="guided")
     assert rel(ours["input"], theirs["input"]) < 1e-4 and rel(ours["pool1"], theirs["pool1"]) < 1e-4
     acts = keras_demo.activations(x, ["relu3"])["relu3"]
-    explicit = keras_demo.gradient(x, {"relu3": acts}, wrt=["input"], relu="guided")["input"]
+    explicit = keras_demo.gradient(x, {"relu3": acts}, wrt=["input"], rule="guided")["input"]
     np.testing.assert_allclose(ours["input"], explicit, rtol=1e-5, atol=1e-8)
     np.testing.assert_array_equal(ours.activations["relu3"], acts)
 
@@ -136,13 +136,13 @@ def test_callable_seed_errors_come_back_unchanged(keras_demo, x):
 
 def test_threads_share_one_backend(keras_demo, x):
     seeds = {"output": np.ones((3, 4), np.float32)}
-    want = keras_demo.gradient(x, seeds, relu="guided")["input"]
+    want = keras_demo.gradient(x, seeds, rule="guided")["input"]
     results, errors = [], []
 
     def work():
         try:
             for _ in range(4):
-                results.append(keras_demo.gradient(x, seeds, relu="guided")["input"])
+                results.append(keras_demo.gradient(x, seeds, rule="guided")["input"])
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -166,7 +166,7 @@ def test_thousand_gradient_calls_keep_memory_and_time_flat():
         if i == 100:
             rss_start = process.memory_info().rss
         start = time.perf_counter()
-        backend.gradient(x, {"output": seeds[i]}, wrt=["input", "relu1"], relu="guided")
+        backend.gradient(x, {"output": seeds[i]}, wrt=["input", "relu1"], rule="guided")
         times.append(time.perf_counter() - start)
     growth = (process.memory_info().rss - rss_start) / 2**20
     # stated bounds: < 16 MiB more after calls 100..1000, the last 100 calls' median within 2x the
@@ -187,8 +187,8 @@ def test_loading_paths_and_options(tmp_path, keras_demo, x):
         assert isinstance(backend, KerasBackend)
         np.testing.assert_allclose(backend.forward(x), keras_demo.forward(x), rtol=1e-6)
     eager = convscope.load(model, compile=False)
-    g = eager.gradient(x, {"output": np.ones((3, 4), np.float32)}, wrt=["input", "relu2"], relu="deconvnet")
-    want = keras_demo.gradient(x, {"output": np.ones((3, 4), np.float32)}, wrt=["input", "relu2"], relu="deconvnet")
+    g = eager.gradient(x, {"output": np.ones((3, 4), np.float32)}, wrt=["input", "relu2"], rule="deconvnet")
+    want = keras_demo.gradient(x, {"output": np.ones((3, 4), np.float32)}, wrt=["input", "relu2"], rule="deconvnet")
     assert rel(g["input"], want["input"]) < 1e-5 and rel(g["relu2"], want["relu2"]) < 1e-5
     assert convscope_make_backend("model.onnx", {}) is None and convscope_make_backend(object(), {}) is None
     with pytest.raises(FileNotFoundError, match="no Keras model file"):
@@ -216,8 +216,8 @@ def test_bad_names_seeds_and_weights(keras_demo, torch_demo, x):
         keras_demo.activations(x, ["relu5"])
     with pytest.raises(ValueError, match=r"'wrt' parameter of gradient must be a known layer name\. Got 'conv_1'"):
         keras_demo.gradient(x, {"output": np.ones((3, 4), np.float32)}, wrt=["conv_1"])
-    with pytest.raises(ValueError, match=r"'relu' parameter of gradient must be one of 'standard', 'guided', 'deconvnet'"):
-        keras_demo.gradient(x, {"output": np.ones((3, 4), np.float32)}, relu="Guided")
+    with pytest.raises(ValueError, match=r"'rule' parameter of gradient must be one of 'standard', 'guided', 'deconvnet'"):
+        keras_demo.gradient(x, {"output": np.ones((3, 4), np.float32)}, rule="Guided")
     with pytest.raises(ValueError, match=r"'seeds' parameter of gradient must be shaped like 'relu2', \(3, 32, 32, 32\)"):
         keras_demo.gradient(x, {"relu2": np.ones((3, 32, 32, 16), np.float32)})
     with pytest.raises(ValueError, match=r"'seeds' parameter of gradient names 'relu2', which is not in at=\['output'\]"):

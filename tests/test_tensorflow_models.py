@@ -102,7 +102,7 @@ def test_relu_rule_at_each_relu_record(forms):
     assert ops["relu6"] == "ReLU6" and ops["act_relu"] == "ReLU" and ops["relu"] == "ReLU"
     for rule in RULES:
         for pre, relu, upper in pairs:
-            g = backend.gradient(x, {"output": seed}, wrt=[pre, relu], relu=rule)
+            g = backend.gradient(x, {"output": seed}, wrt=[pre, relu], rule=rule)
             np.testing.assert_allclose(g[pre], relu_rule(rule, g.activations[pre], g[relu], upper), rtol=1e-6, atol=1e-9)
 
 
@@ -118,7 +118,7 @@ def test_raw_relu_op_in_a_subclassed_call_is_reported():
     model = RawOps()
     model(np.zeros((1, 8, 8, 3), np.float32))
     with pytest.warns(RuntimeWarning, match="guided rule does not reach them"):
-        convscope.load(model).gradient(images(1, 8), {"output": np.ones((1, 2), np.float32)}, relu="guided")
+        convscope.load(model).gradient(images(1, 8), {"output": np.ones((1, 2), np.float32)}, rule="guided")
 
 
 @pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
@@ -167,7 +167,7 @@ def test_nested_model_layers_by_path():
     assert rel(g["base/block1_relu"], want) < 1e-5
     g_seeded = backend.gradient(x, {"base/block1_relu": want}, wrt=["input"])  # the chain rule, through a seed
     assert rel(g_seeded["input"], g["input"]) < 1e-5
-    gr = backend.gradient(x, {"output": seed}, wrt=["base/block1_conv2", "base/block1_relu"], relu="guided")
+    gr = backend.gradient(x, {"output": seed}, wrt=["base/block1_conv2", "base/block1_relu"], rule="guided")
     np.testing.assert_allclose(gr["base/block1_conv2"], relu_rule("guided", gr.activations["base/block1_conv2"],
                                                                   gr["base/block1_relu"]), rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match=r"Got 'base/block1_conv3' instead; closest: base/block1_conv2, base/block1_conv1"):
@@ -228,9 +228,9 @@ def test_user_model_left_as_it_was_also_after_errors(forms, make):
     calls = [
         lambda: backend.forward(x),
         lambda: backend.activations(x, [relu]),
-        *[lambda rule=rule: backend.gradient(x, {"output": out}, wrt=["input", relu], relu=rule) for rule in RULES],
-        lambda: backend.gradient(x, exploding, at=[relu], relu="guided"),
-        lambda: backend.gradient(x, {"output": out[:, :1]}, relu="deconvnet"),
+        *[lambda rule=rule: backend.gradient(x, {"output": out}, wrt=["input", relu], rule=rule) for rule in RULES],
+        lambda: backend.gradient(x, exploding, at=[relu], rule="guided"),
+        lambda: backend.gradient(x, {"output": out[:, :1]}, rule="deconvnet"),
         lambda: backend.gradient(x, {"nope": out}),
     ]
     for call in calls:

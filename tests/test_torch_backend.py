@@ -73,7 +73,7 @@ def reference_forward(m, x, rule):
 def test_every_relu_follows_the_rule(mixed, rule):
     x = images(2)
     seed = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
-    got = convscope.load(mixed).gradient(x, {"output": seed}, relu=rule)["input"]
+    got = convscope.load(mixed).gradient(x, {"output": seed}, rule=rule)["input"]
     xt = torch.from_numpy(x).requires_grad_(True)
     with torch.enable_grad():
         (want,) = torch.autograd.grad(reference_forward(mixed, xt, rule), xt, torch.from_numpy(seed))
@@ -114,7 +114,7 @@ def test_in_place_relus_whose_result_is_ignored_follow_the_rule(rule):
     model = StatementInPlace().eval()
     x = images(2, size=8)
     seed = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
-    got = convscope.load(model).gradient(x, {"output": seed}, relu=rule)["input"]
+    got = convscope.load(model).gradient(x, {"output": seed}, rule=rule)["input"]
     xt = torch.from_numpy(x).requires_grad_(True)
     relu = lambda t, upper=float("inf"): ExplicitRule.apply(t, rule, upper)  # noqa: E731
     with torch.enable_grad():
@@ -261,8 +261,8 @@ def test_model_left_exactly_as_it_was_also_after_errors(resnet):
     calls = [
         lambda: backend.forward(x),
         lambda: backend.activations(x, ["layer1", "stem.2"]),
-        lambda: backend.gradient(x, {"output": np.ones((4, 4), np.float32)}, wrt=["input", "layer1"], relu="guided"),
-        lambda: backend.gradient(x, exploding, at=["layer1"], relu="guided"),
+        lambda: backend.gradient(x, {"output": np.ones((4, 4), np.float32)}, wrt=["input", "layer1"], rule="guided"),
+        lambda: backend.gradient(x, exploding, at=["layer1"], rule="guided"),
         lambda: backend.gradient(x, {"output": np.ones((4, 3), np.float32)}),
         lambda: backend.gradient(x, {"layer9": np.ones((4, 3), np.float32)}),
     ]
@@ -311,8 +311,8 @@ def test_bad_names_and_seeds(resnet):
     x = images(2)
     with pytest.raises(ValueError, match=r"'layers' parameter of activations must be a known layer name\. Got 'layer3' instead; closest: layer2, layer1"):
         backend.activations(x, ["layer3"])
-    with pytest.raises(ValueError, match=r"'relu' parameter of gradient must be one of 'standard', 'guided', 'deconvnet'"):
-        backend.gradient(x, {"output": np.ones((2, 4), np.float32)}, relu="Guided")
+    with pytest.raises(ValueError, match=r"'rule' parameter of gradient must be one of 'standard', 'guided', 'deconvnet'"):
+        backend.gradient(x, {"output": np.ones((2, 4), np.float32)}, rule="Guided")
     with pytest.raises(ValueError, match=r"'seeds' parameter of gradient must be shaped like 'layer1', \(2, 8, 16, 16\)"):
         backend.gradient(x, {"layer1": np.ones((2, 8, 8, 8), np.float32)})
     with pytest.raises(ValueError, match="known layer name"):
@@ -367,9 +367,9 @@ def test_one_backend_shared_by_threads_gives_the_same_answers(resnet):
     backend = convscope.load(resnet)
     xs = [images(2, seed=s) for s in range(8)]
     seeds = np.ones((2, 4), np.float32)
-    want = [backend.gradient(x, {"output": seeds}, relu="guided")["input"] for x in xs]
+    want = [backend.gradient(x, {"output": seeds}, rule="guided")["input"] for x in xs]
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda x: backend.gradient(x, {"output": seeds}, relu="guided")["input"], xs * 3))
+        got = list(pool.map(lambda x: backend.gradient(x, {"output": seeds}, rule="guided")["input"], xs * 3))
     for i, g in enumerate(got):
         np.testing.assert_array_equal(g, want[i % 8])
     assert all(not m.training for m in resnet.modules())

@@ -67,7 +67,7 @@ def _data(args):
 def cmd_patches(args):
     from ..features import top_patches
 
-    _save(top_patches(load_model(args.model), _data(args), args.layer, args.channels, k=args.k, guided=args.guided), args)
+    _save(top_patches(load_model(args.model), _data(args), args.layer, args.channels, k=args.k, rule="guided" if args.guided else None), args)
 
 
 def cmd_neighbors(args):

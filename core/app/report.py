@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import attribution, features, metrics, synthesis
 from .._layers import spatial_layers
+from ..dissection import compare, dissect
 from ..render.image import grid, save_png, to_rgb
 from ..render.report import Report
 
@@ -47,7 +49,6 @@ def _method_grid(results, images, masks=None):
 
 
 def _attribution(add, report, model, images, labels, masks, names, title):
-    from .. import attribution, metrics
 
     results, rows, failed = {}, [], []
     for name in names:
@@ -75,7 +76,6 @@ def _attribution(add, report, model, images, labels, masks, names, title):
 
 def _build(report, add, model, images, labels, masks, *, concepts=None, quick=False, classes=None):
     import convscope
-    from .. import features, synthesis
 
     backend = convscope.load(model)
     backend.forward(images[:1])
@@ -130,7 +130,6 @@ def _build(report, add, model, images, labels, masks, *, concepts=None, quick=Fa
         "an adversarial example: original, perturbation, result", scale=2)
 
     if concepts is not None:
-        from ..dissection import compare, dissect
 
         results = {name: dissect(model, name, concepts, progress=False) for name in (first, last)}
         report.section("Network Dissection")

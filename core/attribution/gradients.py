@@ -68,7 +68,7 @@ def _unit_seeds(acts, target, neuron, layer, owner):
     return seeds, ch
 
 
-def input_gradient(backend, x, target, owner, *, relu="standard", layer=None, neuron=None):
+def input_gradient(backend, x, target, owner, *, rule="standard", layer=None, neuron=None):
     """One forward + backward: (gradient at the input, explained indices or None, outputs).
 
     The seed is placed at the outputs (``layer`` None) or at ``layer`` (a channel or unit).
@@ -84,7 +84,7 @@ def input_gradient(backend, x, target, owner, *, relu="standard", layer=None, ne
             s, box["index"] = _unit_seeds(acts[layer], target, neuron, layer, owner)
             return {layer: s}
         at = [layer]
-    g = backend.gradient(x, seeds, at=at, wrt=[INPUT], relu=relu)
+    g = backend.gradient(x, seeds, at=at, wrt=[INPUT], rule=rule)
     return g.grads[INPUT], box["index"], g.outputs
 
 
@@ -96,13 +96,13 @@ def _check_layer_args(layer, neuron, owner):
     return _check_neuron(neuron, owner)
 
 
-def _gradient_map(owner, model, x, target, variant, relu, layer, neuron):
+def _gradient_map(owner, model, x, target, variant, rule, layer, neuron):
     backend, x = prepare(model, x, owner)
     check_choice(variant, tuple(_VARIANTS), "variant", owner)
     target = check_target(target, len(x), owner)
     neuron = _check_layer_args(layer, neuron, owner)
     try:
-        g, index, outputs = input_gradient(backend, x, target, owner, relu=relu, layer=layer, neuron=neuron)
+        g, index, outputs = input_gradient(backend, x, target, owner, rule=rule, layer=layer, neuron=neuron)
     except ValueError:
         if layer is not None:  # a layer the backend does not know: say so about 'layer'
             check_layer_name(backend, x, layer, owner)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._batching import batch_size_for
 from .._plugins import load
 from .._validate import check_int, check_name, check_number
 from ._cache import ShardCache
@@ -89,7 +90,7 @@ def _run(client, fn, per_shard, undo=None):
 
 
 def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_threshold: float = 0.04,
-            batch_size: int = 64, client=None, progress: bool | None = None, cache_dir=None, cache_ram_mb: float = 256,
+            batch_size: int | None = None, client=None, progress: bool | None = None, cache_dir=None, cache_ram_mb: float = 256,
             skip_empty: bool = False, options=None) -> Dissection:
     """Dissect ``layer`` of ``model`` on a concept dataset.
 
@@ -114,7 +115,6 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
     if quantile >= 1:
         raise ValueError(f"The 'quantile' parameter of dissect must be < 1. Got {quantile} instead.")
     iou_threshold = check_number(iou_threshold, "iou_threshold", "dissect", low=0)
-    check_int(batch_size, "batch_size", "dissect", low=1)
     ram_bytes = int(check_number(cache_ram_mb, "cache_ram_mb", "dissect", low=0) * 2 ** 20)
     options = dict(options or {})
     backend = load(model, **options)
@@ -122,6 +122,7 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
     n = source.n
     if not n:
         raise ValueError("The 'concepts' parameter of dissect must hold at least one image. Got an empty dataset instead.")
+    batch_size = batch_size_for(batch_size, getattr(source, "image_size", None), "dissect")
     shards = _shards(n, batch_size, client)
     target = backend if client is None else model
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._renamed import renamed
 from .._validate import check_choice, check_int, check_number, param_error
 from ..render import Picture, Renderable, resize, to_rgb
 
@@ -199,13 +200,16 @@ class Embedding(Renderable):
         return Picture(canvas, f"{self.method} grid of {len(keep)} images")
 
 
+@renamed(random_state="seed")
 def embed(features, method: str = "tsne", *, n_components: int = 2, labels=None, images=None, classes=None,
-          random_state=0, **options) -> Embedding:
+          seed=0, **options) -> Embedding:
     """Embed (N, D) features (an array or a :class:`~convscope.features.Features`) with
     ``method`` ``"tsne"`` (openTSNE, options as :class:`TSNE`), ``"pca"`` or ``"umap"``.
 
     ``labels`` colour the scatter plot (default: the Features' labels); ``images`` (N, C,
     H, W) enable :meth:`Embedding.image_grid`; ``classes`` name the labels in the legend.
+    ``seed`` seeds t-SNE and UMAP (the former ``random_state`` still works; the
+    scikit-learn-style :class:`TSNE` keeps ``random_state``, its peers' name).
     """
     owner = "embed"
     check_choice(method, METHODS, "method", owner)
@@ -219,7 +223,7 @@ def embed(features, method: str = "tsne", *, n_components: int = 2, labels=None,
     if method == "pca":
         points = pca(x, n_components)
     elif method == "tsne":
-        points = TSNE(n_components, random_state=random_state, **options).fit_transform(x)
+        points = TSNE(n_components, random_state=seed, **options).fit_transform(x)
     else:
-        points = _umap(x, n_components, random_state, options)
+        points = _umap(x, n_components, seed, options)
     return Embedding(points, method, labels, images, classes)

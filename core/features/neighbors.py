@@ -77,7 +77,7 @@ def _collect(backend, model, data, layer, pool, pixel_size, batch_size, client, 
     return Features(layer, rows["features"], rows.get("labels"), rows["index"], rows.get("pixels"))
 
 
-def layer_features(model, data, layer: str, *, pool: str = "mean", batch_size: int = 64, client=None,
+def layer_features(model, data, layer: str, *, pool: str = "mean", batch_size: int | None = None, client=None,
                    progress: bool | None = None) -> Features:
     """Stream ``data`` and keep each image's features at ``layer``, pooled by ``pool``
     (``"mean"``, ``"max"`` over the map, or ``"none"``: flattened), for :func:`embed` or
@@ -143,7 +143,7 @@ def _search(base, queries, k, metric, exclude):
 
 
 def nearest_neighbors(model, data, queries, layer: str, k: int = 5, *, metric: str = "l2", pool: str = "mean",
-                      pixel_size: int | None = 32, batch_size: int = 64, client=None,
+                      pixel_size: int | None = 32, batch_size: int | None = None, client=None,
                       progress: bool | None = None) -> Neighbors:
     """The ``k`` images of ``data`` closest to each query in ``layer``'s feature space and,
     beside them, in pixel space.

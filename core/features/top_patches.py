@@ -14,8 +14,11 @@ import warnings
 import numpy as np
 
 from .._plugins import load
-from .._validate import check_int, param_error
+from .._validate import check_choice, check_int, param_error
 from ..data.datasets import as_dataset
+from .._batching import batch_size_for
+from ..backend import RELU_RULES
+from .._renamed import renamed
 from .._scan import ActivationStep, TopK, scan
 from ..render import Renderable, grid, normalize, to_rgb
 from ._common import caption, channel_list, layer_record, zoom, zoom_factor
@@ -70,13 +73,19 @@ class TopPatches(Renderable):
     unit (y, x) on the layer's map, ``boxes[i, j]`` its receptive field (top, left,
     bottom, right) in input pixels (half-open, may reach into the padding),
     ``patches[i, j]`` the image under that box (C, h, w), zero outside the image, and
-    ``guided[i, j]`` the guided-backprop gradient of the unit over the same box (or None).
+    ``gradients[i, j]`` the unit's gradient over the same box under the backward ``rule``
+    ("guided" for guided backprop; None when no rule was asked).
     """
 
-    def __init__(self, layer, channels, values, indices, locations, boxes, patches, guided=None):
+    def __init__(self, layer, channels, values, indices, locations, boxes, patches, gradients=None, rule=None):
         self.layer, self.channels = layer, list(channels)
         self.values, self.indices, self.locations, self.boxes = values, indices, locations, boxes
-        self.patches, self.guided = patches, guided
+        self.patches, self.gradients, self.rule = patches, gradients, rule
+
+    @property
+    def guided(self):
+        """The gradients when they were computed with the guided rule (the former name)."""
+        return self.gradients if self.rule == "guided" else None
 
     @property
     def k(self) -> int:
@@ -84,11 +93,11 @@ class TopPatches(Renderable):
 
     def __repr__(self):
         return (f"TopPatches(layer={self.layer!r}, channels={len(self.channels)}, k={self.k}, "
-                f"patch={self.patches.shape[-2]}x{self.patches.shape[-1]}, guided={self.guided is not None})")
+                f"patch={self.patches.shape[-2]}x{self.patches.shape[-1]}, rule={self.rule!r})")
 
     def _tiles(self, i: int, tile: int) -> list:
         f = zoom_factor(max(self.patches.shape[-2:]), tile)
-        gvis = None if self.guided is None else normalize(self.guided[i], "symmetric")
+        gvis = None if self.gradients is None else normalize(self.gradients[i], "symmetric")
         tiles = []
         for j in range(self.k):
             t = zoom(to_rgb(self.patches[i, j], channels_first=True, vmin=0, vmax=1), f)
@@ -115,8 +124,9 @@ class TopPatches(Renderable):
         return grid(grids, ncols=ncols or int(np.ceil(np.sqrt(len(grids)))), pad=6)
 
 
-def top_patches(model, data, layer: str, channels=None, k: int = 9, *, guided: bool = False,
-                batch_size: int = 64, client=None, progress: bool | None = None) -> TopPatches:
+@renamed(guided=("rule", lambda guided: "guided" if guided else None))
+def top_patches(model, data, layer: str, channels=None, k: int = 9, *, rule: str | None = None,
+                batch_size: int | None = None, client=None, progress: bool | None = None) -> TopPatches:
     """Stream ``data`` through ``model`` and keep, per channel of ``layer``, the ``k`` images
     whose strongest unit responds most, with that unit's receptive-field patch.
 
@@ -128,12 +138,14 @@ def top_patches(model, data, layer: str, channels=None, k: int = 9, *, guided: b
     layer : a layer with a spatial (C, H, W) output.
     channels : None (all), an int or a sequence of channel indices.
     k : how many patches per channel; at most the number of images.
-    guided : also compute each unit's guided-backprop gradient over its patch
-        (``backend.gradient(..., relu="guided")`` with a one-hot seed at the unit). It is
+    rule : also compute each unit's gradient over its patch with this backward rule
+        (``"guided"`` for guided backprop, ``"deconvnet"``, ``"standard"``; None: none), one
+        ``backend.gradient(..., rule=rule)`` with a one-hot seed at the unit. It is
         computed on the patch pasted into an empty canvas at its place: a unit depends on
         its receptive field only, so this equals the gradient on the full image for
         convolutional networks (a warning says when the unit's value differs).
-    batch_size, progress : scan batching and the tqdm bar.
+    batch_size, progress : scan batching (None: as the image size suggests) and the bar.
+    The former ``guided=True`` still works and means ``rule="guided"``.
     client : a ``dask.distributed.Client`` to run the scan one shard per worker; the model
         must then be picklable (pass the model, not a Backend).
 
@@ -143,6 +155,8 @@ def top_patches(model, data, layer: str, channels=None, k: int = 9, *, guided: b
     backend = load(model)
     dataset = as_dataset(data, owner=owner)
     k = check_int(k, "k", owner, low=1)
+    if rule is not None:
+        check_choice(rule, RELU_RULES, "rule", owner)
     if dataset.n is not None and k > dataset.n:
         raise param_error("k", owner, f"<= the number of images in the dataset ({dataset.n})", str(k))
     probe = dataset.peek(owner)
@@ -164,8 +178,10 @@ def top_patches(model, data, layer: str, channels=None, k: int = 9, *, guided: b
     ys, xs = locations[..., 0], locations[..., 1]
     boxes = np.stack([sy * ys + ay, sx * xs + ax, sy * ys + by + 1, sx * xs + bx + 1], axis=-1)
     result = TopPatches(layer, chosen, summary.values, summary.keys, locations, boxes, summary.payload["patch"])
-    if guided:
-        result.guided = _guided(backend, layer, chosen, result, probe.shape[1:], first.shape[1:], batch_size)
+    if rule is not None:
+        result.gradients = _unit_gradients(backend, layer, chosen, result, probe.shape[1:], first.shape[1:],
+                                           batch_size_for(batch_size, dataset.image_size, owner), rule)
+        result.rule = rule
     return result
 
 
@@ -175,8 +191,8 @@ def _field_of(backend, layer, owner):
     return (int(sy), int(t0), int(b0) - 1), (int(sx), int(l0), int(r0) - 1)
 
 
-def _guided(backend, layer, chosen, result, image_shape, layer_shape, batch_size):
-    """Guided-backprop gradient of every kept unit, cropped to its box."""
+def _unit_gradients(backend, layer, chosen, result, image_shape, layer_shape, batch_size, rule):
+    """The gradient of every kept unit under ``rule``, cropped to its box."""
     entries = [(i, j) for i in range(len(chosen)) for j in range(result.k)]
     out = np.zeros_like(result.patches)
     worst = 0.0
@@ -190,7 +206,7 @@ def _guided(backend, layer, chosen, result, image_shape, layer_shape, batch_size
             canvas[n, :, ct:cb, cl:cr] = result.patches[i, j][:, ct - t:cb - t, cl - l:cr - l]
             y, x = result.locations[i, j]
             seeds[n, chosen[i], y, x] = 1.0
-        g = backend.gradient(canvas, {layer: seeds}, wrt=["input"], relu="guided")
+        g = backend.gradient(canvas, {layer: seeds}, wrt=["input"], rule=rule)
         acts = g.activations[layer]
         for n, (i, j) in enumerate(part):
             y, x = result.locations[i, j]
@@ -200,5 +216,5 @@ def _guided(backend, layer, chosen, result, image_shape, layer_shape, batch_size
     if worst > 1e-3:
         warnings.warn(f"Units of {layer!r} changed value by up to {worst:.1%} when their patch was shown alone: the "
                       "model looks beyond the geometric receptive field (global pooling or attention before this "
-                      "layer?), so the guided pictures are approximate.", stacklevel=3)
+                      "layer?), so the gradient pictures are approximate.", stacklevel=3)
     return out

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._plugins import load
+from ..backend import unchecked
 from .._validate import as_images, check_choice, check_int, param_error
 from .._imageops import fill_images
 from .._targets import OUTPUT_MODES, check_target, objective, output_seeds
@@ -48,7 +49,8 @@ class PerturbationCurve:
 
 def _curve(kind, model, x, maps, target, steps, fill, output, batch_size, blur_sigma):
     backend = load(model)
-    x = as_images(x, owner=kind)
+    x = as_images(x, owner=kind, channels=getattr(backend, "channels", None), spatial=getattr(backend, "fixed_size", None))
+    backend = unchecked(backend)  # checked once here; the curve's passes need not
     m = as_maps(maps, kind, x.shape[2:])
     n, _, h, w = x.shape
     if len(m) != n:

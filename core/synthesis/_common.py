@@ -6,7 +6,7 @@ import numpy as np
 
 from .._validate import check_number, param_error
 
-__all__ = ["fixed_input_size", "input_channels", "check_weight", "check_range", "check_size", "numpy_single_threaded"]
+__all__ = ["backend_range", "fixed_input_size", "input_channels", "check_weight", "check_range", "check_size", "numpy_single_threaded", "warn_zero_gradient"]
 
 
 def fixed_input_size(backend):
@@ -36,6 +36,12 @@ def input_channels(backend, default: int = 3) -> int:
 def check_weight(value, param: str, owner: str) -> float:
     """A loss weight or step size: a finite number >= 0."""
     return check_number(value, param, owner, low=0)
+
+
+def backend_range(backend) -> tuple:
+    """The value range of the backend's model input: ``load(model, value_range=(lo, hi))``,
+    (0, 1) when the backend does not say."""
+    return getattr(backend, "value_range", None) or (0.0, 1.0)
 
 
 def check_range(value_range, owner: str) -> tuple:
@@ -82,3 +88,13 @@ def numpy_single_threaded():
     except ImportError:
         return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def warn_zero_gradient(owner: str, objective) -> None:
+    """Say that the objective's gradient at the input is exactly zero for some image, so the
+    image cannot change (a dead unit, a saturated ReLU, a layer the input does not reach)."""
+    import warnings
+
+    warnings.warn(f"{owner}: the gradient of {objective!r} at the input is exactly zero for at least one image, so "
+                  "that image does not change; pick another layer or channel, or start from another image.",
+                  RuntimeWarning, stacklevel=3)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import INPUT
+from ..backend import INPUT, unchecked
 from . import regularizers as R
 from .._progress import progress_bar
-from ._common import numpy_single_threaded
+from ._common import numpy_single_threaded, warn_zero_gradient
 from .params import ImageParam
 from .transforms import Transforms
 
@@ -61,12 +61,13 @@ class AscentTrace:
 
 
 def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: int, optimizer, transforms: Transforms,
-               priors: Priors, rng: np.random.Generator, value_range, relu="standard", callback=None, progress=None,
+               priors: Priors, rng: np.random.Generator, value_range, rule="standard", callback=None, progress=None,
                desc="synthesis", stop=None):
     """Maximise ``objective - penalties`` over the parameters ``t``; returns (t, trace).
 
     ``stop(step, values, outputs)``, when given, ends the run early when it returns True.
     """
+    backend = unchecked(backend)  # the images are made here, finite float32: no per-step check
     lo, hi = value_range
     center = (lo + hi) / 2.0
     size = param.shape[2:]
@@ -88,12 +89,14 @@ def run_ascent(backend, objective, param: ImageParam, t: np.ndarray, *, steps: i
                 x = param.image(t)
                 sampling = transforms.sample(rng, size)
                 if "constant" in box:  # a linear objective: the same seeds, without a callable
-                    result = backend.gradient(sampling.apply(x), box["constant"], wrt=(INPUT,), relu=relu)
+                    result = backend.gradient(sampling.apply(x), box["constant"], wrt=(INPUT,), rule=rule)
                     box["values"] = objective(result.activations)[0]
                 else:
-                    result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, relu=relu)
+                    result = backend.gradient(sampling.apply(x), seeds, wrt=(INPUT,), at=tensors, rule=rule)
                 trace.passes += 1
                 g_obj = sampling.adjoint(result.grads[INPUT])
+                if step == 0 and not np.abs(g_obj).reshape(len(g_obj), -1).max(axis=1).all():
+                    warn_zero_gradient(desc, objective)
                 g = g_obj
                 penalty = np.zeros(len(x), np.float32)
                 if priors.l2:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
-from .._validate import as_images, check_int, check_number, param_error
-from ..backend import INPUT
+from .._renamed import renamed
+from .._validate import as_images, check_choice, check_int, check_number, param_error
+from ..backend import RELU_RULES, INPUT, unchecked
 from ..render import Renderable, grid, to_rgb
 from .._imageops import resize_adjoint, resize_images
 from .._progress import progress_bar
-from ._common import check_range, fixed_input_size, numpy_single_threaded
+from ._common import backend_range, check_range, fixed_input_size, numpy_single_threaded, warn_zero_gradient
 from .objectives import Objective, layer_l2
 
 __all__ = ["deepdream", "Dream"]
@@ -49,10 +50,11 @@ class Dream(Renderable):
         return f"Dream({self.objective!r}, {self.image.shape[-2]}x{self.image.shape[-1]})"
 
 
-def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
-              step_size: float = 0.01, jitter: int = 4, value_range=(0.0, 1.0), relu: str = "standard",
+@renamed(image="x", relu="rule")
+def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, steps: int = 10,
+              step_size: float = 0.01, jitter: int = 4, value_range=None, rule: str = "standard",
               seed: int = 0, progress=None, callback=None) -> Dream:
-    """Dream ``layer`` (a layer name, for ``layer_l2(layer)``, or an Objective) into ``image``.
+    """Dream ``layer`` (a layer name, for ``layer_l2(layer)``, or an Objective) into the images ``x``.
 
     ``octaves`` image sizes, each ``octave_scale`` times the next smaller; ``steps`` per
     octave of size ``step_size`` (L1-normalised gradient: ``x += step_size g / mean|g|``);
@@ -71,9 +73,11 @@ def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.
     seed = check_int(seed, "seed", owner, low=0)
     step_size = check_number(step_size, "step_size", owner, low=0, strict=True)
     octave_scale = check_number(octave_scale, "octave_scale", owner, low=1)
-    lo, hi = value_range = check_range(value_range, owner)
+    lo, hi = value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     fixed = fixed_input_size(backend)
-    x0 = as_images(image, param="image", owner=owner, spatial=fixed)
+    x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed)
+    check_choice(rule, RELU_RULES, "rule", owner)
+    backend = unchecked(backend)  # the images are checked: each step's pass need not
     rng = np.random.default_rng(seed)
     h, w = x0.shape[2:]
     sizes = [(h, w)]
@@ -104,11 +108,14 @@ def deepdream(model, image, layer, *, octaves: int = 3, octave_scale: float = 1.
                 dy, dx = (rng.integers(-jitter, jitter + 1, size=2) if jitter else (0, 0))
                 shifted = np.roll(x, (int(dy), int(dx)), axis=(2, 3))
                 probe = shifted if fixed is None or size == fixed else resize_images(shifted, fixed)
-                g = backend.gradient(probe, seeds, wrt=(INPUT,), at=tensors, relu=relu).grads[INPUT]
+                g = backend.gradient(probe, seeds, wrt=(INPUT,), at=tensors, rule=rule).grads[INPUT]
                 if probe is not shifted:
                     g = resize_adjoint(g, size)
                 g = np.roll(g, (-int(dy), -int(dx)), axis=(2, 3))
-                scale = np.abs(g).reshape(len(g), -1).mean(axis=1).reshape(-1, 1, 1, 1) + 1e-12
+                scale = np.abs(g).reshape(len(g), -1).mean(axis=1).reshape(-1, 1, 1, 1)
+                if not scale.all():
+                    warn_zero_gradient(owner, layer if isinstance(layer, str) else objective)
+                scale = np.maximum(scale, np.finfo(np.float32).tiny)  # scale-free: 1e-18 gradients still move
                 x = np.clip(x + step_size * (hi - lo) * g / scale, lo, hi).astype(np.float32)
                 history.append(np.asarray(box["values"], np.float32))
                 if callback is not None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
+from .._renamed import renamed
 from .._validate import as_images, check_choice, check_int, check_number, param_error
-from ..backend import INPUT, OUTPUT
+from ..backend import INPUT, OUTPUT, unchecked
 from ..render import Renderable, grid, normalize, to_rgb
 from .._progress import progress_bar
 from .._targets import softmax
-from ._common import check_range, fixed_input_size
+from ._common import backend_range, check_range, fixed_input_size
 
 __all__ = ["fool", "Fooling"]
 
@@ -66,10 +67,11 @@ class Fooling(Renderable):
                 f"L-inf {self.linf.max():.4g}, L2 {self.l2.max():.4g}, steps {self.steps_taken.tolist()})")
 
 
-def fool(model, image, target=None, *, method: str = "pgd", epsilon=8 / 255, steps: int = 40, step_size=None,
-         confidence: float = 0.9, random_start: bool = False, value_range=(0.0, 1.0), seed: int = 0, progress=None,
+@renamed(image="x")
+def fool(model, x, target=None, *, method: str = "pgd", epsilon=8 / 255, steps: int = 40, step_size=None,
+         confidence: float = 0.9, random_start: bool = False, value_range=None, seed: int = 0, progress=None,
          callback=None) -> Fooling:
-    """Perturb ``image`` (N, C, H, W) within ``epsilon`` (L-infinity) until the model
+    """Perturb ``x`` (N, C, H, W) within ``epsilon`` (L-infinity) until the model
     predicts ``target`` (an int or one per image; None: any class but the current one).
 
     ``method`` is "fgsm" (one step of size epsilon) or "pgd" (up to ``steps`` steps of
@@ -78,10 +80,11 @@ def fool(model, image, target=None, *, method: str = "pgd", epsilon=8 / 255, ste
     """
     owner = "fool"
     backend = load(model)
-    x0 = as_images(image, param="image", owner=owner, spatial=fixed_input_size(backend))
+    x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed_input_size(backend))
+    backend = unchecked(backend)  # the images are checked: each step's pass need not
     n = len(x0)
     check_choice(method, ("fgsm", "pgd"), "method", owner)
-    lo, hi = value_range = check_range(value_range, owner)
+    lo, hi = value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     if epsilon is not None:
         epsilon = check_number(epsilon, "epsilon", owner, low=0, strict=True)
     steps = 1 if method == "fgsm" else check_int(steps, "steps", owner, low=1)

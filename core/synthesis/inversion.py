@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
+from .._renamed import renamed
 from .._validate import as_images, check_int, check_number, param_error
 from ..render import Renderable, grid, to_rgb
 from .._layers import check_layers
-from ._common import check_range, check_weight, fixed_input_size
+from ._common import backend_range, check_range, check_weight, fixed_input_size
 from .ascent import Priors, run_ascent
 from .objectives import Objective
 from .optim import make_optimizer
@@ -90,11 +91,12 @@ class Inversion(Renderable):
         return f"Inversion({parts})"
 
 
-def invert(model, image, layers, *, steps: int = 200, lr: float = 0.05, tv: float = 0.5, tv_beta: float = 2.0,
+@renamed(image="x")
+def invert(model, x, layers, *, steps: int = 200, lr: float = 0.05, tv: float = 0.5, tv_beta: float = 2.0,
            l2: float = 0.0, param: str = "pixel", colour: str = "rgb", squash: str = "sigmoid", start="noise",
-           optimizer="adam", transforms="none", value_range=(0.0, 1.0), seed: int = 0, progress=None,
+           optimizer="adam", transforms="none", value_range=None, seed: int = 0, progress=None,
            callback=None) -> Inversion:
-    """Reconstruct ``image`` (one image, (1, C, H, W)) from its features at each of ``layers``.
+    """Reconstruct ``x`` (one image, (1, C, H, W)) from its features at each of ``layers``.
 
     ``tv`` and ``tv_beta`` weigh the total-variation prior (a natural-image prior: without
     it deep layers give noise that matches the features), ``l2`` the pixel decay; ``param``,
@@ -108,10 +110,10 @@ def invert(model, image, layers, *, steps: int = 200, lr: float = 0.05, tv: floa
     seed = check_int(seed, "seed", owner, low=0)
     tv, l2 = check_weight(tv, "tv", owner), check_weight(l2, "l2", owner)
     tv_beta = check_number(tv_beta, "tv_beta", owner, low=0, strict=True)
-    value_range = check_range(value_range, owner)
-    x0 = as_images(image, param="image", owner=owner, spatial=fixed_input_size(backend))
+    value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
+    x0 = as_images(x, param="x", owner=owner, spatial=fixed_input_size(backend))
     if len(x0) != 1:
-        raise param_error("image", owner, "one image (1, C, H, W)", f"shape {x0.shape}")
+        raise param_error("x", owner, "one image (1, C, H, W)", f"shape {x0.shape}")
     targets = backend.activations(x0, list(dict.fromkeys(layers)))
     objective = FeatureMatch(targets, layers)
     shape = (len(layers), *x0.shape[1:])

@@ -19,7 +19,7 @@ from .._plugins import load
 from .._validate import as_images, check_int, check_name, param_error
 from ..render import Renderable, grid, to_rgb
 from .._layers import check_layers, spatial_layers
-from ._common import check_range, check_size, check_weight, fixed_input_size
+from ._common import backend_range, check_range, check_size, check_weight, fixed_input_size
 from .ascent import Priors, run_ascent
 from .gram import gram, gram_adjoint
 from .objectives import Objective
@@ -159,7 +159,7 @@ def _run(backend, match, shape, start, *, steps, lr, tv, param, colour, optimize
 
 
 def texture(model, exemplar, layers=None, *, size=None, steps: int = 200, lr: float = 0.05, layer_weights=None,
-            tv: float = 0.0, param: str = "pixel", colour: str = "rgb", optimizer="adam", value_range=(0.0, 1.0),
+            tv: float = 0.0, param: str = "pixel", colour: str = "rgb", optimizer="adam", value_range=None,
             seed: int = 0, progress=None, callback=None) -> Texture:
     """Synthesise a texture whose Gram matrices at ``layers`` match the ``exemplar``'s.
 
@@ -177,7 +177,7 @@ def texture(model, exemplar, layers=None, *, size=None, steps: int = 200, lr: fl
     steps = check_int(steps, "steps", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
     tv = check_weight(tv, "tv", owner)
-    value_range = check_range(value_range, owner)
+    value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     h, w = check_size(size, backend, owner, default=e.shape[2]) if size is not None else e.shape[2:]
     match = GramMatch(backend.activations(e, layers), weights)
     image, records = _run(backend, match, (1, e.shape[1], h, w), None, steps=steps, lr=lr, tv=tv, param=param,
@@ -189,7 +189,7 @@ def texture(model, exemplar, layers=None, *, size=None, steps: int = 200, lr: fl
 def style_transfer(model, content, style, *, content_layer=None, style_layers=None, content_weight: float = 1.0,
                    style_weight: float = 10.0, layer_weights=None, steps: int = 200, lr: float = 0.02,
                    tv: float = 0.0, start="content", param: str = "pixel", colour: str = "rgb", optimizer="adam",
-                   value_range=(0.0, 1.0), seed: int = 0, progress=None, callback=None) -> StyleTransfer:
+                   value_range=None, seed: int = 0, progress=None, callback=None) -> StyleTransfer:
     """Render ``content`` in the style of ``style`` (Gatys et al. 2016).
 
     ``content_layer`` defaults to the deepest but one spatial ReLU layer, ``style_layers``
@@ -212,7 +212,7 @@ def style_transfer(model, content, style, *, content_layer=None, style_layers=No
     steps = check_int(steps, "steps", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
     tv = check_weight(tv, "tv", owner)
-    value_range = check_range(value_range, owner)
+    value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     if start not in ("content", "noise"):
         raise param_error("start", owner, "'content' or 'noise'", repr(start))
     content_target = backend.activations(c, [content_layer])[content_layer]

@@ -8,7 +8,8 @@ from .._plugins import load
 from .._validate import as_images, check_choice, check_int, check_number, param_error
 from ..backend import RELU_RULES
 from ..render import Renderable, grid, to_rgb
-from ._common import check_range, check_size, check_weight, input_channels
+from .._renamed import renamed
+from ._common import backend_range, check_range, check_size, check_weight, input_channels
 from .ascent import Priors, run_ascent
 from .gram import diversity as diversity_term
 from .objectives import as_objective
@@ -72,12 +73,13 @@ def evaluate(model, objective, images) -> np.ndarray:
     return np.asarray(objective(acts)[0], np.float32)
 
 
+@renamed(relu="rule")
 def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, start="noise",
               param: str = "fft", colour: str = "decorrelated", squash: str = "sigmoid", decay_power: float = 1.0,
               optimizer="adam", lr: float = 0.05, transforms="standard", l2: float = 0.0, tv: float = 0.0,
               tv_beta: float = 2.0, blur_every: int = 0, blur_sigma: float = 0.5, clip_norm: float = 0.0,
               clip_contribution: float = 0.0, clip: bool = True, diversity: float = 0.0, diversity_layer=None,
-              value_range=(0.0, 1.0), relu: str = "standard", seed: int = 0, progress=None,
+              value_range=None, rule: str = "standard", seed: int = 0, progress=None,
               callback=None) -> Visualization:
     """Synthesise ``batch`` images that maximise ``objective`` on ``model``.
 
@@ -121,7 +123,7 @@ def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, 
     steps = check_int(steps, "steps", owner, low=1)
     batch = check_int(batch, "batch", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
-    value_range = check_range(value_range, owner)
+    value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     weights = {name: check_weight(v, name, owner) for name, v in
                dict(l2=l2, tv=tv, diversity=diversity, blur_sigma=blur_sigma, clip_norm=clip_norm,
                     clip_contribution=clip_contribution).items()}
@@ -129,7 +131,7 @@ def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, 
         if weights[name] >= 100:
             raise param_error(name, owner, "a percentile in [0, 100)", str(weights[name]))
     tv_beta = check_number(tv_beta, "tv_beta", owner, low=0, strict=True)
-    check_choice(relu, RELU_RULES, "relu", owner)
+    check_choice(rule, RELU_RULES, "rule", owner)
     blur_every = check_int(blur_every, "blur_every", owner, low=0)
     h, w = check_size(size, backend, owner)
     shape = (batch, input_channels(backend), h, w)
@@ -161,6 +163,6 @@ def visualize(model, objective, *, steps: int = 256, batch: int = 1, size=None, 
                     clip_contribution=weights["clip_contribution"], clip=bool(clip))
     t, trace = run_ascent(backend, objective, image_param, t, steps=steps, optimizer=make_optimizer(optimizer, lr, owner),
                           transforms=make_transforms(transforms, owner), priors=priors, rng=rng,
-                          value_range=value_range, relu=relu, callback=callback, progress=progress, desc=owner)
+                          value_range=value_range, rule=rule, callback=callback, progress=progress, desc=owner)
     return Visualization(image_param.image(t), objective=objective, history=trace.values, penalties=trace.penalties,
                          outputs=trace.outputs, value_range=value_range, passes=trace.passes)
