@@ -21,6 +21,7 @@ from convscope.hookspecs import hookimpl
 
 from .adjoint import build_adjoint
 from .adjoint._emit import UnsupportedOperatorError
+from ._dataflow import dependent_tensors
 from ._graph import prepare
 from ._layers import layer_names, layer_records, layer_weights
 from ._load import ModelReadError, read_model
@@ -98,7 +99,8 @@ class OnnxBackend(BackendBase):
         self._sessions = SessionCache(self.graph, ort, onnx, threads=threads, spinning=bool(spinning))
         self._runner = Runner(self.graph, self._sessions, ort)
         _, dtypes = infer_shapes(self.graph, None, onnx)
-        self._names = layer_names(self.graph, dtypes)
+        self._dependent = dependent_tensors(self.graph)
+        self._names = layer_names(self.graph, dtypes, self._dependent)
         self._name_set = set(self._names)
         self._shapes, self._plans, self._layers = {}, {}, {}
 
@@ -146,7 +148,7 @@ class OnnxBackend(BackendBase):
                              "input_shape=(C, H, W) to convscope.load, or run a batch first.")
         with self._lock:
             if chw not in self._layers:
-                self._layers[chw] = layer_records(self.graph, self._names, self._shapes_for(chw)[0])
+                self._layers[chw] = layer_records(self.graph, self._names, self._shapes_for(chw)[0], self._dependent)
             return list(self._layers[chw])
 
     def _forward(self, x):
