@@ -216,7 +216,7 @@ def test_weights_saved_as_external_data_are_read_from_beside_the_file(tmp_path):
 
 def test_several_outputs_need_a_choice():
     model = om.two_output_model()
-    with pytest.raises(ValueError, match=r"several outputs \(a, b\); pass output=<name or index>"):
+    with pytest.raises(ValueError, match=r"several outputs \(a, b\); pass select=<name or index>"):
         convscope.load(model)
     x = images(2, (om.C, om.H, om.W))
     a = convscope.load(model, output="a").forward(x)

@@ -293,8 +293,8 @@ CASES = {
                                                        g.const(i64(3, 2)), g.const(i64(2, -2))]),
     "Slice_negative_stride_3": lambda g: g.op("Slice", ["x", g.const(i64(-1)), g.const(i64(-(2 ** 63))),
                                                         g.const(i64(3)), g.const(i64(-3))]),
-    "Slice_computed_starts": lambda g: g.op("Slice", ["x", _half_width(g), g.op("Mul", [_half_width(g), g.const(i64(2))]),
-                                                      g.const(i64(3))]),  # torch.chunk on a dynamic graph
+    "Slice_computed_starts": lambda g: g.op("Slice", [  # torch.chunk on a dynamic graph
+        "x", _half_width(g), g.op("Mul", [_half_width(g), g.const(i64(2))]), g.const(i64(3))]),
     "Slice_folded_steps": lambda g: g.op("Slice", ["x", g.const(i64(-1)), g.const(i64(-(2 ** 63))), g.const(i64(2)),
                                                    g.op("Neg", [g.const(i64(1))])]),
     "Pad_folded_pads": lambda g: g.op("Pad", ["x", g.op("Concat", [g.const(i64(0, 0, 1, 2)), g.op(
@@ -598,3 +598,18 @@ def test_torch_exported_models_match_torch_autograd(name):
     assert rel_l2(backend.forward(x), y.detach().numpy()) < 1e-5
     got = backend.gradient(x, {"output": seed})["input"]
     assert rel_l2(got, want.numpy()) < 1e-4
+
+
+AT_OPSET_16 = ["Slice_strided_two_axes", "Slice_computed_starts", "Gather_2d_indices", "Gather_many_runs",
+               "GatherElements_argmax", "Pad_edge", "Resize_nearest_torch", "Resize_cubic", "MatMul_vector_varies",
+               "ReduceMax_attr", "ReduceMean_attr", "Tile", "Split_input_sizes", "Where_both_values",
+               "Pow_varying_exponent", "DepthToSpace_CRD", "CumSum_reverse_exclusive", "ConvTranspose_stride_pads_output_padding"]
+
+
+@pytest.mark.parametrize("name", AT_OPSET_16)
+def test_rules_emit_what_the_oldest_opset_served_runs(name):
+    """A model at opset 16 (the oldest the backend keeps) gets backward nodes valid at opset 16."""
+    model, shape = case_model(name)
+    model.opset_import[0].version = 16
+    onnx.checker.check_model(model)
+    check_gradient(model, shape=shape, seed=1)

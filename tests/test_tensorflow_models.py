@@ -181,19 +181,19 @@ def test_nested_model_layers_by_path():
 def test_multi_output_model_needs_an_output_choice():
     model = two_heads()
     x = images(2)
-    with pytest.raises(TypeError, match=r"returns 2 outputs \(logits, aux\); pass output="):
+    with pytest.raises(TypeError, match=r"returns 2 outputs \(logits, aux\); pass select="):
         convscope.load(model)
     outs = model(nhwc(x), training=False)
     for choice, index in [("aux", 1), (0, 0), (-1, 1)]:
-        np.testing.assert_allclose(convscope.load(model, output=choice).forward(x), outs[index], rtol=1e-6)
+        np.testing.assert_allclose(convscope.load(model, select=choice).forward(x), outs[index], rtol=1e-6)
     seed = np.random.default_rng(6).standard_normal((2, 3)).astype(np.float32)
     want, _ = tape_input_gradient(lambda t: model(t, training=False)[1], x, seed)
-    assert rel(convscope.load(model, output="aux").gradient(x, {"output": seed})["input"], want) < 1e-5
-    with pytest.raises(ValueError, match=r"'output' parameter of convscope.load must be a known output name\. "
+    assert rel(convscope.load(model, select="aux").gradient(x, {"output": seed})["input"], want) < 1e-5
+    with pytest.raises(ValueError, match=r"'select' parameter of convscope.load must be a known output name\. "
                                          r"Got 'auxx' instead; closest: aux"):
-        convscope.load(model, output="auxx")
-    with pytest.raises(ValueError, match=r"'output' parameter of convscope.load must be <= 1\. Got 2"):
-        convscope.load(model, output=2)
+        convscope.load(model, select="auxx")
+    with pytest.raises(ValueError, match=r"'select' parameter of convscope.load must be <= 1\. Got 2"):
+        convscope.load(model, select=2)
 
 
 def snapshot(model):

@@ -2,8 +2,8 @@
 
 ``convscope.load("model.onnx")`` (or bytes, or an ``onnx.ModelProto``) wraps the model;
 layers are the graph's tensors (node outputs), ``"input"`` is its image input and
-``"output"`` the scores: the graph output, or the input of a final Softmax unless
-``probabilities=True``. Gradients run on ONNX Runtime through an adjoint graph built from
+``"output"`` the scores: the graph output, or the input of a final Softmax or LogSoftmax
+unless ``output="probabilities"`` (the backend's ``choices`` says so). Gradients run on ONNX Runtime through an adjoint graph built from
 the model itself (:mod:`.adjoint`); a model with a fixed batch serves any batch by
 splitting it. Images are NCHW float32, as everywhere in convscope.
 """
@@ -15,13 +15,14 @@ import threading
 
 import numpy as np
 
-from convscope._validate import check_finite, check_name, param_error
+from convscope._validate import check_choice, check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
 from .adjoint import build_adjoint
 from .adjoint._emit import UnsupportedOperatorError
-from ._graph import prepare
+from ._dataflow import dependent_tensors
+from ._graph import OUTPUTS, choices, output_options, prepare
 from ._layers import layer_names, layer_records, layer_weights
 from ._load import ModelReadError, read_model
 from ._runs import Runner
@@ -61,9 +62,13 @@ class OnnxBackend(BackendBase):
     checks the arguments.
 
     ``input_shape`` (C, H, W) sizes the layer records of a model whose file leaves the size
-    open (default: the last batch seen). ``input`` and ``output`` pick a graph input or
-    output by name (``output`` also by index) when there are several. ``probabilities``
-    explains a final Softmax's output instead of its input. ``threads`` sets ONNX Runtime's
+    open (default: the last batch seen). ``input`` and ``select`` pick a graph input or
+    output by name (``select`` also by index) when there are several. ``output="scores"``
+    (the default) explains the scores before a final Softmax or LogSoftmax, as every backend
+    does; ``output="probabilities"`` keeps it (``probabilities=True`` is the old spelling, and
+    an output name or index given as ``output=`` the old spelling of ``select=``: both warn
+    once). The backend's ``output`` says which, and ``choices`` maps an option to what was
+    chosen for the user and how to change it (``{}`` when nothing was). ``threads`` sets ONNX Runtime's
     intra-op threads. Their idle threads sleep rather than spin (busy-wait), which leaves the
     cores to the NumPy work between passes and to other frameworks in the process;
     ``spinning=True`` restores ONNX Runtime's default.
@@ -73,12 +78,19 @@ class OnnxBackend(BackendBase):
 
     name = "onnxruntime"
 
-    def __init__(self, model, *, input_shape=None, input=None, output=None, probabilities=False, threads=None,
-                 spinning=False):
+    def __init__(self, model, *, input_shape=None, input=None, output=None, select=None, probabilities=None,
+                 threads=None, spinning=False):
+        output, select, select_param = output_options(output, select, probabilities)
+        check_choice(output, OUTPUTS, "output", "convscope.load")
         onnx, ort = _frameworks()
         self._onnx = onnx
         structure, weights = read_model(model, onnx)
-        self.graph = prepare(structure, weights, onnx, input=input, output=output, probabilities=probabilities)
+        self.graph = prepare(structure, weights, onnx, input=input, select=select,
+                             probabilities=output == "probabilities", select_param=select_param)
+        #: "scores" (before a final softmax) or "probabilities"
+        self.output = output
+        #: {option: what convscope chose for the user and how to change it}
+        self.choices = choices(self.graph)
         file_chw = self.graph.file_chw
         if input_shape is not None:
             shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
@@ -98,7 +110,8 @@ class OnnxBackend(BackendBase):
         self._sessions = SessionCache(self.graph, ort, onnx, threads=threads, spinning=bool(spinning))
         self._runner = Runner(self.graph, self._sessions, ort)
         _, dtypes = infer_shapes(self.graph, None, onnx)
-        self._names = layer_names(self.graph, dtypes)
+        self._dependent = dependent_tensors(self.graph)
+        self._names = layer_names(self.graph, dtypes, self._dependent)
         self._name_set = set(self._names)
         self._shapes, self._plans, self._layers = {}, {}, {}
 
@@ -146,7 +159,7 @@ class OnnxBackend(BackendBase):
                              "input_shape=(C, H, W) to convscope.load, or run a batch first.")
         with self._lock:
             if chw not in self._layers:
-                self._layers[chw] = layer_records(self.graph, self._names, self._shapes_for(chw)[0])
+                self._layers[chw] = layer_records(self.graph, self._names, self._shapes_for(chw)[0], self._dependent)
             return list(self._layers[chw])
 
     def _forward(self, x):

@@ -7,22 +7,81 @@
   weight-free structure, so the gradient rules meet one form of every operator and may use
   ScatterND with ``reduction="add"`` (opset 16);
 * the image input is the one 4-d float input (or ``input=``), the explained tensor the one
-  graph output (or ``output=``); when that output is a Softmax, the scores explained are
-  its input, as Simonyan et al. (2014) advise, unless ``probabilities=True``.
+  graph output (or ``select=``, a name or an index); when that output is a final Softmax or
+  LogSoftmax, the scores explained are its input, as Simonyan et al. (2014) advise, unless
+  ``output="probabilities"``; ``OnnxGraph.left_out`` then names what was left out.
 """
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from convscope._validate import check_name, param_error
 
-__all__ = ["OnnxGraph", "prepare", "MIN_OPSET"]
+__all__ = ["OnnxGraph", "prepare", "MIN_OPSET", "OUTPUTS", "output_options", "choices"]
 
 MIN_OPSET = 16
 TARGET_OPSET = 17
 _SOFTMAX = ("Softmax", "LogSoftmax")
+#: what ``load(model, output=...)`` explains: the scores before a final softmax, or its output
+OUTPUTS = ("scores", "probabilities")
+_WARNED = set()
+
+
+def _deprecated(key, message):
+    """Warn once per process, at the user's call (the first frame outside convscope and pluggy)."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("convscope", "pluggy"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
+def output_options(output, select, probabilities):
+    """(output, select, the parameter name to report for select) from ``load``'s options.
+
+    ``probabilities=True/False`` is the old spelling of ``output="probabilities"/"scores"``;
+    an ``output`` that names or indexes a graph output is the old spelling of ``select``. Each
+    old spelling warns once (DeprecationWarning)."""
+    select_param = "select"
+    if output is not None and not isinstance(output, str) and not (
+            isinstance(output, (int, np.integer)) and not isinstance(output, (bool, np.bool_))):
+        raise param_error("output", "convscope.load", "'scores' or 'probabilities'", repr(output), TypeError)
+    if output is not None and output not in OUTPUTS:
+        _deprecated("output", "convscope.load(model, output=<graph output name or index>) is deprecated; pass "
+                              "select=... (output= now takes 'scores' or 'probabilities').")
+        if select is not None:
+            raise TypeError(f"convscope.load() got select={select!r} and output={output!r}, its deprecated "
+                            "spelling; pass only select=.")
+        output, select, select_param = None, output, "output"
+    if select is not None and (isinstance(select, (bool, np.bool_)) or
+                               not isinstance(select, (str, int, np.integer))):
+        raise param_error("select", "convscope.load", "a graph output name or index", repr(select), TypeError)
+    if probabilities is not None:
+        _deprecated("probabilities", "convscope.load(model, probabilities=True) is deprecated; pass "
+                                     "output='probabilities' (probabilities=False is output='scores').")
+        if not isinstance(probabilities, (bool, np.bool_)):
+            raise param_error("probabilities", "convscope.load", "True or False", repr(probabilities), TypeError)
+        wanted = "probabilities" if probabilities else "scores"
+        if output is not None and output != wanted:
+            raise TypeError(f"convscope.load() got output={output!r} and probabilities={probabilities!r}, its "
+                            "deprecated spelling; pass only output=.")
+        output = wanted
+    return output or "scores", select, select_param
+
+
+def choices(graph) -> dict:
+    """What convscope chose for the user, by option: ``{"output": why}`` when a final softmax is left out."""
+    if graph.left_out is None:
+        return {}
+    op, name = graph.left_out
+    return {"output": f"the final {op} {name!r} is left out: methods explain the scores before it; "
+                      "load(model, output='probabilities') keeps it"}
 
 
 @dataclass
@@ -46,6 +105,8 @@ class OnnxGraph:
     opset: int
     constants: dict = field(default_factory=dict)
     producer: dict = field(default_factory=dict)
+    #: (op type, tensor) of the final Softmax/LogSoftmax the scores are read before, or None
+    left_out: tuple | None = None
 
     @property
     def nodes(self):
@@ -155,22 +216,27 @@ def _pick_image(inputs, wanted, onnx):
     return image, dims or (None,) * 4
 
 
-def _pick_output(outputs, wanted):
+def _pick_output(outputs, wanted, param="select"):
     names = [v.name for v in outputs]
     if wanted is None:
         if len(names) > 1:
-            raise ValueError(f"The ONNX model has several outputs ({', '.join(names)}); pass output=<name or index> "
+            raise ValueError(f"The ONNX model has several outputs ({', '.join(names)}); pass select=<name or index> "
                              "to convscope.load to pick the scores to explain.")
         return names[0]
     if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool):
         if not -len(names) <= wanted < len(names):
-            raise param_error("output", "convscope.load", f"an index below {len(names)} or an output name",
+            raise param_error(param, "convscope.load", f"an index below {len(names)} or an output name",
                               str(wanted))
         return names[wanted]
-    return check_name(wanted, names, "output", "convscope.load", what="graph output")
+    if param == "output" and wanted not in names:  # not a graph output, nor one of OUTPUTS
+        raise ValueError(f"The 'output' parameter of convscope.load must be a known graph output name (the old "
+                         f"spelling of select=) or one of {', '.join(map(repr, OUTPUTS))}. Got {wanted!r} instead; "
+                         f"the graph outputs are {', '.join(names)}.")
+    return check_name(wanted, names, param, "convscope.load", what="graph output")
 
 
-def prepare(structure, weights, onnx, *, input=None, output=None, probabilities=False) -> OnnxGraph:
+def prepare(structure, weights, onnx, *, input=None, select=None, probabilities=False,
+            select_param="select") -> OnnxGraph:
     """Normalise a weight-free model (see the module docstring) and find its image and scores."""
     graph = structure.graph
     constant_names = set(weights) | {t.name for t in graph.initializer}
@@ -184,12 +250,12 @@ def prepare(structure, weights, onnx, *, input=None, output=None, probabilities=
         structure = _convert_opset(structure, weights, opset, onnx)
         opset = TARGET_OPSET
     image, dims = _pick_image(list(structure.graph.input), input, onnx)
-    final = _pick_output(list(structure.graph.output), output)
+    final = _pick_output(list(structure.graph.output), select, select_param)
     producer = {out: i for i, node in enumerate(structure.graph.node) for out in node.output if out}
-    scores = final
+    scores, left_out = final, None
     node = structure.graph.node[producer[final]] if final in producer else None
-    if not probabilities and node is not None and node.op_type in _SOFTMAX:
-        scores = node.input[0]
+    if not probabilities and node is not None and node.op_type in _SOFTMAX and node.domain in ("", "ai.onnx"):
+        scores, left_out = node.input[0], (node.op_type, final)
     return OnnxGraph(proto=structure, weights=weights, image=image.name, scores=scores, final=final,
                      fixed_batch=dims[0], file_chw=tuple(dims[1:]), opset=opset,
-                     constants=_constants(structure, onnx), producer=producer)
+                     constants=_constants(structure, onnx), producer=producer, left_out=left_out)

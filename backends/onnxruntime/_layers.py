@@ -1,17 +1,24 @@
-"""Layer records and parameters of an ONNX graph: every float node output is a layer.
+"""Layer records and parameters of an ONNX graph.
 
-A layer is named by its tensor, so a model exported with named outputs (the demo's conv1,
-bn1, relu1, ...) has the same layer names on the ONNX backend as on the framework it came
-from. Conv and pool geometry comes from the node attributes (``auto_pad`` resolved).
+A layer is a float tensor a node computes from the image (:mod:`._dataflow`: never a
+constant, shape arithmetic, or an ``Identity`` of a weight), named by its tensor, so a model
+exported with named outputs (the demo's conv1, bn1, relu1, ...) has the same layer names on
+the ONNX backend as on the framework it came from. Each record has its layout
+(:mod:`._dataflow`), its geometry (:mod:`._geometry`) and its ``inputs``: the layers (and
+``"input"``, the image) its node reads, through tensors that are not layers (integer
+intermediates); a tensor that is only a view of a map with its grid intact (the 5-d
+reshape and transpose of a channel shuffle) is looked through as well, so the map it is
+folded back into names the map it came from: a shuffle moves channels, not pixels.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from convscope.backend import Layer
+from convscope.backend import INPUT, Layer
 
 from .adjoint._emit import attr
-from .adjoint.rules_spatial import window_geometry
+from ._dataflow import VIEW_OPS, track_layouts
+from ._geometry import Folder, node_geometry
 from ._shapes import FLOAT
 
 __all__ = ["layer_names", "layer_records", "layer_weights"]
@@ -27,11 +34,10 @@ _KINDS = {
     "norm": ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LRN"),
     "dropout": ("Dropout",),
     "flatten": ("Flatten",),
+    "reshape": ("Reshape", "Squeeze", "Unsqueeze"),
     "softmax": ("Softmax", "LogSoftmax"),
 }
 _KIND = {op: kind for kind, ops in _KINDS.items() for op in ops}
-_WINDOWED = ("Conv", "MaxPool", "AveragePool", "LpPool")
-_GLOBAL = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 _PARAMETER_NAMES = {
     "Conv": ("input", "weight", "bias"),
     "ConvTranspose": ("input", "weight", "bias"),
@@ -61,64 +67,49 @@ def _kind_and_op(graph, node):
     return _KIND.get(node.op_type, "other"), node.op_type
 
 
-def layer_names(graph, dtypes):
-    """Ordered names of the float tensors that nodes produce (Constant nodes excluded)."""
+def layer_names(graph, dtypes, dependent):
+    """Ordered names of the float tensors that nodes compute from the image."""
     names = []
     for node in graph.nodes:
-        if node.op_type == "Constant":
-            continue
         for out in node.output:
-            if out and dtypes.get(out, FLOAT) == FLOAT and out not in graph.weights:
+            if out and out in dependent and dtypes.get(out, FLOAT) == FLOAT and out not in graph.weights:
                 names.append(out)
     return names
 
 
-def _geometry(node, in_dims, out_dims):
-    spatial = in_dims[2:] if in_dims is not None and len(in_dims) == 4 else None
-    if node.op_type in _GLOBAL and spatial is not None and None not in spatial:
-        return dict(kernel=tuple(spatial), stride=tuple(spatial), padding=(0, 0, 0, 0), dilation=(1, 1))
-    if node.op_type not in _WINDOWED or (out_dims is not None and len(out_dims) != 4):
-        return {}
-    kernel, strides, dilations, begin, end = window_geometry(node, list(spatial) if spatial else [None, None])
-    if kernel is None or len(kernel) != 2:
-        return {}
-    return dict(kernel=tuple(kernel), stride=tuple(strides), padding=(begin[0], begin[1], end[0], end[1]),
-                dilation=tuple(dilations))
-
-
-def layer_records(graph, names, shapes):
+def layer_records(graph, names, shapes, dependent):
     """Layer records in execution order for the shapes of one input size."""
     wanted = set(names)
-    producer_of = {}
+    states = track_layouts(graph, dependent, shapes)
+    folder = Folder(graph, dependent, shapes)
+    sources = {graph.image: (INPUT,)}  # what a consumer of each dependent tensor names as its inputs
     records = []
     for node in graph.nodes:
-        outs = [o for o in node.output if o in wanted]
+        outs = [o for o in node.output if o in dependent]
         if not outs:
             continue
-        kind, op = _kind_and_op(graph, node)
-        if node.op_type == "Conv":
-            w = _value(graph, node.input[1])
-            kernel = attr(node, "kernel_shape")
-            if kernel is None and w is not None:  # kernel_shape is optional: read it off the weight
-                node = _with_kernel(node, list(w.shape[2:]))
-        inputs = tuple(dict.fromkeys(producer_of[i] for i in node.input if i in producer_of))
-        in_dims = shapes.get(node.input[0]) if node.input else None
+        inputs = tuple(dict.fromkeys(s for i in node.input if i in sources for s in sources[i]))
+        layers = [o for o in outs if o in wanted]
         for out in outs:
+            state = states.get(out, ("other", None))
+            see_through = out not in wanted or (state[0] == "other" and state[1] is not None and node.op_type in VIEW_OPS)
+            sources[out] = inputs if see_through else (out,)
+        if not layers:
+            continue
+        kind, op = _kind_and_op(graph, node)
+        first = next((i for i in node.input if i in states), None)
+        in_dims = shapes.get(first) if first else None
+        for out in layers:
             dims = shapes.get(out)
             shape = tuple(dims[1:]) if dims is not None and dims and None not in dims[1:] else None
-            geometry = _geometry(node, in_dims, dims) if out == node.output[0] else {}
-            records.append(Layer(name=out, kind=kind, shape=shape, inputs=inputs, op=op, **geometry))
-            producer_of[out] = out
+            layout = states.get(out, ("other", None))[0]
+            layout = layout if layout in ("chw", "hwc", "tokens", "vector") else "other"
+            geometry = {}
+            if out == node.output[0]:
+                own_kind, geometry = node_geometry(node, folder, states.get(first), in_dims, dims)
+                kind = own_kind or kind
+            records.append(Layer(name=out, kind=kind, shape=shape, inputs=inputs, op=op, layout=layout, **geometry))
     return records
-
-
-def _with_kernel(node, kernel):
-    from onnx import NodeProto, helper
-
-    copy = NodeProto()
-    copy.CopyFrom(node)
-    copy.attribute.append(helper.make_attribute("kernel_shape", kernel))
-    return copy
 
 
 def layer_weights(graph, node):

@@ -17,6 +17,11 @@ nothing at run time (it happens once, while tracing) and shares the user's varia
 ReLU that runs as a raw op inside a layer's own code cannot be reached; a RuntimeWarning
 names such ops when a rule is asked for.
 
+What is explained: ``"output"`` is the scores before a final softmax (fused in the last
+Dense or conv, or an ``Activation``/``Softmax`` layer), computed in the pass, not by
+changing the model; ``output="probabilities"`` keeps the softmax. ``choices`` says what was
+chosen for the user.
+
 Speed: forward, activations and gradients run as concrete ``tf.function`` graphs traced once
 per (seed names, wrt, rule) key with a ``None`` batch dimension in the input signature,
 kept in a small LRU cache, so calls never retrace; ``compile=False`` runs the same code
@@ -41,7 +46,7 @@ from convscope.hookspecs import hookimpl
 
 from ._compiled import SeedCall, activations_body, callable_gradient_body, forward_body, gradient_body
 from ._layers import layer_record, layer_weights, to_channels_first
-from ._model import channels_last, check_input_shape, declared_input_shape, pick_output
+from ._model import channels_last, check_input_shape, declared_input_shape, output_options, pick_output
 from ._run import RULE_SCOPE, LayerRun, relu_site
 
 __all__ = ["KerasBackend"]
@@ -93,16 +98,17 @@ def _to_model(channels_last, a):
     return a
 
 
-def _weak_run(tf, keras, model, output, output_names):
-    """The pass ``run(x, rule)`` -> ``{name: tensor}`` (``x`` as ``input``, the picked scores as
-    ``output``). It holds the model weakly: traced functions keep it, and they are shared by
-    every backend ``convscope.load`` makes for the model, which must be free to go."""
+def _weak_run(tf, keras, model, select, output_names, scores):
+    """The pass ``run(x, rule)`` -> ``{name: tensor}`` (``x`` as ``input``, the picked output as
+    ``output``: before its softmax when ``scores``). It holds the model weakly: traced functions
+    keep it, and they are shared by every backend ``convscope.load`` makes for the model, which
+    must be free to go."""
     model = weakref.ref(model)
 
     def run(x, rule):
-        layer_run = LayerRun(tf, keras, rule)
+        layer_run = LayerRun(tf, keras, rule, scores=scores)
         out = layer_run.run(model(), x, INPUT)
-        layer_run.store[OUTPUT] = pick_output(out, output, output_names)
+        layer_run.store[OUTPUT] = layer_run.scores(pick_output(out, select, output_names))[0]
         return layer_run.store
     return run
 
@@ -111,21 +117,24 @@ class KerasBackend(BackendBase):
     """Backend for a Keras 3 model on TensorFlow; :class:`~convscope.backend.BackendBase` checks the arguments.
 
     ``input_shape`` (C, H, W) sets the probe used by :meth:`layers` (default: the model's
-    declared input, else the last batch seen). ``output`` (index or name) picks one output
-    of a multi-output model. ``compile=False`` runs eagerly instead of through ``tf.function``.
+    declared input, else the last batch seen). ``output``: ``"scores"`` (default) explains the
+    scores before a final softmax, ``"probabilities"`` keeps it. ``select`` (index or name)
+    picks one output of a multi-output model (``output=<index or name>`` still does, deprecated).
+    ``compile=False`` runs eagerly instead of through ``tf.function``.
     """
 
     name = "tensorflow"
     #: traced functions, probes and the lock: shared by the backends of one model (no reference to it)
     _shared = ("_shapes_seen", "_functions", "_probes", "_latest", "_lock", "_seed_call")
 
-    def __init__(self, model, *, input_shape=None, output=None, compile=True):
+    def __init__(self, model, *, input_shape=None, output="scores", select=None, compile=True):
         import keras
         import tensorflow as tf
 
         if not isinstance(model, keras.Model):
             raise param_error("model", "KerasBackend", "a keras.Model", describe(model), TypeError)
-        self._tf, self._keras, self.model, self.output = tf, keras, model, output
+        output, select = output_options(output, select)
+        self._tf, self._keras, self.model, self.output, self.select = tf, keras, model, output, select
         self._compile = bool(compile)
         self._lock = threading.RLock()
         self._functions, self._probes, self._latest = OrderedDict(), OrderedDict(), [None]
@@ -142,7 +151,7 @@ class KerasBackend(BackendBase):
         self.channels = (input_shape or declared or (None,))[0]
         self._last_shape = None
         self._output_names = list(getattr(model, "output_names", None) or [])
-        self._run = _weak_run(tf, keras, model, output, self._output_names)
+        self._run = _weak_run(tf, keras, model, select, self._output_names, output == "scores")
         if hasattr(model, "_outputs_struct"):  # functional: check the output choice now
             struct = model._outputs_struct
             self._pick(struct[0] if isinstance(struct, (list, tuple)) and len(struct) == 1 else struct)
@@ -151,6 +160,19 @@ class KerasBackend(BackendBase):
     def fixed_size(self):
         """(H, W) when the model takes only one image size, else None."""
         return self._spatial
+
+    @property
+    def choices(self):
+        """What convscope chose for the user, ``{option: why}``: ``"output"`` when a final softmax
+        is left out (its layer named; read from a probe pass, as :meth:`layers`)."""
+        if self.output != "scores":
+            return {}
+        with self._locked():
+            dropped = self._probe(self._probe_shape())[3]
+        if dropped is None:
+            return {}
+        return {"output": f"the softmax of the final layer {dropped!r} is left out: methods explain the scores "
+                          "before it; load(model, output='probabilities') keeps it"}
 
     @property
     def input_shape(self):
@@ -166,7 +188,7 @@ class KerasBackend(BackendBase):
             yield
 
     def _pick(self, out):
-        return pick_output(out, self.output, self._output_names)
+        return pick_output(out, self.select, self._output_names)
 
     def _function(self, key, body, seed_ranks=()):
         """The concrete function for ``key``, traced once and kept in an LRU cache.
@@ -213,15 +235,17 @@ class KerasBackend(BackendBase):
 
     # ----------------------------------------------------------------- layer records and names
     def _probe(self, shape):
-        """(records, {name: NCHW shape without batch}, {name: layer}) for inputs of ``shape``."""
+        """(records, {name: NCHW shape without batch}, {name: layer}, the layer whose softmax the
+        scores leave out or None) for inputs of ``shape``."""
         if shape in self._probes:
             self._probes.move_to_end(shape)
             self._latest[0] = self._probes[shape][1]
             return self._probes[shape]
         tf, keras = self._tf, self._keras
-        run = LayerRun(tf, keras, "standard", probe=True)
+        run = LayerRun(tf, keras, "standard", probe=True, scores=self.output == "scores")
         try:
             out = self._pick(run.run(self.model, tf.constant(self._to_model(np.zeros((1, *shape), np.float32))), INPUT))
+            out, dropped = run.scores(out)
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
             raise ValueError(f"Could not run the model on a probe of shape {shape} to list its layers ({err}). "
                              "Pass input_shape=(C, H, W) to convscope.load, or run a batch first.") from None
@@ -229,7 +253,7 @@ class KerasBackend(BackendBase):
                    for name, layer, i, o, inputs in run.records]
         shapes = {r.name: r.shape for r in records}
         shapes[INPUT], shapes[OUTPUT] = tuple(shape), self._to_edge(out).shape[1:]
-        self._probes[shape] = (records, shapes, {name: layer for name, layer, *_ in run.records})
+        self._probes[shape] = (records, shapes, {name: layer for name, layer, *_ in run.records}, dropped)
         self._latest[0] = shapes
         while len(self._probes) > 8:
             self._probes.popitem(last=False)

@@ -1,5 +1,13 @@
-"""Keras layers described in convscope's terms: kind, channels-first shape, conv/pool
-geometry, and parameters converted to the torch layout."""
+"""Keras layers described in convscope's terms: kind, channels-first shape, layout, the
+geometry receptive fields need (conv, pool, padding, cropping, transposed conv, upsampling),
+and parameters converted to the torch layout.
+
+Geometry follows :class:`convscope.backend.Layer`: kernel, stride, dilation (h, w), padding
+(top, left, bottom, right); 'same' padding split as TensorFlow splits it (the extra pixel at
+the end); a ``ZeroPadding2D`` is a 1 x 1 kernel with its pads, a ``Cropping2D`` the same with
+negative pads; ``UpSampling2D`` (and a ``Resizing`` by whole factors) reports its factors as
+``stride``; a global pool a kernel and stride the size of its input map.
+"""
 from __future__ import annotations
 
 import math
@@ -8,7 +16,7 @@ import numpy as np
 
 from convscope.backend import Layer
 
-__all__ = ["layer_record", "layer_kind", "layer_geometry", "layer_weights", "to_channels_first"]
+__all__ = ["layer_record", "layer_kind", "layer_geometry", "layer_layout", "layer_weights", "to_channels_first"]
 
 
 def to_channels_first(shape, channels_last: bool):
@@ -34,6 +42,8 @@ def _table(keras):
         ((L.Flatten,), "flatten"),
         ((L.Reshape, L.Permute), "reshape"),
         ((L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D), "pad"),
+        ((L.Cropping1D, L.Cropping2D, L.Cropping3D), "crop"),
+        ((L.UpSampling1D, L.UpSampling2D, L.UpSampling3D), "upsample"),
         ((L.Add, L.Concatenate, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Subtract), "merge"),
         ((L.Rescaling, L.Normalization), "preprocess"),
     ]
@@ -51,7 +61,16 @@ def layer_kind(layer, site, keras) -> str:
         return "activation"
     if isinstance(layer, keras.layers.Layer) and getattr(layer, "_layers", None):
         return "block"
+    if not isinstance(layer, keras.layers.Layer) and type(layer).__module__.startswith("keras."):
+        return _OP_KINDS.get(type(layer).__name__, "other")  # a keras.ops node of a functional graph
     return "other"
+
+
+#: keras.ops nodes of a functional graph (``x + 3.0``, ``ops.sigmoid(x)``) by class name
+_OP_KINDS = {**dict.fromkeys(("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"), "merge"),
+             **dict.fromkeys(("Sigmoid", "HardSigmoid", "Tanh", "Gelu", "Silu", "HardSilu", "Elu", "LeakyRelu",
+                              "Softplus", "Relu6"), "activation"),
+             "Softmax": "softmax", "LogSoftmax": "softmax"}
 
 
 def _op_name(layer, site) -> str:
@@ -72,24 +91,53 @@ def _pair(v, n=2):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def layer_geometry(layer, in_shape, channels_last: bool, keras) -> dict:
-    """kernel, stride, padding (top, left, bottom, right), dilation of a 2-D conv, pool or
-    zero-padding layer (``in_shape`` in the model's layout, without the batch axis)."""
+def _transposed_padding(n_in, n_out, kernel, stride, dilation, same):
+    """(start, end) of a transposed conv, cropped off its full output (n_in - 1) s + d (k - 1) + 1:
+    TensorFlow's 'same' crops max(full - out, 0) split with the extra pixel at the end; rows past
+    the full output (``output_padding``) are a negative end."""
+    full = (n_in - 1) * stride + dilation * (kernel - 1) + 1
+    start = max(full - n_out, 0) // 2 if same else 0
+    return start, full - n_out - start
+
+
+def layer_geometry(layer, in_shape, out_shape, channels_last: bool, keras) -> dict:
+    """kernel, stride, padding (top, left, bottom, right), dilation of a 2-D layer that changes
+    the grid (``in_shape``, ``out_shape`` in the model's layout, without the batch axis)."""
     L = keras.layers
     if in_shape is None or len(in_shape) != 3:
         return {}
-    hw = in_shape[:2] if channels_last else in_shape[1:]
+    last = getattr(layer, "data_format", None)
+    last = channels_last if last not in ("channels_last", "channels_first") else last == "channels_last"
+    hw = tuple(in_shape[:2] if last else in_shape[1:])
+    out_hw = tuple(out_shape[:2] if last else out_shape[1:]) if out_shape is not None and len(out_shape) == 3 else None
+    ones, zeros = (1, 1), (0, 0, 0, 0)
     if isinstance(layer, L.ZeroPadding2D):  # a 1 x 1 identity kernel with padding
         (top, bottom), (left, right) = layer.padding
-        return dict(kernel=(1, 1), stride=(1, 1), padding=(top, left, bottom, right), dilation=(1, 1))
+        return dict(kernel=ones, stride=ones, padding=(top, left, bottom, right), dilation=ones)
+    if isinstance(layer, L.Cropping2D):  # the same with negative padding
+        (top, bottom), (left, right) = layer.cropping
+        return dict(kernel=ones, stride=ones, padding=(-top, -left, -bottom, -right), dilation=ones)
+    if isinstance(layer, L.UpSampling2D):
+        return dict(stride=_pair(layer.size))
+    if isinstance(layer, L.Resizing):  # an upsampling when the factors are whole numbers
+        if None in hw or out_hw is None or None in out_hw or any(o % i for o, i in zip(out_hw, hw)):
+            return {}
+        return dict(stride=tuple(o // i for o, i in zip(out_hw, hw))) if out_hw != hw else {}
     if isinstance(layer, (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D)):
         if None in hw:
             return {}
-        return dict(kernel=tuple(hw), stride=tuple(hw), padding=(0, 0, 0, 0), dilation=(1, 1))
-    if isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D)) and not isinstance(layer, L.Conv2DTranspose):
+        return dict(kernel=hw, stride=hw, padding=zeros, dilation=ones)
+    if isinstance(layer, L.Conv2DTranspose):
+        kernel, stride, dilation = _pair(layer.kernel_size), _pair(layer.strides), _pair(layer.dilation_rate)
+        if None in hw or out_hw is None or None in out_hw:
+            return dict(kernel=kernel, stride=stride, dilation=dilation)
+        pads = [_transposed_padding(*a, layer.padding == "same") for a in zip(hw, out_hw, kernel, stride, dilation)]
+        return dict(kernel=kernel, stride=stride, padding=(pads[0][0], pads[1][0], pads[0][1], pads[1][1]),
+                    dilation=dilation)
+    if isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D)):
         kernel, stride, dilation = _pair(layer.kernel_size), _pair(layer.strides), _pair(layer.dilation_rate)
     elif isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
-        kernel, stride, dilation = _pair(layer.pool_size), _pair(layer.strides or layer.pool_size), (1, 1)
+        kernel, stride, dilation = _pair(layer.pool_size), _pair(layer.strides or layer.pool_size), ones
     else:
         return {}
     if layer.padding == "same":
@@ -98,14 +146,28 @@ def layer_geometry(layer, in_shape, channels_last: bool, keras) -> dict:
             return dict(kernel=kernel, stride=stride, dilation=dilation)
         padding = (pads[0][0], pads[1][0], pads[0][1], pads[1][1])
     else:
-        padding = (0, 0, 0, 0)
+        padding = zeros
     return dict(kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+
+
+def layer_layout(layer, shape, keras) -> str:
+    """How the output is laid out as the backend hands it out: every 4-d map goes out NCHW
+    ("chw"), except a ``Permute`` that moves axes (its axes are not (C, H, W)); (T, D) is
+    "tokens", (D,) "vector"."""
+    if shape is None:
+        return ""
+    if len(shape) == 3:
+        moved = isinstance(layer, keras.layers.Permute) and tuple(layer.dims) != (1, 2, 3)
+        return "other" if moved else "chw"
+    return {2: "tokens", 1: "vector"}.get(len(shape), "other")
 
 
 def layer_record(name, layer, in_shape, out_shape, inputs, site, channels_last, keras) -> Layer:
     """A :class:`convscope.backend.Layer` for one recorded call."""
-    return Layer(name=name, kind=layer_kind(layer, site, keras), shape=to_channels_first(out_shape, channels_last),
-                 inputs=inputs, op=_op_name(layer, site), **layer_geometry(layer, in_shape, channels_last, keras))
+    shape = to_channels_first(out_shape, channels_last)
+    return Layer(name=name, kind=layer_kind(layer, site, keras), shape=shape, inputs=inputs, op=_op_name(layer, site),
+                 layout=layer_layout(layer, shape, keras),
+                 **layer_geometry(layer, in_shape, out_shape, channels_last, keras))
 
 
 def layer_weights(layer, keras) -> dict:

@@ -1,11 +1,39 @@
 """What the Keras backend reads off a model: its layout, its input shape, its outputs."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from convscope._validate import check_int, check_name, describe, param_error
 
-__all__ = ["channels_last", "declared_input_shape", "check_input_shape", "pick_output"]
+__all__ = ["channels_last", "declared_input_shape", "check_input_shape", "pick_output", "output_options", "OUTPUTS"]
+
+#: what ``load(model, output=...)`` explains: the scores before a final softmax, or its probabilities
+OUTPUTS = ("scores", "probabilities")
+_SELECT_WARNED = False
+
+
+def output_options(output, select):
+    """(output, select) from the ``output`` and ``select`` options of ``convscope.load``.
+
+    ``output`` is "scores" (default; None too) or "probabilities"; an int or any other string
+    is the former way to pick one output of a multi-output model, taken as ``select=`` with a
+    DeprecationWarning (once)."""
+    global _SELECT_WARNED
+    if output is None or (isinstance(output, str) and output in OUTPUTS):
+        return output or "scores", select
+    if isinstance(output, bool) or not isinstance(output, (str, int, np.integer)):
+        raise param_error("output", "convscope.load", "one of 'scores', 'probabilities'", describe(output), TypeError)
+    if select is not None:
+        raise TypeError(f"convscope.load got output={output!r} (the former spelling of select=) and "
+                        f"select={select!r}; pass only select=.")
+    if not _SELECT_WARNED:
+        _SELECT_WARNED = True
+        warnings.warn(f"load(model, output={output!r}) picking one of the model's outputs is deprecated; pass "
+                      f"select={output!r}. output= now takes 'scores' (default) or 'probabilities'.",
+                      DeprecationWarning, stacklevel=4)
+    return "scores", output
 
 
 def channels_last(model, keras) -> bool:
@@ -50,20 +78,20 @@ def check_input_shape(input_shape):
 
 
 def pick_output(out, choice, output_names):
-    """The scores to explain among a model's outputs: ``choice`` is the ``output`` option
+    """The scores to explain among a model's outputs: ``choice`` is the ``select`` option
     (None for a single output, else an index or a name from ``output_names`` or dict keys)."""
     if not isinstance(out, (list, tuple, dict)):
         if choice in (None, 0, *output_names[:1]):
             return out
-        raise param_error("output", "convscope.load", "None, 0 or the name of this single-output model's output",
+        raise param_error("select", "convscope.load", "None, 0 or the name of this single-output model's output",
                           repr(choice))
     if choice is None:
         names = list(out) if isinstance(out, dict) else output_names or list(range(len(out)))
         raise TypeError(f"The model returns {len(out)} outputs ({', '.join(map(str, names))}); pass "
-                        "output=<index or name> to convscope.load to pick the scores to explain.")
+                        "select=<index or name> to convscope.load to pick the scores to explain.")
     keys = list(out) if isinstance(out, dict) else output_names
     if isinstance(choice, str):
-        check_name(choice, keys, "output", "convscope.load", what="output")
+        check_name(choice, keys, "select", "convscope.load", what="output")
         return out[choice] if isinstance(out, dict) else out[keys.index(choice)]
-    index = check_int(choice, "output", "convscope.load", low=-len(out), high=len(out) - 1)
+    index = check_int(choice, "select", "convscope.load", low=-len(out), high=len(out) - 1)
     return out[keys[index]] if isinstance(out, dict) else out[index]

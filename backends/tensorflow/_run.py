@@ -19,6 +19,13 @@ How each kind of model is walked:
 * a layer with a fused ReLU runs its class's ``call`` on a twin whose ``activation`` is the
   rule's ReLU; the weights are the user's (shared, not copied).
 
+With ``scores=True`` the run also keeps, for each output of a final softmax (``activation=
+"softmax"`` fused in a layer, an ``Activation("softmax")``, a ``Softmax`` layer, ``keras.ops.softmax``;
+log-softmax too), the tensor before it: :meth:`LayerRun.scores` hands that out in place of the
+model's output, as tf-keras-vis's ``ReplaceToLinear`` does but without touching the model. A
+fused layer runs its class's ``call`` on a twin whose ``activation`` is linear, and its
+output is the user's activation of that; in a traced graph the softmax left unused costs nothing.
+
 Twins are never registered anywhere and the user's objects are only read, so nothing
 (activation, trainable flag, weights, losses) changes, even when a pass raises.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["LayerRun", "relu_site", "rule_relu", "RULE_SCOPE"]
+__all__ = ["LayerRun", "relu_site", "softmax_site", "rule_relu", "RULE_SCOPE"]
 
 #: Name scope of the ReLU ops this module creates; a ReLU op outside it was not reached.
 RULE_SCOPE = "convscope_relu_rule"
@@ -97,6 +104,31 @@ def relu_site(layer, tf, keras):
     return None
 
 
+def softmax_site(layer, keras):
+    """How a layer ends in a softmax over its last axis: ``"fused"`` (its ``activation``
+    attribute), ``"layer"`` (the layer is one: its input is the scores), else None."""
+    softmaxes = (keras.activations.softmax, keras.activations.log_softmax)
+    if isinstance(layer, keras.layers.Softmax):
+        return "layer" if layer.axis in (-1, [-1], (-1,)) else None
+    if isinstance(layer, keras.layers.Activation):
+        return "layer" if any(layer.activation is f for f in softmaxes) else None
+    if type(layer).__name__ in ("Softmax", "LogSoftmax") and type(layer).__module__.startswith("keras."):
+        axis = getattr(layer, "axis", -1)  # keras.ops.softmax in a functional graph
+        return "layer" if axis in (-1, None, (-1,)) and not isinstance(layer, keras.layers.Layer) else None
+    activation = vars(layer).get("activation")
+    if activation is not None and any(activation is f for f in softmaxes) and _applies_activation_last(layer, keras):
+        return "fused"
+    return None
+
+
+def _applies_activation_last(layer, keras):
+    """Keras's own Dense and conv layers, whose ``call`` ends in ``self.activation``."""
+    L = keras.layers
+    known = (L.Dense, L.EinsumDense, L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose,
+             L.Conv3DTranspose, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D, L.SeparableConv2D)
+    return isinstance(layer, known) and type(layer).call.__module__.startswith("keras.")
+
+
 def functional_graph(layer, keras):
     """The node graph that runs ``layer`` (a functional model or built Sequential), else None."""
     if isinstance(layer, keras.Sequential):
@@ -157,12 +189,22 @@ class LayerRun:
     in execution order, shapes as the framework has them (without the batch axis).
     """
 
-    def __init__(self, tf, keras, rule: str = "standard", probe: bool = False):
-        self.tf, self.keras, self.rule = tf, keras, rule
+    def __init__(self, tf, keras, rule: str = "standard", probe: bool = False, scores: bool = False):
+        self.tf, self.keras, self.rule, self.keep_scores = tf, keras, rule, scores
         self.store = {}
         self.records = [] if probe else None
         self._calls = {}
         self._producer = {}
+        self._before_softmax = {}  # id(softmax output) -> (output, scores, layer name)
+        self._pending = None
+
+    def scores(self, out):
+        """(the scores before ``out``'s softmax, the softmax layer's name) when ``out`` is the
+        output of a softmax this run saw, else (``out``, None)."""
+        entry = self._before_softmax.get(id(out)) if self.tf.is_tensor(out) else None
+        if entry is None or entry[0] is not out:
+            return out, None
+        return entry[1], entry[2]
 
     def run(self, model, x, input_name: str):
         """Call ``model`` on ``x``; ``x`` is recorded as ``input_name``."""
@@ -192,6 +234,10 @@ class LayerRun:
             out = self._run_twin(layer, args, kwargs, inner)
         else:
             out = self._run_leaf(layer, args, kwargs)
+            if self._pending is not None:
+                if self.tf.is_tensor(out):
+                    self._before_softmax[id(out)] = (out, self._pending, name or layer.name)
+                self._pending = None
         if name is not None:
             self._record(name, layer, args, kwargs, out)
         return out
@@ -238,6 +284,14 @@ class LayerRun:
             if site is not None:  # fused: the layer's own call with the rule's ReLU as activation
                 twin = _bare_twin(layer, {"activation": self._rule_fn(site[1])})
                 return type(layer).call(twin, *args, **kwargs)
+        if self.keep_scores:
+            site = softmax_site(layer, self.keras)
+            if site == "fused":  # the layer's own call without the softmax, then the softmax
+                z = type(layer).call(_bare_twin(layer, {"activation": self.keras.activations.linear}), *args, **kwargs)
+                self._pending = z
+                return layer.activation(z)
+            if site == "layer":
+                self._pending = args[0] if args else kwargs["inputs"]
         return layer(*args, **kwargs)
 
     # ----------------------------------------------------------------- recording

@@ -156,8 +156,9 @@ class Emitter:
 
         order = [graph.nodes[i] for i in sorted(set(nodes.values()))]
         inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in leaves.items()]
-        model = helper.make_model(helper.make_graph(order, "fold", [], [helper.make_value_info(name, helper.TypeProto())],
-                                                    inits), opset_imports=list(graph.proto.opset_import))
+        out = helper.make_value_info(name, helper.TypeProto())
+        model = helper.make_model(helper.make_graph(order, "fold", [], [out], inits),
+                                  opset_imports=list(graph.proto.opset_import))
         try:
             return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
         except Exception:  # an operator the reference evaluator lacks: the value stays unknown

@@ -131,7 +131,8 @@ def _resize(em, node, dys):
                 continue
             raise UnsupportedOperatorError(f"{describe_node(node)} resizes the batch axis; no gradient rule for it.")
         if int(attr(node, "antialias", 0)) and scale < 1 and attr(node, "mode", "nearest") != "nearest":
-            raise UnsupportedOperatorError(f"{describe_node(node)} downsamples with antialias; no gradient rule for it.")
+            raise UnsupportedOperatorError(f"{describe_node(node)} downsamples with antialias; "
+                                           "no gradient rule for it.")
         try:
             matrix = interpolation_matrix(node, out, n, scale)
         except ValueError as err:
