@@ -61,9 +61,10 @@ REASONS = {
                   "works along axis 0 of '/layers/layers.1/self_attention/Squeeze_1_output_0', whose size is "
                   "unknown (the batch axis); no gradient rule for it. (Score-CAM and Eigen-CAM meet it too: the "
                   "token-CAM layer search runs a gradient.)",
-    "vit_token_cam": "ViT token CAMs (reshape=, automatic grids) not there yet: the torch backend no longer offers "
-                     "conv_proj and no token layer yet, so ValueError: grad_cam found no layer with a spatial "
-                     "(C, H, W) output in this model",
+    "vit_token_cam": "torch layouts: the ViT's token sequences ((65, 32), after the class-token concat) are "
+                     "recorded with layout 'other', not 'tokens', so the default CAM layer search (maps, then "
+                     "tokens) finds neither: ValueError: grad_cam found no layer with a spatial (C, H, W) output "
+                     "in this model",
     "torch_shuffle_layout": "torch layouts: every record after ShuffleNet's first channel shuffle (view, transpose, "
                             "view) gets layout 'other', Conv2d outputs included, so ValueError: grad_cam found no "
                             "layer with a spatial (C, H, W) output, and top_patches refuses 'stage2.0', a 'other' "
