@@ -1,20 +1,26 @@
-"""What the command line reads and writes: model specs, image files, output paths.
+"""What the command line reads: model specs, preprocessing, image files and folders, class names.
 
-Every user mistake here raises :class:`UsageError`, which the command turns into one line
-on stderr and exit status 2.
+Images are read as users have them (any size, RGB, grey or RGBA) and fitted to the size the
+model takes, the way the preprocessing says (``--resize``: shorter side and centre crop by
+default, ``pad`` or ``stretch``), so circles stay circles. Every user mistake raises
+:class:`UsageError`, which the command turns into one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UsageError", "load_model", "read_images", "check_output", "MODEL_FORMATS"]
+__all__ = ["UsageError", "load_model", "open_backend", "model_size", "read_images", "read_folder", "class_names",
+           "class_index", "MODEL_FORMATS", "RESIZE_MODES"]
 
 MODEL_FORMATS = "an .onnx file, a .keras (or .h5) file, a torch model as package.module:factory, or 'demo' / demo:torch|onnx|keras"
+RESIZE_MODES = ("crop", "pad", "stretch")
 
 
 class UsageError(Exception):
@@ -55,38 +61,241 @@ def load_model(spec: str):
     raise UsageError(f"model not found: {spec}; give {MODEL_FORMATS}")
 
 
-def read_images(paths, size=None) -> np.ndarray:
-    """Read image files into (N, 3, H, W) float32 in [0, 1]; ``size`` (H, W) resizes them."""
+# --------------------------------------------------------------------------- preprocessing
+def _preprocess_module():
+    try:
+        from .. import preprocess
+    except ImportError:  # an older core without preprocessing
+        return None
+    return preprocess if hasattr(preprocess, "PRESETS") else None
+
+
+def preprocessing(args):
+    """The ``preprocess=`` of :func:`convscope.load` from ``--preset``, ``--mean``, ``--std``
+    (None when nothing is asked), with the mistakes told in one line."""
+    preset, mean, std = getattr(args, "preset", None), getattr(args, "mean", None), getattr(args, "std", None)
+    if preset is None and mean is None and std is None:
+        return None
+    module = _preprocess_module()
+    if module is None:
+        raise UsageError("--preset, --mean and --std need convscope.preprocess, which this install lacks")
+    if preset is not None and preset not in module.PRESETS:
+        close = difflib.get_close_matches(preset, list(module.PRESETS), n=3, cutoff=0.4)
+        raise UsageError(f"unknown --preset {preset!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + f"; the presets are {', '.join(module.PRESETS)}")
+    for name, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) not in (1, 3):
+            raise UsageError(f"{name} takes 1 or 3 values (one per channel). Got {len(values)}: "
+                             + " ".join(f"{v:g}" for v in values))
+    if std is not None and any(v <= 0 for v in std):
+        raise UsageError("--std values must be > 0. Got " + " ".join(f"{v:g}" for v in std))
+    if mean is None and std is None:
+        return preset
+    import dataclasses
+
+    base = module.PRESETS[preset or "none"]
+    changes = {k: tuple(v) for k, v in (("mean", mean), ("std", std)) if v is not None}
+    return dataclasses.replace(base, **changes)
+
+
+def open_backend(args):
+    """The backend of ``args.model`` with the asked preprocessing; ``args.backend`` keeps it."""
+    import convscope
+
+    if getattr(args, "backend", None) is not None:
+        return args.backend
+    model = load_model(args.model)
+    spec = preprocessing(args)
+    args.backend = convscope.load(model, preprocess=spec) if spec is not None else convscope.load(model)
+    args.model_object = model
+    return args.backend
+
+
+def model_size(backend, model=None):
+    """(H, W) the model takes: its fixed size, else the (C, H, W) it declares, else None."""
+    def pair(shape):
+        if shape is not None and all(isinstance(s, (int, np.integer)) and s > 0 for s in shape[-2:]):
+            return int(shape[-2]), int(shape[-1])
+        return None
+
+    fixed = getattr(backend, "fixed_size", None)
+    if fixed is not None and len(fixed) == 2 and pair(fixed):
+        return pair(fixed)
+    for owner in (backend, model):
+        shape = getattr(owner, "input_shape", None)
+        if isinstance(shape, (tuple, list)) and len(shape) == 3 and pair(shape):  # (C, H, W), not Keras' (N, H, W, C)
+            return pair(shape)
+    return None
+
+
+def target_size(args, backend, first_path=None):
+    """The size images are fitted to: ``--size``, else the model's, else the first image's."""
+    fixed = getattr(backend, "fixed_size", None)
+    asked = tuple(args.size) if getattr(args, "size", None) else None
+    if asked and fixed and tuple(fixed) != asked:
+        raise UsageError(f"--size {asked[0]} {asked[1]} does not fit the model, which takes {fixed[0]}x{fixed[1]} images "
+                         f"(HxW); leave --size out (images are resized to the model's size) or pass --size {fixed[0]} {fixed[1]}")
+    size = asked or model_size(backend, getattr(args, "model_object", None))
+    if size is None and first_path is not None:
+        with _open(first_path) as img:
+            size = (img.height, img.width)
+    return size
+
+
+def resize_mode(args, backend):
+    mode = getattr(args, "resize", None)
+    if mode is None:
+        mode = getattr(getattr(backend, "preprocess", None), "resize", None) or "crop"
+    return mode
+
+
+# --------------------------------------------------------------------------- images
+def _open(path):
     from PIL import Image, UnidentifiedImageError
 
-    images = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise UsageError(f"image file not found: {p}")
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if size is not None:
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                images.append(np.asarray(img, np.float32).transpose(2, 0, 1) / 255)
-        except (UnidentifiedImageError, OSError) as err:
-            raise UsageError(f"cannot decode image {p}: {err}") from None
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
-        raise UsageError(f"images have different sizes {sorted(shapes)}; pass --size H W")
-    return np.stack(images)
-
-
-def check_output(path, *, folder: bool = False) -> Path:
-    """Check that an output file (or folder) can be written before any work starts."""
     path = Path(path)
-    target = path if folder else path.parent
-    probe = target
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UsageError(f"cannot write the output {path}: {probe} is not a writable folder")
-    if folder and path.exists() and not path.is_dir():
-        raise UsageError(f"cannot write the output folder {path}: a file of that name exists")
-    return path
+    if not path.is_file():
+        raise UsageError(f"image file not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UsageError(f"cannot decode image {path}: {str(err).splitlines()[0]}") from None
+    return img
+
+
+def fit(img, size, mode):
+    """(C, H, W) float32 in [0, 1] of ``size`` and the notes (RGBA composited, ...)."""
+    module = _preprocess_module()
+    if module is not None and hasattr(module, "fit_image"):
+        array, notes = module.fit_image(img, size, mode=mode)
+        return np.asarray(array, np.float32), list(notes)
+    return _fit_image(img, size, mode)
+
+
+def _fit_image(img, size, mode):  # used until convscope.preprocess.fit_image is installed
+    from PIL import Image
+
+    notes = []
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+        notes.append("RGBA composited on white")
+    img = img.convert("RGB")
+    if size is not None and (img.height, img.width) != tuple(size):
+        h, w = size
+        if mode == "stretch":
+            img = img.resize((w, h), Image.BILINEAR)
+        else:
+            s = (max if mode == "crop" else min)(h / img.height, w / img.width)
+            nh, nw = max(1, round(img.height * s)), max(1, round(img.width * s))
+            img = img.resize((nw, nh), Image.BILINEAR)
+            canvas = Image.new("RGB", (w, h), (128, 128, 128))
+            canvas.paste(img, ((w - nw) // 2, (h - nh) // 2))
+            img = canvas
+    return np.asarray(img, np.float32).transpose(2, 0, 1) / 255, notes
+
+
+def read_images(paths, size=None, mode: str = "crop"):
+    """Image files fitted to ``size`` (H, W): (N, 3, H, W) float32 in [0, 1] and the notes
+    (one per kind, with how many images it concerns). ``size=None``: the first image's."""
+    images, notes = [], {}
+    for p in paths:
+        with _open(p) as img:
+            if size is None:
+                size = (img.height, img.width)
+            original = (img.height, img.width)
+            array, said = fit(img, size, mode)
+        if original != tuple(size):
+            said.append(f"resized to {size[0]}x{size[1]} ({mode})")
+        for note in said:
+            notes[note] = notes.get(note, 0) + 1
+        images.append(array)
+    counted = [f"{n} ({k} of {len(images)} images)" if len(images) > 1 else n for n, k in notes.items()]
+    return np.stack(images), counted
+
+
+def read_folder(folder, size=None, mode: str = "crop"):
+    """A folder of images (subfolders are classes) as a dataset fitted to ``size``."""
+    from ..data.datasets import ImageFolder
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"data folder not found: {folder}")
+
+    class Fitted(ImageFolder):
+        def _read(self, path):
+            with _open(path) as img:
+                return fit(img, self.size, mode)[0]
+
+    if size is None:  # the first image's size
+        for p in sorted(q for q in root.rglob("*") if q.is_file()):
+            try:
+                with _open(p) as img:
+                    size = (img.height, img.width)
+                break
+            except UsageError:
+                continue
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipped ")
+        try:
+            data = Fitted(root, size=size or (1, 1), owner="the data folder")
+        except ValueError as err:
+            raise UsageError(f"no images in {folder}" if "at least one image" in str(err) else str(err)) from None
+    skipped = _count_skipped(root, data)
+    if skipped:
+        warnings.warn(f"skipped {skipped} file{'s' if skipped != 1 else ''} in {folder} that "
+                      f"{'are not images' if skipped != 1 else 'is not an image'}", UserWarning)
+    return data
+
+
+def _count_skipped(root, data) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file()) - data.n
+
+
+# --------------------------------------------------------------------------- classes
+def class_names(args, backend, data=None):
+    """Class names: ``--labels FILE``, else the data folders' names, else the demo's, else None."""
+    k = getattr(args, "n_classes", None)
+    path = getattr(args, "labels", None)
+    if path:
+        try:
+            names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read --labels {path}: {err}") from None
+        if k is not None and len(names) != k:
+            raise UsageError(f"--labels {path} has {len(names)} names; the model has {k} classes (one name per line)")
+        return names
+    classes = getattr(data, "classes", None)
+    if classes and (k is None or len(classes) == k):
+        return [Path(c).name for c in classes]
+    if str(getattr(args, "model", "")).startswith("demo"):
+        from ..data import DEMO_CLASSES
+
+        return list(DEMO_CLASSES)
+    return None
+
+
+def class_index(value, names, k=None, option="--target"):
+    """A class given as an index or a name: its index; an unknown name lists the close matches."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if k is not None and not 0 <= index < k:
+            raise UsageError(f"{option} {index} is not a class of the model, which has {k} (0 to {k - 1})")
+        return index
+    if names and text in names:
+        return names.index(text)
+    if not names:
+        raise UsageError(f"{option} {text!r} is a name, but the model's classes have no names; pass --labels FILE "
+                         "(one name per line) or give the class index")
+    lowered = {n.lower(): n for n in names}
+    if text.lower() in lowered:
+        return names.index(lowered[text.lower()])
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else f"; the classes are {', '.join(names[:12])}" + (
+        ", ..." if len(names) > 12 else "")
+    raise UsageError(f"{option} {text!r} is not a class name{hint}")

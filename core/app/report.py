@@ -1,12 +1,15 @@
 """The microscope: one self-contained HTML report of everything convscope shows about a model.
 
 :func:`demo_report` runs it on the demo model and generated shapes (with ground-truth
-masks, so saliency can be scored); :func:`model_report` on a user's model and images.
-Each picture is also written as a PNG beside the report (``images/``), which is where the
-docs take theirs from.
+masks, so saliency can be scored); :func:`model_report` on a user's model and images. Each
+picture is also written as a PNG beside the report (``images/``), and the numbers of the
+methods table and the section timings as ``numbers.json``: the docs take theirs from there
+(``docs/demo_pictures.py``). Everything is staged and moved into place at the end.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -14,47 +17,49 @@ import numpy as np
 
 from .. import attribution, features, metrics, synthesis
 from .._layers import spatial_layers
-from ..dissection import compare, dissect
-from ..render.image import grid, save_png, to_rgb
+from ..dissection import dissect
+from ..render.image import grid
 from ..render.report import Report
+from .outputs import staged
+from .report_parts import Run, dissection_section, method_grid
 
-__all__ = ["demo_report", "model_report"]
+__all__ = ["demo_report", "model_report", "SALIENCY", "CAMS", "demo_settings"]
 
 SALIENCY = ("saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "guided_backprop", "deconvnet", "occlusion")
 CAMS = ("cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam")
 
 
-class _Pictures:
-    """Adds a picture to the report and saves it as ``images/NAME.png``."""
-
-    def __init__(self, report: Report, folder: Path):
-        self.report, self.folder = report, folder
-
-    def __call__(self, name, picture, caption, scale=1):
-        rgb = picture.to_rgb() if hasattr(picture, "to_rgb") else np.asarray(picture)
-        save_png(rgb, self.folder / f"{name}.png", scale=scale)
-        self.report.picture(rgb, caption, scale=scale)
-
-
-def _method_grid(results, images, masks=None):
-    """Rows: images; columns: the image, its mask (if any), then one overlay per method."""
-    rows = []
-    for i in range(len(images)):
-        row = [to_rgb(images[i])]
-        if masks is not None:
-            row.append(np.repeat(masks[i][..., None].astype(np.float32), 3, axis=2))
-        row += [r.overlays()[i] for r in results.values()]
-        rows += row
-    return grid(rows, ncols=len(rows) // len(images), pad=2)
+def demo_settings(quick: bool = False) -> dict:
+    """Sizes of the demo run: images shown, images scored, optimisation steps, concept images."""
+    if quick:
+        return dict(images=48, scored=12, steps=16, dream_steps=3, concepts=200, patches=6, tsne_iter=400,
+                    deletion_steps=8, options={"smoothgrad": {"samples": 8}, "integrated_gradients": {"steps": 16},
+                                               "occlusion": {"window": 8, "stride": 8}})
+    return dict(images=200, scored=48, steps=64, dream_steps=8, concepts=500, patches=6, tsne_iter=750,
+                deletion_steps=12, options={"smoothgrad": {"samples": 12}, "integrated_gradients": {"steps": 16},
+                                            "occlusion": {"window": 8, "stride": 8}})
 
 
-def _attribution(add, report, model, images, labels, masks, names, title):
+def _row_labels(names, labels, scores, classes):
+    prob = np.exp(scores - scores.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    out = []
+    for i in range(len(scores)):
+        k = int(scores[i].argmax())
+        true = "?" if labels is None else names(int(labels[i]))
+        out.append([f"true: {true}", f"predicted: {names(k)}", f"score {scores[i, k]:.2f}", f"softmax {prob[i, k]:.2f}"])
+    return out
 
+
+def _attribution(run, backend, images, labels, truth, masks, methods, title, names, scores, settings):
+    """Run every method (timed after a warm-up), score it, and show the first six images."""
+    run.section(title, f"{len(methods)} methods on {len(images)} images")
     results, rows, failed = {}, [], []
-    for name in names:
+    for name in methods:
+        method = getattr(attribution, name)
         start = time.perf_counter()
         try:
-            results[name] = getattr(attribution, name)(model, images, labels)
+            results[name] = method(backend, images, labels, **settings["options"].get(name, {}))
         except (ValueError, TypeError) as err:  # e.g. cam on a model without a GAP + linear head
             failed.append(f"{name}: {str(err).splitlines()[0]}")
             continue
@@ -62,107 +67,198 @@ def _attribution(add, report, model, images, labels, masks, names, title):
         if masks is not None:  # Zhang et al.'s 15-pixel tolerance on 224-pixel images, scaled
             tolerance = int(round(15 * images.shape[2] / 224))
             row["pointing game"] = float(metrics.pointing_game(results[name], masks, tolerance=tolerance))
-        row["deletion AUC (lower is better)"] = float(metrics.deletion(model, images, results[name], labels).auc.mean())
+        start = time.perf_counter()
+        curve = metrics.deletion(backend, images, results[name], labels, steps=settings["deletion_steps"],
+                                 output="probability")
+        row["deletion AUC (lower is better)"] = float(curve.auc.mean())
+        row["deletion seconds"] = time.perf_counter() - start
         rows.append(row)
-    report.section(title)
     shown = slice(0, 6)
-    add(title.split()[0].lower(), _method_grid({k: v[shown] for k, v in results.items()}, images[shown],
-                                               None if masks is None else masks[shown]),
-        "columns: image" + (", ground-truth mask" if masks is not None else "") + ", " + ", ".join(results))
+    picture, tones = method_grid({k: v[shown] for k, v in results.items()}, images[shown],
+                                 None if masks is None else masks[shown],
+                                 _row_labels(names, None if truth is None else truth[shown], scores[shown], None))
+    faint = [n for n, t in tones.items() if t == "percentile"]
+    run.add(title.split()[0].lower(), picture, f"{title}: one row per image (true class, predicted class, its score); "
+            "one column per method, heat maps over the image. " + (
+                f"{', '.join(faint)}: tone mapping 'percentile' (clipped at the 99th percentile of |m|), because the "
+                "default leaves them nearly invisible. " if faint else "") + "Colour scales below the grid.")
     for line in failed:
-        report.text(line)
+        run.report.text(line)
     return rows
 
 
-def _build(report, add, model, images, labels, masks, *, concepts=None, quick=False, classes=None):
-    import convscope
+def _warm_up(backend, images, layer):
+    """One forward and one backward pass before anything is timed (graphs traced, caches filled)."""
+    k = backend.forward(images[:2]).shape[1]
+    backend.gradient(images[:2], {"output": np.eye(k, dtype=np.float32)[[0, 1 % k]]}, wrt=["input", layer])
 
-    backend = convscope.load(model)
-    backend.forward(images[:1])
+
+def _build(run, backend, images, labels, masks, *, settings, concepts=None, classes=None):
+    def name(k):
+        return classes[k] if classes and 0 <= k < len(classes) else str(k)
+
     spatial = spatial_layers(backend, kinds=("relu", "conv", "block"))
     first, last = spatial[0], spatial[-1]
     middle = spatial[len(spatial) // 2]
-    report.section("Layers")
-    report.table([dict(name=r.name, kind=r.kind, shape=r.shape, kernel=r.kernel or "", stride=r.stride or "")
-                  for r in backend.layers()])
+    _warm_up(backend, images, last)
+    scores = backend.forward(images)
+    run.section("Layers", f"{len(backend.layers())} layers")
+    run.report.table([dict(name=r.name, kind=r.kind, shape=r.shape, kernel=r.kernel or "", stride=r.stride or "")
+                      for r in backend.layers()])
 
-    report.section("Filters and activation maps")
-    add("filters", features.filters(model), "first-layer filters (each scaled on its own)", scale=4)
-    add("activation_maps", features.activation_maps(model, images[0], first), f"activations of {first} for the first image")
+    run.section("Filters and activation maps")
+    run.add("filters", features.filters(backend, tile=64), "first-layer filters (each scaled on its own)")
+    run.add("activation_maps", features.activation_maps(backend, images[0], first),
+            f"activations of {first} for the first image", scale=2)
 
-    report.section("Top activating patches")
-    add("top_patches", features.top_patches(model, images, middle, list(range(6)), k=6, progress=False),
-        f"the six images whose strongest unit in channels 0-5 of {middle} responds most, cropped to its receptive field")
+    k_patches = min(settings["patches"], len(images))
+    run.section("Top activating patches", f"{len(images)} images through {middle}")
+    run.add("top_patches", features.top_patches(backend, images, middle, list(range(6)), k=k_patches, progress=False),
+            f"the {k_patches} images whose strongest unit in channels 0-5 of {middle} responds most, cropped to its "
+            "receptive field", scale=2)
 
-    report.section("Embedding")
-    feats = features.layer_features(model, images, last, progress=False)
+    run.section("Embedding", f"t-SNE of {last} on {len(images)} images")
+    feats = features.layer_features(backend, images, last, progress=False)
     emb = features.embed(feats, method="tsne", perplexity=min(30.0, (len(images) - 1) / 3), labels=labels,
-                         images=images, classes=classes)
-    add("tsne_grid", emb.image_grid(tile=24), f"images placed by a 2-D embedding of {last} (optimal grid assignment)")
+                         images=images, classes=classes, max_iter=settings["tsne_iter"])
+    run.add("tsne_grid", emb.image_grid(tile=48), f"images placed by a 2-D t-SNE embedding of {last} (optimal grid "
+            "assignment)")
 
-    n = 24 if quick else 100  # attribution and its metrics: the slowest part of the report
+    n = min(settings["scored"], len(images))
     masks_n = None if masks is None else masks[:n]
-    rows = _attribution(add, report, model, images[:n], labels[:n], masks_n, SALIENCY, "Saliency family")
-    rows += _attribution(add, report, model, images[:n], labels[:n], masks_n, CAMS, "CAM family")
-    report.section("Methods compared")
+    explained = labels[:n] if masks is not None else scores[:n].argmax(1)  # user data: the predicted class
+    truth = None if labels is None else labels[:n]
+    rows = _attribution(run, backend, images[:n], explained, truth, masks_n, SALIENCY, "Saliency family", name, scores[:n],
+                        settings)
+    rows += _attribution(run, backend, images[:n], explained, truth, masks_n, CAMS, "CAM family", name, scores[:n], settings)
+    run.section("Methods compared")
     key = "pointing game" if masks is not None else "deletion AUC (lower is better)"
-    report.table(sorted(rows, key=lambda r: -r[key] if key == "pointing game" else r[key]))
+    rows = sorted(rows, key=lambda r: -r[key] if key == "pointing game" else r[key])
+    run.report.text(f"On {n} images; deletion: {settings['deletion_steps']} steps, the explained class's softmax "
+                    "probability as the top pixels are replaced by the mean colour" + (f", pointing game within {int(round(15 * images.shape[2] / 224))} px of the "
+                                        "ground-truth mask" if masks is not None else "")
+                    + ". Seconds: each method's own time after a warm-up pass, and its deletion curve's.")
+    run.report.table(rows)
 
-    steps = 48 if quick else 160
-    k = backend.forward(images[:1]).shape[1]
-    report.section("Activation maximisation")
+    steps = settings["steps"]
+    k = scores.shape[1]
     shown = range(min(k, 4))
-    vis = [synthesis.visualize(model, synthesis.class_logit(c), steps=steps, progress=False).pictures()[0] for c in shown]
-    add("classes", grid(vis, ncols=len(vis)), "images that maximise each class score ("
-        + ", ".join(classes[c] if classes else str(c) for c in shown) + "): FFT parameterisation, decorrelated colour, jitter",
-        scale=2)
+    run.section("Activation maximisation", f"{len(shown)} classes, {steps} steps each")
+    size = tuple(images.shape[2:])  # what the model sees, not a larger canvas
+    vis = [synthesis.visualize(backend, synthesis.class_logit(c), steps=steps, size=size, progress=False).pictures()[0]
+           for c in shown]
+    run.add("classes", grid(vis, ncols=len(vis)), "images that maximise each class score ("
+            + ", ".join(name(c) for c in shown) + "): FFT parameterisation, decorrelated colour, jitter", scale=2)
 
-    report.section("DeepDream, inversion, texture, style, fooling")
+    run.section("DeepDream, inversion, texture, style, fooling", f"{steps} steps each")
     image = images[:1]
-    add("deepdream", synthesis.deepdream(model, image, middle, steps=6 if quick else 12, progress=False),
-        f"DeepDream of {middle}", scale=2)
-    add("inversion", synthesis.invert(model, image, [first, middle, last], steps=steps, progress=False),
-        f"the image reconstructed from its features at {first}, {middle} and {last}", scale=2)
-    add("texture", synthesis.texture(model, images[1:2], steps=steps, progress=False), "Gram-matrix texture synthesis", scale=2)
-    add("style", synthesis.style_transfer(model, images[:1], images[2:3], steps=steps, progress=False),
-        "style transfer: content of the first image, style of the third", scale=2)
-    add("fooling", synthesis.fool(model, image, target=(int(labels[0]) + 1) % k, progress=False),
-        "an adversarial example: original, perturbation, result", scale=2)
+    run.add("deepdream", synthesis.deepdream(backend, image, middle, steps=settings["dream_steps"], progress=False),
+            f"DeepDream of {middle}", scale=2)
+    run.add("inversion", synthesis.invert(backend, image, [first, middle, last], steps=steps, progress=False),
+            f"the image reconstructed from its features at {first}, {middle} and {last}", scale=2)
+    run.add("texture", synthesis.texture(backend, images[1:2], steps=steps, progress=False),
+            "Gram-matrix texture synthesis: exemplar, result", scale=2)
+    run.add("style", synthesis.style_transfer(backend, images[:1], images[2:3], steps=steps, progress=False),
+            "style transfer: content (the first image), style (the third), result", scale=2)
+    target = (int(scores[0].argmax()) + 1) % k
+    fooled = synthesis.fool(backend, image, target=target, progress=False)
+    reached = int(fooled.predictions[0])
+    run.add("fooling", fooled, f"an adversarial example towards {name(target)}: original, perturbation, result; "
+            f"the model now says {name(reached)} (softmax {fooled.probabilities[0, reached]:.2f})", scale=2)
 
     if concepts is not None:
+        run.section("Network Dissection", f"{first} and {last} on {len(concepts)} concept images")
+        results = {layer: dissect(backend, layer, concepts, progress=False) for layer in (first, last)}
+        dissection_section(run, results, last)
+    return rows
 
-        results = {name: dissect(model, name, concepts, progress=False) for name in (first, last)}
-        report.section("Network Dissection")
-        add("dissection", compare(results), "unique detectors per category")
-        results[last].add_to(report, units=4, k=4)
+
+def _timing(run, rows):
+    seconds = run.finish()
+    run.report.section("Timing")
+    run.report.table([{"section": s, "seconds": t, "CPU seconds": run.cpu.get(s, 0.0)} for s, t in seconds.items()]
+                     + [{"section": "total", "seconds": sum(seconds.values()), "CPU seconds": sum(run.cpu.values())}],
+                     digits=1)
+    load = _load()
+    run.report.text("Wall-clock and process CPU seconds (all threads) per section"
+                    + (f"; load average {load[0]:.1f} at the end" if load else "") + ". Method seconds in the methods "
+                    "table exclude the warm-up pass (model tracing, first calls).")
+    return seconds
 
 
-def demo_report(out, *, quick: bool = False) -> Path:
-    """Write ``out/report.html`` for the demo model on generated shapes; returns its path."""
-    from ..data import DEMO_CLASSES, demo_model, shapes
+def _load():
+    try:
+        return list(os.getloadavg())
+    except (OSError, AttributeError):  # not on this platform
+        return None
+
+
+def _framework(asked):
+    import importlib.util
+
+    from .._plugins import install_hint
+
+    if asked:
+        return asked
+    for framework, module in (("torch", "torch"), ("onnx", "onnxruntime"), ("keras", "keras")):
+        if importlib.util.find_spec(module) is not None:
+            return framework
+    raise ImportError(f"the demo needs one framework: {install_hint('torch')} (or convscope[onnx], convscope[tensorflow])")
+
+
+def demo_report(out, *, quick: bool = False, framework: str | None = None, log=None) -> Path:
+    """Write ``out/report.html`` (and ``out/images/``, ``out/numbers.json``) for the demo model
+    on generated shapes; returns the page's path. ``log`` gets one line per section."""
+    import convscope
+    from ..data import DEMO_CLASSES, demo_model, demo_path, shapes
 
     out = Path(out)
-    start = time.perf_counter()
-    data = shapes(60 if quick else 200, seed=21)
+    framework = _framework(framework)
+    settings = demo_settings(quick)
+    data = shapes(settings["images"], seed=21)
+    concepts = shapes(settings["concepts"], seed=22)
+    model = demo_model(framework)
     report = Report("convscope microscope: the demo model",
-                    "a small CNN trained on generated shapes; ground-truth masks make every picture checkable")
-    _build(report, _Pictures(report, out / "images"), demo_model("torch"), data.images, data.labels,
-           data.object_masks, concepts=shapes(300 if quick else 1000, seed=22), quick=quick, classes=list(DEMO_CLASSES))
-    report.text(f"Made in {time.perf_counter() - start:.0f} s.", heading="Timing")
-    return report.write(out / "report.html")
+                    f"a small CNN trained on generated shapes ({demo_path(framework).name}, {framework}); ground-truth "
+                    "masks make every picture checkable")
+    with staged(out) as tmp:
+        run = Run(report, tmp / "images", log)
+        rows = _build(run, convscope.load(model), data.images, data.labels, data.object_masks, settings=settings,
+                      concepts=concepts, classes=list(DEMO_CLASSES))
+        seconds = _timing(run, rows)
+        numbers = {"settings": settings, "framework": framework, "methods": rows, "sections": seconds,
+                   "cpu seconds": run.cpu, "load average": _load()}
+        (tmp / "numbers.json").write_text(json.dumps(numbers, indent=1))
+        report.write(tmp / "report.html")
+    return out / "report.html"
 
 
-def model_report(model, data, out, *, n: int = 200, quick: bool = False) -> Path:
-    """Write the report of ``model`` on the first ``n`` images of ``data`` to ``out``."""
+def model_report(model, data, out, *, n: int = 200, quick: bool = False, classes=None, name: str | None = None,
+                 k: int | None = None, log=None) -> Path:
+    """Write the report of ``model`` on the first ``n`` images of ``data`` to ``out`` (and
+    ``OUT_images/`` beside it). ``classes`` names the classes; ``k`` the top patches per
+    channel (default 6, at most the number of images)."""
+    import convscope
     from ..data.datasets import as_dataset
 
     dataset = as_dataset(data, owner="model_report")
     images = np.concatenate([b.images for b in dataset.batches(64, 0, n, owner="model_report")])
-    labels = None
+    labels = getattr(dataset, "labels", None)
+    labels = None if labels is None else np.asarray(labels)[:len(images)]
+    if len(images) < 3:
+        raise ValueError(f"The 'data' parameter of model_report must hold at least 3 images (the embedding and the "
+                         f"style transfer need them). Got {len(images)} instead.")
+    settings = demo_settings(quick) | {"scored": len(images), "patches": min(k or 6, len(images))}
+    if k is not None and k > len(images):
+        raise ValueError(f"--k {k} is more than the {len(images)} images; lower --k")
     out = Path(out)
-    report = Report("convscope microscope", f"{type(model).__name__} on {len(images)} images")
-    import convscope
-
-    labels = convscope.load(model).forward(images).argmax(axis=1)
-    _build(report, _Pictures(report, out.parent / f"{out.stem}_images"), model, images, labels, None, quick=quick)
-    return report.write(out)
+    backend = convscope.load(model)
+    what = name or getattr(model, "__name__", None) or (Path(model).name if isinstance(model, (str, Path)) else
+                                                        type(getattr(backend, "model", model)).__name__)
+    report = Report("convscope microscope", f"{what} on {len(images)} images")
+    with staged(out, out.parent / f"{out.stem}_images") as (page, folder):
+        run = Run(report, folder, log)
+        _build(run, backend, images, labels, None, settings=settings, classes=classes)
+        _timing(run, [])
+        report.write(page)
+    return out

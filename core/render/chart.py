@@ -16,9 +16,10 @@ def bar_chart(labels, series: dict, *, title: str = "", width: int = 640, bar_he
     ``series`` maps a series name (a model, a layer) to one value per label. Returns an
     (H, W, 3) RGB picture in [0, 1].
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from .._validate import param_error
+    from .annotate import font as load_font
 
     labels = [str(x) for x in labels]
     names = list(series)
@@ -27,16 +28,16 @@ def bar_chart(labels, series: dict, *, title: str = "", width: int = 640, bar_he
             raise param_error("series", "bar_chart", f"one value per label ({len(labels)}) in each series",
                               f"shape {np.shape(series[n])} for {n!r}")
     values = np.array([np.asarray(series[n], np.float64) for n in names]).reshape(len(names), len(labels))
-    font = ImageFont.load_default()
-    left = 12 + 7 * max([len(x) for x in labels] + [4])
-    top = 28 if title else 8
+    font = load_font(13)
+    left = 12 + 8 * max([len(x) for x in labels] + [4])
+    top = 30 if title else 8
     legend = 18 if len(names) > 1 else 0
     group = bar_height * len(names) + 8
     height = top + legend + group * len(labels) + 10
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     if title:
-        draw.text((10, 8), title, fill="black", font=font)
+        draw.text((10, 8), title, fill="black", font=load_font(15))
     for k, name in enumerate(names if len(names) > 1 else []):
         x = left + k * 120
         draw.rectangle([x, top, x + 10, top + 10], fill=tuple(int(255 * c) for c in PALETTE[k % len(PALETTE)]))
