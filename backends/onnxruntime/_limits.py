@@ -166,6 +166,8 @@ def _walk(structure, what, onnx):
             check_tensor(t, onnx, f"Initializer {t.name!r}")
         for kind in ("input", "output", "value_info"):
             for v in getattr(graph, kind, ()):
+                if isinstance(v, str):  # a FunctionProto's inputs and outputs are names
+                    continue
                 _check_value_info(v, "graph " + kind if kind != "value_info" else "tensor", onnx)
         for node in graph.node:
             for attr, t in _attribute_tensors(node):
