@@ -67,7 +67,10 @@ def convscope_make_backend(model, options):
         except ImportError as err:
             raise ImportError(f"Loading {path!r} needs TensorFlow: pip install 'convscope[tensorflow]'") from err
 
-        return KerasBackend(keras.saving.load_model(path, compile=False), **options)
+        from ._files import load_keras_file  # refuses Lambda layers unless safe_mode=False
+
+        options = dict(options)
+        return KerasBackend(load_keras_file(path, keras, options.pop("safe_mode", True)), **options)
     if sys.modules.get("keras") is None and sys.modules.get("tensorflow") is None:
         return None  # no Keras model can exist (a blocked module is None in sys.modules)
     try:
