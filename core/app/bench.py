@@ -371,12 +371,18 @@ def _cmd_bench(args):
     print(format_rows(rows))
 
 
+def plain(rst: str) -> str:
+    """reStructuredText to plain text for ``--help``: roles, literals and emphasis unmarked."""
+    import re
+    return re.sub(r"\s+", " ", re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", rst).replace("``", "").replace("**", "")).strip()
+
+
 def add_bench_command(subparsers):
     """Register ``convscope bench MODEL`` on the command's subparsers."""
     from .inputs import MODEL_FORMATS
 
     text = "time every method on MODEL against the framework's floor and a peer library"
-    p = subparsers.add_parser("bench", help=text, description=text + ". " + __doc__.split("\n\n")[2].replace("\n", " "))
+    p = subparsers.add_parser("bench", help=text, description=text + ". " + plain(__doc__.split("\n\n")[2]))
     p.add_argument("model", metavar="MODEL", help=MODEL_FORMATS)
     p.add_argument("--batch", type=int, default=4, help="images per call (default 4)")
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="image size (default: the model's, else 224)")

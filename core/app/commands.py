@@ -30,9 +30,7 @@ def _images(args, paths=None):
     backend = open_backend(args)
     paths = list(paths or args.images)
     size = target_size(args, backend, paths[0])
-    x, notes = read_images(paths, size, resize_mode(args, backend))
-    for text in notes:
-        note(args, text)
+    x, args.notes = read_images(paths, size, resize_mode(args, backend))  # said once the work is done
     args.paths = paths
     return backend, x
 
@@ -90,6 +88,8 @@ def _lines(rows, column="explained"):
 
 
 def _emit(args, result, rows=(), *, column="explained", tile=None, extra=None, title=""):
+    for text in getattr(args, "notes", []):
+        note(args, text)
     lines = _lines(list(rows), column) if rows else []
     for line in lines:
         print(line)
