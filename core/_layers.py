@@ -49,7 +49,11 @@ def _ancestors(recs):
     while heap:
         i = -heapq.heappop(heap)
         out.append(recs[i])
-        for name in recs[i].inputs:
+        parents = list(recs[i].inputs)
+        if recs[i].kind == "block":  # a container's output comes from inside it: its last child
+            inner = (recs[i].name + ".", recs[i].name + "/")
+            parents += [c.name for c in reversed(recs[:i]) if c.name.startswith(inner)][:1]
+        for name in parents:
             j = index.get(name)
             if j is not None and j not in seen:
                 seen.add(j)

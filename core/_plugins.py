@@ -20,6 +20,8 @@ import pluggy
 
 from . import hookspecs
 from .backend import Backend, BackendBase
+from ._preprocessed import Preprocessed
+from .preprocess import resolve as resolve_preprocess
 
 BUILTIN_BACKENDS = ("convscope.backends.torch", "convscope.backends.onnxruntime",
                     "convscope.backends.tensorflow")
@@ -122,7 +124,7 @@ def _file_key(model, options_key):
 
 
 #: Options every backend takes, handled here rather than by each plugin.
-CORE_OPTIONS = ("value_range",)
+CORE_OPTIONS = ("value_range", "preprocess")
 
 
 def _make(model, options):
@@ -130,6 +132,7 @@ def _make(model, options):
     value_range = options.pop("value_range", None)
     if value_range is not None:
         value_range = _check_value_range(value_range)
+    preprocess, note = resolve_preprocess(options.pop("preprocess", None), model)
     backend = plugin_manager().hook.convscope_make_backend(model=model, options=options)
     if backend is None:
         raise TypeError(
@@ -137,6 +140,8 @@ def _make(model, options):
             f"Installed backends: {', '.join(installed_backends())}"
             f"{''.join(f'; {p} failed to load ({e})' for p, e in _broken.items())}. Pass a torch.nn.Module, a Keras model or "
             "'.keras' file, an '.onnx' file, or register a plugin with convscope.register_backend.")
+    if preprocess is not None:
+        backend = Preprocessed(backend, preprocess, note)
     if value_range is not None:
         backend.value_range = value_range
     return backend
