@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import os
 import stat
+import sys
 import threading
 import warnings
 import weakref
@@ -57,9 +58,56 @@ def plugin_manager() -> pluggy.PluginManager:
         return _manager
 
 
-def installed_backends() -> list[str]:
-    """Names of the registered backend plugins."""
-    return [name for name, _ in plugin_manager().list_name_plugin()]
+#: What each built-in backend imports, and the extra that installs it.
+REQUIREMENTS = {"torch": (("torch",), "torch"), "onnxruntime": (("onnx", "onnxruntime"), "onnx"),
+                "tensorflow": (("tensorflow", "keras"), "tensorflow")}
+#: The extra that installs a module convscope may ask for (the first part of its dotted name).
+EXTRAS = {"torch": "torch", "torchvision": "torch", "tensorflow": "tensorflow", "keras": "tensorflow",
+          "onnx": "onnx", "onnxruntime": "onnx", "dask": "dask", "distributed": "dask", "sklearn": "features",
+          "scipy": "features", "openTSNE": "features", "matplotlib": "features", "tqdm": "features",
+          "threadpoolctl": "features", "cv2": "segmentation"}
+
+
+def install_hint(module: str | None) -> str:
+    """``pip install "convscope[EXTRA]"`` for a missing module, or '' when no extra installs it."""
+    extra = EXTRAS.get((module or "").split(".")[0])
+    return f'pip install "convscope[{extra}]"' if extra else ""
+
+
+def _missing_module(name: str) -> str | None:
+    """Why ``name`` cannot be imported (blocked or not installed), or None when it can. Looked up,
+    not imported: importing TensorFlow to list it would cost seconds."""
+    if name in sys.modules:
+        return "is blocked from importing" if sys.modules[name] is None else None
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if found else "is not installed"
+
+
+def installed_backends(*, missing: bool = False):
+    """Names of the backend plugins that can run a model: registered, and (for the built-in
+    ones) with their framework importable.
+
+    ``missing=True`` returns instead ``{name: why}`` for the built-in backends that cannot
+    run, each reason ending in the install command (``pip install "convscope[torch]"``).
+    """
+    registered = [name for name, _ in plugin_manager().list_name_plugin()]
+    why = {}
+    for name, (modules, extra) in REQUIREMENTS.items():
+        path = f"convscope.backends.{name}"
+        if path in _broken:
+            why[name] = f"the plugin failed to load ({_broken[path]})"
+            continue
+        gone = [(m, r) for m in modules if (r := _missing_module(m))]
+        if gone:
+            why[name] = "; ".join(f"{m} {r}" for m, r in gone)
+        if name in why:
+            why[name] += f': pip install "convscope[{extra}]"'
+    if missing:
+        return why
+    return [name for name in registered if name not in why]
 
 
 def register_backend(plugin, name: str | None = None) -> str:
@@ -137,8 +185,9 @@ def _make(model, options):
     if backend is None:
         raise TypeError(
             f"No convscope backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}. "
-            f"Installed backends: {', '.join(installed_backends())}"
-            f"{''.join(f'; {p} failed to load ({e})' for p, e in _broken.items())}. Pass a torch.nn.Module, a Keras model or "
+            f"Installed backends: {', '.join(installed_backends()) or 'none'}"
+            f"{''.join(f'; {n} cannot run ({e})' for n, e in installed_backends(missing=True).items())}. "
+            "Pass a torch.nn.Module, a Keras model or "
             "'.keras' file, an '.onnx' file, or register a plugin with convscope.register_backend.")
     if preprocess is not None:
         backend = Preprocessed(backend, preprocess, note)

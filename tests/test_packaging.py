@@ -25,7 +25,10 @@ def test_core_imports_with_every_framework_blocked():
         import convscope, convscope.render, convscope.testing
         data = convscope.data.shapes(4)
         assert data.images.shape == (4, 3, 64, 64)
-        assert convscope.installed_backends()  # the plugin modules load without their frameworks
+        assert convscope.installed_backends() == []  # only backends whose framework imports
+        missing = convscope.installed_backends(missing=True)  # the others, each with the extra to install
+        assert 'pip install "convscope[torch]"' in missing["torch"] and "blocked" in missing["torch"]
+        assert sorted(missing) == ["onnxruntime", "tensorflow", "torch"]
         try:
             convscope.load(object())
         except TypeError as err:
@@ -33,7 +36,7 @@ def test_core_imports_with_every_framework_blocked():
         """)
     assert proc.returncode == 0, proc.stderr
     assert "No convscope backend accepts a model of type builtins.object" in proc.stdout
-    assert not {"torch", "tensorflow"} & set(proc.stdout.split())
+    assert "Installed backends: none; torch cannot run (torch is blocked from importing: " in proc.stdout
 
 
 @pytest.mark.slow

@@ -320,7 +320,7 @@ def test_bad_names_and_seeds(resnet):
     assert backend.weights("fc")["weight"].shape == (4, 16)
 
 
-def test_model_returning_a_dict_needs_output_choice():
+def test_model_returning_a_dict_needs_select():
     class TwoHeads(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -331,10 +331,10 @@ def test_model_returning_a_dict_needs_output_choice():
             return {"logits": y, "aux": -y}
 
     x = images(1)
-    with pytest.raises(TypeError, match="pass output="):
+    with pytest.raises(TypeError, match="pass select="):
         convscope.load(TwoHeads()).forward(x)
     model = TwoHeads()
-    np.testing.assert_allclose(convscope.load(model, output="aux").forward(x),
+    np.testing.assert_allclose(convscope.load(model, select="aux").forward(x),
                                -model(torch.from_numpy(x))["logits"].detach().numpy(), rtol=1e-6)
 
 

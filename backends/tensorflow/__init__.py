@@ -133,7 +133,7 @@ class KerasBackend(BackendBase):
 
         if not isinstance(model, keras.Model):
             raise param_error("model", "KerasBackend", "a keras.Model", describe(model), TypeError)
-        output, select = output_options(output, select)
+        output, select = output_options(output, select, list(getattr(model, "output_names", None) or []))
         self._tf, self._keras, self.model, self.output, self.select = tf, keras, model, output, select
         self._compile = bool(compile)
         self._lock = threading.RLock()
