@@ -7,6 +7,10 @@ pages are released as they are copied, so a 550 MB model costs 550 MB, not the t
 three copies that ``onnx.load`` followed by a conversion would hold. Initializers
 under :data:`INLINE_BYTES` stay in the graph, so that shape inference and the gradient
 rules can read small constants (reshape targets, clip bounds).
+
+The model is untrusted: :func:`~._limits.check_graph` checks its structure and every
+tensor's size against its data before anything is allocated, and external data is read only
+from the model's folder (:mod:`._external`).
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._external import read_external
+from ._limits import ModelReadError, check_graph, check_tensor
+
 __all__ = ["read_model", "ModelReadError", "INLINE_BYTES"]
 
 INLINE_BYTES = 1024
@@ -23,10 +30,6 @@ _CHUNK = 1 << 24
 
 # field numbers of onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data, ...
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW = 7, 5, 9
-
-
-class ModelReadError(ValueError):
-    """The bytes are not a readable ONNX model (not ONNX at all, or cut short)."""
 
 
 def _cap(text):
@@ -118,18 +121,13 @@ def _scan(buf, size, onnx):
     return model, tensors
 
 
-def _numpy_dtype(tensor, onnx):
-    return onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-
-
 def _copy_raw(buf, span, tensor, onnx):
     """One aligned NumPy array holding the bytes of ``span``."""
-    dtype = np.dtype(_numpy_dtype(tensor, onnx))
+    dtype, _ = check_tensor(tensor, onnx, f"Initializer {tensor.name!r}", raw_bytes=span[1] - span[0])
     shape = tuple(tensor.dims)
-    count = int(np.prod(shape, dtype=np.int64))
-    if count * dtype.itemsize != span[1] - span[0]:
-        raise ModelReadError(f"Initializer {tensor.name!r} holds {span[1] - span[0]} bytes, "
-                             f"but its shape {shape} of {dtype} needs {count * dtype.itemsize}; the file is damaged.")
+    if dtype.itemsize * int(np.prod(shape, dtype=object)) != span[1] - span[0]:
+        raise ModelReadError(f"Initializer {tensor.name!r} holds packed {dtype} raw data, which convscope does not "
+                             "read from a file; the file is damaged or too new.")
     out = np.empty(shape, dtype)
     target = out.reshape(-1).view(np.uint8)
     for start in range(span[0], span[1], _CHUNK):  # copy in chunks, dropping each mapped chunk once read
@@ -147,24 +145,6 @@ def _release(buf, start, stop):
         last = stop - stop % mmap.PAGESIZE
         if last > first:
             buf.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-
-def _external(tensor, base: Path | None, onnx):
-    """Weights stored beside the model (``save_as_external_data``), read into one array."""
-    info = {e.key: e.value for e in tensor.external_data}
-    if base is None:
-        raise ModelReadError(f"Initializer {tensor.name!r} is stored in an external file "
-                             f"{info.get('location')!r}; load the model from its path, not from bytes.")
-    path = base / info["location"]
-    dtype = np.dtype(_numpy_dtype(tensor, onnx))
-    count = int(np.prod(tuple(tensor.dims), dtype=np.int64))
-    try:
-        data = np.fromfile(path, dtype=dtype, count=count, offset=int(info.get("offset", 0)))
-    except OSError as err:
-        raise ModelReadError(f"Cannot read the external weights of {tensor.name!r} from {path}: {err}") from None
-    if data.size != count:
-        raise ModelReadError(f"The external weights file {path} ends before initializer {tensor.name!r}; it is truncated.")
-    return data.reshape(tuple(tensor.dims))
 
 
 def _copy_fields(source, target, skip):
@@ -188,6 +168,10 @@ def _split_proto(model, onnx):
     structure = onnx.ModelProto()
     _copy_fields(model, structure, "graph")
     _copy_fields(model.graph, structure.graph, "initializer")
+    big = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
+           and t.ByteSize() >= INLINE_BYTES]
+    for tensor in big:
+        check_tensor(tensor, onnx, f"Initializer {tensor.name!r}")
     weights = {}
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -203,8 +187,10 @@ def _split_proto(model, onnx):
 def read_model(model, onnx):
     """Return (weight-free ModelProto, {initializer name: array}) for a path, bytes or ModelProto."""
     if isinstance(model, onnx.ModelProto):
+        what = "the ModelProto"
+        _check_structure(model, what)
+        check_graph(model, (), onnx, what)  # every initializer is still in the proto: all are checked
         structure, weights = _split_proto(model, onnx)
-        _check_structure(structure, "the ModelProto")
         return structure, weights
     base, what = None, "the given bytes"
     if isinstance(model, (bytes, bytearray, memoryview)):
@@ -232,6 +218,8 @@ def read_model(model, onnx):
             raise
         except Exception:  # _Corrupt, protobuf's DecodeError
             raise ModelReadError(f"{_cap(what)} is not an ONNX model: it does not parse as an onnx.ModelProto.") from None
+        _check_structure(structure, what)
+        check_graph(structure, [t.name for t, _ in tensors], onnx, what)
         weights = {}
         for tensor, span in tensors:
             weights[tensor.name] = _copy_raw(buf, span, tensor, onnx)
@@ -242,13 +230,12 @@ def read_model(model, onnx):
 
     for tensor in list(structure.graph.initializer):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            weights[tensor.name] = _external(tensor, base, onnx)
+            weights[tensor.name] = read_external(tensor, base, onnx)
         elif tensor.ByteSize() >= INLINE_BYTES:  # large, but stored as float_data rather than raw bytes
             weights[tensor.name] = numpy_helper.to_array(tensor)
         else:
             continue
         structure.graph.initializer.remove(tensor)
-    _check_structure(structure, what)
     return structure, weights
 
 

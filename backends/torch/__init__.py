@@ -230,7 +230,7 @@ class TorchBackend(BackendBase):
         return self._twice(self._forward_pass, x)
 
     def _forward_pass(self, x):
-        with self._lock, self._scores(), self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
+        with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x), self._scores():
             return self._numpy(self._run(self._tensor(x)), "the output", "forward")
 
     def _activations(self, x, names):
@@ -240,10 +240,11 @@ class TorchBackend(BackendBase):
         store = {}
         inner = [n for n in names if n not in (INPUT, OUTPUT)]
         stop = OUTPUT not in names and len(set(inner)) == len(inner)
-        with self._lock, self._scores(), self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
+        with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
             xt = self._tensor(x)
-            try:
-                with capture(self._torch, self._named, inner, store, replace=False, stop_when_done=stop):
+            try:  # the softmax hook after the capture hooks: a capture sees the layer's own output
+                with capture(self._torch, self._named, inner, store, replace=False, stop_when_done=stop), \
+                        self._scores():
                     out = self._run(xt)
                     store[OUTPUT] = out
             except Stop:
@@ -263,13 +264,13 @@ class TorchBackend(BackendBase):
         from_input = INPUT in wrt or OUTPUT in wrt
         store = {}
         with self._lock, ExitStack() as stack:
-            stack.enter_context(self._scores())
             stack.enter_context(self._eval_mode())
             stack.enter_context(torch.enable_grad() if from_input else torch.no_grad())
             stack.enter_context(self._pool_mode(x))
             if inner:
                 stack.enter_context(capture(torch, self._named, inner, store, replace=True,
                                             leaves=() if from_input else set(wrt)))
+            stack.enter_context(self._scores())
             if relu != "standard":
                 stack.enter_context(relu_rule_mode(relu, torch))
             xt = self._tensor(x).requires_grad_(from_input)
