@@ -40,12 +40,13 @@ def is_map(record) -> bool:
 
 
 def _ancestors(recs):
-    """The records the last one is computed from, in reverse execution order (the last
-    layer first), following ``inputs``; None when the backend reports no data flow."""
+    """The records the last one that ran is computed from, in reverse execution order (the
+    last layer first), following ``inputs``; None when the backend reports no data flow."""
     if not any(r.inputs for r in recs):
         return None
     index = {r.name: i for i, r in enumerate(recs)}
-    heap, seen, out = [-(len(recs) - 1)], {len(recs) - 1}, []
+    last = max((i for i, r in enumerate(recs) if r.shape is not None), default=len(recs) - 1)  # modules that ran
+    heap, seen, out = [-last], {last}, []
     while heap:
         i = -heapq.heappop(heap)
         out.append(recs[i])
