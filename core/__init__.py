@@ -3,11 +3,10 @@
 One NumPy core, any framework: ``convscope.load(model)`` wraps a PyTorch module, a Keras
 model or an ONNX file in a Backend, and every method runs on it.
 """
-from ._plugins import installed_backends, load
-from .backend import Backend, Gradients, Layer
-from .backend import BackendBase, unchecked
-from ._plugins import register_backend
-from . import validate
+from ._plugins import installed_backends, load, register_backend
+from .backend import Backend, BackendBase, Gradients, Layer, unchecked
+from .preprocess import Preprocess
+from . import preprocess, validate
 from . import attribution, data, dissection, features, metrics, render, synthesis
 from .attribution import (cam, deconvnet, eigen_cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam,
                           input_x_gradient, integrated_gradients, layer_cam, occlusion, saliency, score_cam, smoothgrad)
@@ -18,4 +17,4 @@ __all__ = ["load", "installed_backends", "Backend", "Gradients", "Layer", "__ver
            "attribution", "data", "dissection", "features", "metrics", "render", "synthesis",
            "saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet", "guided_backprop",
            "occlusion", "cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam"]
-__all__ += ["BackendBase", "unchecked", "register_backend", "validate"]
+__all__ += ["BackendBase", "unchecked", "register_backend", "validate", "preprocess", "Preprocess"]

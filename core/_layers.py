@@ -40,16 +40,21 @@ def is_map(record) -> bool:
 
 
 def _ancestors(recs):
-    """The records the last one is computed from, in reverse execution order (the last
-    layer first), following ``inputs``; None when the backend reports no data flow."""
+    """The records the last one that ran is computed from, in reverse execution order (the
+    last layer first), following ``inputs``; None when the backend reports no data flow."""
     if not any(r.inputs for r in recs):
         return None
     index = {r.name: i for i, r in enumerate(recs)}
-    heap, seen, out = [-(len(recs) - 1)], {len(recs) - 1}, []
+    last = max((i for i, r in enumerate(recs) if r.shape is not None), default=len(recs) - 1)  # modules that ran
+    heap, seen, out = [-last], {last}, []
     while heap:
         i = -heapq.heappop(heap)
         out.append(recs[i])
-        for name in recs[i].inputs:
+        parents = list(recs[i].inputs)
+        if recs[i].kind == "block":  # a container's output comes from inside it: its last child
+            inner = (recs[i].name + ".", recs[i].name + "/")
+            parents += [c.name for c in reversed(recs[:i]) if c.name.startswith(inner)][:1]
+        for name in parents:
             j = index.get(name)
             if j is not None and j not in seen:
                 seen.add(j)

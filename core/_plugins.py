@@ -21,6 +21,8 @@ import pluggy
 
 from . import hookspecs
 from .backend import Backend, BackendBase
+from ._preprocessed import Preprocessed
+from .preprocess import resolve as resolve_preprocess
 
 BUILTIN_BACKENDS = ("convscope.backends.torch", "convscope.backends.onnxruntime",
                     "convscope.backends.tensorflow")
@@ -170,7 +172,7 @@ def _file_key(model, options_key):
 
 
 #: Options every backend takes, handled here rather than by each plugin.
-CORE_OPTIONS = ("value_range",)
+CORE_OPTIONS = ("value_range", "preprocess")
 
 
 def _make(model, options):
@@ -178,6 +180,7 @@ def _make(model, options):
     value_range = options.pop("value_range", None)
     if value_range is not None:
         value_range = _check_value_range(value_range)
+    preprocess, note = resolve_preprocess(options.pop("preprocess", None), model)
     backend = plugin_manager().hook.convscope_make_backend(model=model, options=options)
     if backend is None:
         raise TypeError(
@@ -186,6 +189,8 @@ def _make(model, options):
             f"{''.join(f'; {n} cannot run ({e})' for n, e in installed_backends(missing=True).items())}. "
             "Pass a torch.nn.Module, a Keras model or "
             "'.keras' file, an '.onnx' file, or register a plugin with convscope.register_backend.")
+    if preprocess is not None:
+        backend = Preprocessed(backend, preprocess, note)
     if value_range is not None:
         backend.value_range = value_range
     return backend

@@ -20,9 +20,10 @@ import numpy as np
 
 from ._plugins import load
 from .backend import unchecked
+from .preprocess import user_images
 from ._validate import as_images, describe, param_error
 
-__all__ = ["prepare", "with_choices", "check_target", "output_seeds", "index_per_sample", "softmax", "objective", "OUTPUT_MODES"]
+__all__ = ["prepare", "entry_images", "with_choices", "check_target", "output_seeds", "index_per_sample", "softmax", "objective", "OUTPUT_MODES"]
 
 #: What a perturbation method compares: the raw scores, or their softmax.
 OUTPUT_MODES = ("score", "probability")
@@ -34,9 +35,18 @@ def prepare(model, x, owner: str):
     The backend returned is its trusted path (:func:`convscope.backend.unchecked`): the
     method's own passes do not check the images again."""
     backend = load(model)
-    x = as_images(x, owner=owner, channels=getattr(backend, "channels", None),
-                  spatial=getattr(backend, "fixed_size", None))
-    return unchecked(backend), x
+    return unchecked(backend), entry_images(backend, x, owner)
+
+
+def entry_images(backend, x, owner: str, param: str = "x") -> np.ndarray:
+    """``x`` checked once at a method's entry, as C-contiguous float32 (N, C, H, W), against
+    the backend's channels and fixed size. A backend with a declared preprocessing takes
+    images as users hold them (uint8, PIL, one image, channels-last where declared)."""
+    p = getattr(backend, "preprocess", None)
+    if p is not None:
+        x = user_images(x, p.layout)
+    return as_images(x, param=param, owner=owner, channels=getattr(backend, "channels", None),
+                     spatial=getattr(backend, "fixed_size", None))
 
 
 def with_choices(info: dict, backend) -> dict:

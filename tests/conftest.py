@@ -1,4 +1,5 @@
-"""Shared fixtures. Backend tests skip cleanly when their framework is missing;
+"""Shared fixtures. Backend tests skip cleanly when their framework is missing, except
+where the full suite is required (CONVSCOPE_FULL_SUITE=1, set by .ci/run: see _full_suite.py);
 ``--backend NAME`` restricts a run to one backend's tests."""
 import os
 
@@ -6,6 +7,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+pytest_plugins = ["_full_suite"]  # in CI (CONVSCOPE_FULL_SUITE=1) a skip is a failure
 
 
 def pytest_addoption(parser):

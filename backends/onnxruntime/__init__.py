@@ -137,9 +137,8 @@ class OnnxBackend(BackendBase):
         dims = self._shapes_for(tuple(chw))[0].get(self._tensor(name))
         return None if dims is None or None in dims[1:] else tuple(dims[1:])
 
-    def _probe(self, names, chw):
-        batch = self.graph.fixed_batch or 2
-        zeros = np.zeros((batch, *chw), np.float32)
+    def _probe(self, names, chw, batch=2):
+        zeros = np.zeros((self.graph.fixed_batch or batch, *chw), np.float32)
         return self._runner.forward(zeros, names)
 
     def _shapes_for(self, chw):

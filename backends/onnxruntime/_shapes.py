@@ -15,6 +15,16 @@ FLOAT = 1  # onnx.TensorProto.FLOAT
 _UNKNOWN = -1
 
 
+def _doubtful(dims) -> bool:
+    """A shape inference left open, or one whose batch symbol stands anywhere but on axis 0 or
+    more than once (attention's stacked q, k, v: inference may give (N, T, N, D) for (3, T, N, D)):
+    such tensors are measured instead."""
+    if dims is None or _UNKNOWN in dims:
+        return True
+    batch_axes = [i for i, d in enumerate(dims) if d is None]
+    return len(batch_axes) > 1 or (batch_axes and batch_axes[0] != 0)
+
+
 def _read(value_info):
     t = value_info.type.tensor_type
     if not t.HasField("shape"):
@@ -74,15 +84,16 @@ def infer_shapes(graph, chw, onnx, probe=None):
     for name, w in graph.weights.items():
         shapes[name] = tuple(w.shape)
     missing = [out for node in graph.nodes for out in node.output
-               if out and dtypes.get(out, FLOAT) == FLOAT and (shapes.get(out) is None or _UNKNOWN in shapes[out])]
+               if out and dtypes.get(out, FLOAT) == FLOAT and _doubtful(shapes.get(out))]
     if missing and probe is not None and chw is not None:
-        dynamic = not graph.fixed_batch
-        for name, value in zip(missing, probe(missing, chw)):
-            dims = list(value.shape)
-            before = shapes.get(name)
-            if dynamic and dims and (before is None or before[0] in (None, _UNKNOWN)):
-                dims[0] = None
-            shapes[name] = tuple(dims)
+        # Run the model for what inference left open. With a free batch, run it at two batch
+        # sizes: the axes whose size follows the batch are the batch axes (axis 0 of most
+        # tensors, axis 1 of attention's stacked (3, N, ...) q, k, v); every other size is fixed.
+        first = probe(missing, chw, batch=2)
+        second = probe(missing, chw, batch=3) if not graph.fixed_batch else first
+        for name, a, b in zip(missing, first, second):
+            shapes[name] = tuple(None if da != db else int(da) for da, db in zip(a.shape, b.shape)) \
+                if a.ndim == b.ndim else tuple([None] + list(a.shape[1:]))
             dtypes.setdefault(name, FLOAT)
     shapes = {k: v for k, v in shapes.items() if _UNKNOWN not in v}
     return shapes, dtypes

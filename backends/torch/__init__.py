@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 
-from convscope._validate import check_finite, check_name
+from convscope._validate import check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
@@ -199,9 +199,15 @@ class TorchBackend(BackendBase):
         return name in self._named  # a module's second call, ``name#2``, is found in layers()
 
     def _tensor_shape(self, name, chw):
+        """The shape when this input size was probed already; else None: the seeds are then
+        checked against the pass's own tensors (a probe here would run the model twice)."""
         if name == INPUT:
             return chw
-        records, out_shape, _ = self._probed(tuple(chw))
+        with self._lock:
+            probed = self._layers.get(tuple(chw))
+        if probed is None:
+            return None
+        records, out_shape, _ = probed
         return out_shape if name == OUTPUT else next((r.shape for r in records if r.name == name), None)
 
     def _probed(self, shape):
@@ -283,7 +289,10 @@ class TorchBackend(BackendBase):
                     for n in dict.fromkeys([*at, *wrt])}
             seed_map = seeds({n: acts[n] for n in at}) if callable(seeds) else seeds
             outs, grads_out = [], []
-            for n, s in seed_map.items():  # names in ``at``, shapes checked by the base
+            for n, s in seed_map.items():  # names in ``at``; shapes checked by the base where it knew them
+                if tuple(s.shape) != tuple(store[n].shape):
+                    raise param_error("seeds", "gradient", f"shaped like {n!r}, {tuple(store[n].shape)}",
+                                      f"shape {tuple(s.shape)}")
                 if store[n].requires_grad:  # else nothing in ``wrt`` reaches it: no contribution
                     outs.append(store[n])
                     seed = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))

@@ -17,7 +17,9 @@ One forward pass of a zero image with a pre- and a post-hook on every module, an
   channels-last one (``"hwc"``) and ``permute(0, 3, 1, 2)`` turns it back; ``flatten(2)`` of a
   map gives (C, T), which ``transpose(1, 2)`` turns into tokens (``"tokens"``, a ViT patch
   embedding); a reshape that keeps the channel axis keeps the family (tokens <-> hwc,
-  (C, T) <-> chw); an operation whose result has as many axes as its first tensor argument
+  (C, T) <-> chw); a channel shuffle's (N, G, C / G, H, W) views of a map, transposed on the
+  group axes and viewed back, stay a map; convolutions, pools and resizes give
+  channels-first maps whatever came in; an operation whose result has as many axes as its first tensor argument
   (pointwise ops, norms, linear layers, convs, adds, cat) keeps that argument's layout. A
   2-d result is a vector; an untracked 4-d one a channels-first map, an untracked 3-d one
   ``"other"``. A LayerNorm or Linear on a (N, H, W, C) tensor thus produces ``"hwc"``.
@@ -95,17 +97,23 @@ def _dims(args, ndim):
 def _layout_after(name, args, kwargs, a, tag, r):
     """The layout tag of result ``r`` of ``name(a, *args)``, ``a`` tagged ``tag``."""
     nd, rd = a.dim(), r.dim()
+    if name in _MAP_OPS and rd == 4:  # convolutions, pools, resizes take and give channels-first maps
+        return "chw"
     if name == "permute":
         dims = _dims(args or kwargs.get("dims", ()), nd)
         if nd == 4 and tag == "chw" and dims == (0, 2, 3, 1):
             return "hwc"
         if nd == 4 and tag == "hwc" and dims == (0, 3, 1, 2):
             return "chw"
+        if nd == 3 and dims == (0, 2, 1):  # torchvision's ViT: reshape(n, hidden, -1).permute(0, 2, 1)
+            return {"ct": "tokens", "tokens": "ct"}.get(tag, "other")
         return "other" if rd != 2 else "vector"
     if name in ("transpose", "swapaxes", "swapdims", "movedim"):
         dims = _dims(args[:2], nd) if len(args) >= 2 else None
         if nd == 3 and dims in ((1, 2), (2, 1)):
             return {"ct": "tokens", "tokens": "ct"}.get(tag, "other")
+        if nd == 5 and tag == "chw5" and dims is not None and 3 not in dims and 4 not in dims:
+            return "chw5"  # a channel shuffle swaps the group axes, never H or W
         return "other"
     if rd == 2:
         return "vector"
@@ -120,6 +128,10 @@ def _layout_after(name, args, kwargs, a, tag, r):
             return "hwc"
         if tag == "hwc" and rd == 3 and r.shape[-1] == a.shape[-1]:
             return "tokens"
+        if tag == "chw" and rd == 5 and tuple(r.shape[-2:]) == tuple(a.shape[-2:]):
+            return "chw5"  # (N, groups, C / groups, H, W): a channel shuffle's view
+        if tag == "chw5" and rd == 4 and tuple(r.shape[-2:]) == tuple(a.shape[-2:]):
+            return "chw"
         return "other"
     return tag if rd == nd else None
 
@@ -170,7 +182,11 @@ def _tracker_class(torch):
     return Tracker
 
 
-_KNOWN = ("chw", "hwc", "tokens", "ct")
+_KNOWN = ("chw", "hwc", "tokens", "ct", "chw5")
+#: functions whose 4-d results are channels-first maps whatever came in
+_MAP_OPS = frozenset(("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+                      "adaptive_max_pool2d", "max_pool2d_with_indices", "batch_norm", "instance_norm", "interpolate",
+                      "upsample", "pixel_shuffle", "pixel_unshuffle"))
 
 
 def _default(ndim):

@@ -69,8 +69,10 @@ def _layer_pass(owner, model, x, target, layer, mode, precheck=None, reshape=Non
     choice = None
     if layer is None:
         kind, names = default_candidates(recs)
-        if kind == "tokens":
+        if kind == "tokens" and mode == "gradient":
             layer, choice = _token_layer(backend, x, target, names, recs, owner)
+        elif kind == "tokens":  # gradient-free variants read activations only: no pass to choose
+            layer, choice = names[0], f"{names[0]}: the last token layer before the head"
         else:
             layer = default_layer(recs, owner)
     else:

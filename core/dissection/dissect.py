@@ -19,7 +19,7 @@ import numpy as np
 
 from .._batching import batch_size_for
 from .._plugins import load
-from .._validate import check_int, check_name, check_number
+from .._validate import check_name, check_number
 from ._cache import ShardCache
 from .concepts import concept_source
 from .iou import count_iou_codes

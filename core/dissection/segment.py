@@ -9,12 +9,27 @@
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .._validate import check_choice, check_int, check_number, param_error
 from ..render import resize, to_rgb
 
-__all__ = ["segment", "segmentation_iou", "centre_box"]
+__all__ = ["segment", "segmentation_iou", "centre_box", "Masks"]
+
+
+class Masks(np.ndarray):
+    """Boolean masks (N, H, W), an ndarray with ``info``: what :func:`segment` chose, e.g.
+    ``info["fallback"]`` when GrabCut could not run on some images."""
+
+    def __new__(cls, masks, info=None):
+        out = np.asarray(masks, bool).view(cls)
+        out.info = dict(info or {})
+        return out
+
+    def __array_finalize__(self, obj):
+        self.info = getattr(obj, "info", {})
 
 
 def _maps(maps, images):
@@ -46,7 +61,7 @@ def segment(maps, images=None, *, method: str = "threshold", fraction: float = 0
     peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
     if method == "threshold":
         fraction = check_number(fraction, "fraction", "segment", low=0)
-        return (maps >= fraction * peak) & (peak > 0)
+        return Masks((maps >= fraction * peak) & (peak > 0), {"method": "threshold"})
     if images is None:
         raise param_error("images", "segment", "the images (N, C, H, W) for method='grabcut'", "None")
     fg, bg = check_number(fg, "fg", "segment", low=0), check_number(bg, "bg", "segment", low=0)
@@ -55,7 +70,7 @@ def segment(maps, images=None, *, method: str = "threshold", fraction: float = 0
         import cv2
     except ImportError as err:
         raise ImportError("GrabCut needs OpenCV: pip install 'convscope[segmentation]'") from err
-    out = np.zeros(maps.shape, bool)
+    out, fallen = np.zeros(maps.shape, bool), {}
     for i, (m, img) in enumerate(zip(maps, images)):
         if peak[i, 0, 0] <= 0:
             continue
@@ -71,11 +86,18 @@ def segment(maps, images=None, *, method: str = "threshold", fraction: float = 0
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
             cv2.grabCut(rgb, seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-        except cv2.error:  # a seed with no foreground or no background: fall back to the seed itself
+        except cv2.error as err:  # a seed with no foreground or no background: fall back to the seed itself
             out[i] = rel >= fg
+            fallen[i] = str(err).strip().splitlines()[-1][:200]
             continue
         out[i] = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)
-    return out
+    if not fallen:
+        return Masks(out, {"method": "grabcut"})
+    note = (f"GrabCut could not run on {len(fallen)} of {len(maps)} images ({', '.join(map(str, list(fallen)[:8]))}"
+            f"{', ...' if len(fallen) > 8 else ''}: {next(iter(fallen.values()))}); their masks are the seed itself, "
+            f"map >= {fg} x max")
+    warnings.warn(f"segment: {note}.", RuntimeWarning, stacklevel=2)
+    return Masks(out, {"method": "grabcut", "fallback": {"images": sorted(fallen), "reason": note}})
 
 
 def segmentation_iou(pred, truth) -> np.ndarray:

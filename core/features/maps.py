@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
-from .._validate import as_images, check_choice, check_int, param_error
+from .._targets import entry_images
+from .._validate import check_choice, check_int, param_error
 from ..render import Renderable, grid, resize, to_rgb
 from ._common import SCALES, caption, channel_list, layer_record, scale_values, zoom, zoom_factor
 
@@ -57,8 +58,8 @@ def activation_maps(model, x, layer: str, *, channels=None, scale: str = "each",
     check_choice(scale, SCALES, "scale", owner)
     if isinstance(x, np.ndarray) and x.ndim == 3:
         x = x[None]
-    x = as_images(x, owner=owner)
     backend = load(model)
+    x = entry_images(backend, x, owner)
     layer_record(backend, layer, owner)
     a = backend.activations(x, [layer])[layer]
     if a.ndim != 4:

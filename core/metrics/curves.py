@@ -12,9 +12,9 @@ import numpy as np
 
 from .._plugins import load
 from ..backend import unchecked
-from .._validate import as_images, check_choice, check_int, param_error
+from .._validate import check_choice, check_int, param_error
 from .._imageops import fill_images
-from .._targets import OUTPUT_MODES, check_target, objective, output_seeds
+from .._targets import entry_images, OUTPUT_MODES, check_target, objective, output_seeds
 from .._batching import auto_batch_size
 from .pointing import as_maps
 
@@ -49,7 +49,7 @@ class PerturbationCurve:
 
 def _curve(kind, model, x, maps, target, steps, fill, output, batch_size, blur_sigma):
     backend = load(model)
-    x = as_images(x, owner=kind, channels=getattr(backend, "channels", None), spatial=getattr(backend, "fixed_size", None))
+    x = entry_images(backend, x, kind)
     backend = unchecked(backend)  # checked once here; the curve's passes need not
     m = as_maps(maps, kind, x.shape[2:])
     n, _, h, w = x.shape

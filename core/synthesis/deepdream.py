@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
+from .._targets import entry_images
 from .._renamed import renamed
-from .._validate import as_images, check_choice, check_int, check_number, param_error
+from .._validate import check_choice, check_int, check_number, param_error
 from ..backend import RELU_RULES, INPUT, unchecked
 from ..render import Renderable, grid, to_rgb
 from .._imageops import resize_adjoint, resize_images
@@ -75,7 +76,7 @@ def deepdream(model, x, layer, *, octaves: int = 3, octave_scale: float = 1.4, s
     octave_scale = check_number(octave_scale, "octave_scale", owner, low=1)
     lo, hi = value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     fixed = fixed_input_size(backend)
-    x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed)
+    x0 = entry_images(backend, x, owner)
     check_choice(rule, RELU_RULES, "rule", owner)
     backend = unchecked(backend)  # the images are checked: each step's pass need not
     rng = np.random.default_rng(seed)

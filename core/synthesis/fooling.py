@@ -20,12 +20,12 @@ import numpy as np
 
 from .._plugins import load
 from .._renamed import renamed
-from .._validate import as_images, check_choice, check_int, check_number, param_error
+from .._validate import check_choice, check_int, check_number, param_error
 from ..backend import INPUT, OUTPUT, unchecked
 from ..render import Renderable, grid, normalize, to_rgb
 from .._progress import progress_bar
-from .._targets import softmax
-from ._common import backend_range, check_range, fixed_input_size
+from .._targets import entry_images, softmax
+from ._common import backend_range, check_range
 
 __all__ = ["fool", "Fooling"]
 
@@ -80,7 +80,7 @@ def fool(model, x, target=None, *, method: str = "pgd", epsilon=8 / 255, steps: 
     """
     owner = "fool"
     backend = load(model)
-    x0 = as_images(x, param="x", owner=owner, channels=getattr(backend, "channels", None), spatial=fixed_input_size(backend))
+    x0 = entry_images(backend, x, owner)
     backend = unchecked(backend)  # the images are checked: each step's pass need not
     n = len(x0)
     check_choice(method, ("fgsm", "pgd"), "method", owner)

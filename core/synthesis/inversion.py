@@ -14,11 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
+from .._targets import entry_images
 from .._renamed import renamed
 from .._validate import as_images, check_int, check_number, param_error
 from ..render import Renderable, grid, to_rgb
 from .._layers import check_layers
-from ._common import backend_range, check_range, check_weight, fixed_input_size
+from ._common import backend_range, check_range, check_weight
 from .ascent import Priors, run_ascent
 from .objectives import Objective
 from .optim import make_optimizer
@@ -111,7 +112,7 @@ def invert(model, x, layers, *, steps: int = 200, lr: float = 0.05, tv: float = 
     tv, l2 = check_weight(tv, "tv", owner), check_weight(l2, "l2", owner)
     tv_beta = check_number(tv_beta, "tv_beta", owner, low=0, strict=True)
     value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
-    x0 = as_images(x, param="x", owner=owner, spatial=fixed_input_size(backend))
+    x0 = entry_images(backend, x, owner)
     if len(x0) != 1:
         raise param_error("x", owner, "one image (1, C, H, W)", f"shape {x0.shape}")
     targets = backend.activations(x0, list(dict.fromkeys(layers)))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
-from .._validate import as_images, check_int, check_name, param_error
+from .._targets import entry_images
+from .._validate import check_int, check_name, param_error
 from ..render import Renderable, grid, to_rgb
 from .._layers import check_layers, spatial_layers
-from ._common import backend_range, check_range, check_size, check_weight, fixed_input_size
+from ._common import backend_range, check_range, check_size, check_weight
 from .ascent import Priors, run_ascent
 from .gram import gram, gram_adjoint
 from .objectives import Objective
@@ -75,9 +76,9 @@ def style_loss(model, images, exemplar, layers, layer_weights=None) -> np.ndarra
     backend = load(model)
     layers = check_layers(layers, backend, "style_loss")
     weights = _layer_weights(layers, layer_weights, "style_loss")
-    target = backend.activations(as_images(exemplar, param="exemplar", owner="style_loss"), layers)
+    target = backend.activations(entry_images(backend, exemplar, "style_loss", "exemplar"), layers)
     match = GramMatch({k: v[:1] for k, v in target.items()}, weights)
-    return -match(backend.activations(as_images(images, param="images", owner="style_loss"), layers))[0]
+    return -match(backend.activations(entry_images(backend, images, "style_loss", "images"), layers))[0]
 
 
 def _layer_weights(layers, layer_weights, owner):
@@ -170,8 +171,7 @@ def texture(model, exemplar, layers=None, *, size=None, steps: int = 200, lr: fl
     """
     owner = "texture"
     backend = load(model)
-    fixed = fixed_input_size(backend)
-    e = as_images(exemplar, param="exemplar", owner=owner, spatial=fixed)[:1]
+    e = entry_images(backend, exemplar, owner, "exemplar")[:1]
     layers = check_layers(layers if layers is not None else spatial_layers(backend), backend, owner)
     weights = _layer_weights(layers, layer_weights, owner)
     steps = check_int(steps, "steps", owner, low=1)
@@ -198,9 +198,8 @@ def style_transfer(model, content, style, *, content_layer=None, style_layers=No
     """
     owner = "style_transfer"
     backend = load(model)
-    fixed = fixed_input_size(backend)
-    c = as_images(content, param="content", owner=owner, spatial=fixed)[:1]
-    s = as_images(style, param="style", owner=owner, channels=c.shape[1], spatial=fixed)[:1]
+    c = entry_images(backend, content, owner, "content")[:1]
+    s = entry_images(backend, style, owner, "style")[:1]
     relus = spatial_layers(backend)
     style_layers = check_layers(style_layers if style_layers is not None else relus, backend, owner, "style_layers")
     if content_layer is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._plugins import load
+from .._targets import entry_images
 from .._validate import as_images, check_choice, check_int, check_number, param_error
 from ..backend import RELU_RULES
 from ..render import Renderable, grid, to_rgb
@@ -68,7 +69,7 @@ def evaluate(model, objective, images) -> np.ndarray:
     """The objective's value (N,) for ``images``, from one forward pass."""
     backend = load(model)
     objective = as_objective(objective, owner="evaluate", param="objective").check(backend, "evaluate")
-    x = as_images(images, param="images", owner="evaluate")
+    x = entry_images(backend, images, "evaluate", "images")
     acts = backend.activations(x, list(objective.tensors))
     return np.asarray(objective(acts)[0], np.float32)
 

@@ -21,11 +21,12 @@ MAX_RUNS = 8
 
 def scatter_add(em, t, rank, axis, q, indices, n):
     """out[..., indices[k], ...] += t[..., k, ...] along ``axis``: ``t`` has rank ``rank`` with the
-    ``q`` axes of ``indices`` (an int64 tensor of values in [0, n)) at ``axis``; out has n there."""
+    ``q`` axes of ``indices`` (an int64 tensor of values in [0, n)) at ``axis``; out has n there
+    (an int, or the name of a 1-element int64 tensor holding it when it is known only at run time)."""
     perm = list(range(axis, axis + q)) + list(range(axis)) + list(range(axis + q, rank))
     updates = t if perm == list(range(rank)) else em.op("Transpose", [t], perm=perm)
     rest = em.op("Slice", [em.op("Shape", [updates]), em.ints([q]), em.ints([INT64_MAX])])
-    data_shape = em.op("Concat", [em.ints([n]), rest], axis=0)
+    data_shape = em.op("Concat", [em.ints([n]) if not isinstance(n, str) else n, rest], axis=0)
     zeros = em.op("ConstantOfShape", [data_shape], value=_zero_tensor())
     out = em.op("ScatterND", [zeros, em.op("Unsqueeze", [indices, em.ints([-1])]), updates], reduction="add")
     rank_out = rank - q + 1
@@ -156,11 +157,15 @@ def _gather(em, node, dys):
     x, indices = node.input
     rank, rank_y = len(em.shape(x, node)), len(em.shape(node.output[0], node))
     axis = int(attr(node, "axis", 0)) % rank
-    n = _axis_size(em, node, x, axis)
+    n = em.shape(x, node)[axis]
     q = rank_y - rank + 1
     value = em.value(indices)
     dy = dys[0]
-    if value is not None:
+    if n is None:  # a size known only at run time (attention's stacked q, k, v): read it from x
+        n = em.op("Slice", [em.op("Shape", [x]), em.ints([axis]), em.ints([axis + 1])])
+        if value is not None:
+            indices = em.const(np.asarray(value, np.int64), np.int64)
+    elif value is not None:
         value = np.asarray(value, np.int64)
         value = np.where(value < 0, value + n, value)
         if value.ndim <= 1:  # a constant row: slices and pads where the indices run in order
@@ -171,7 +176,8 @@ def _gather(em, node, dys):
     if em.types.get(indices, 7) != 7:
         indices = em.op("Cast", [indices], to=7)
     negative = em.op("Less", [indices, em.const(np.int64(0), np.int64)])
-    indices = em.op("Where", [negative, em.op("Add", [indices, em.const(np.int64(n), np.int64)]), indices])
+    size = em.const(np.int64(n), np.int64) if not isinstance(n, str) else em.op("Squeeze", [n, em.ints([0])])
+    indices = em.op("Where", [negative, em.op("Add", [indices, size]), indices])
     return [scatter_add(em, dy, rank_y, axis, q, indices, n)]
 
 
