@@ -36,8 +36,6 @@ def test_a_channels_last_layer_is_refused_with_its_layout():
     import convscope
 
     backend = convscope.load(Last().eval(), input_shape=(3, 8, 8))
-    records = backend.layers()
-    if not any(r.layout == "hwc" for r in records):
-        pytest.skip("this torch backend does not report channels-last layouts")
+    assert {r.name: r.layout for r in backend.layers()}["norm"] == "hwc"
     with pytest.raises(ValueError, match=r"must be a layer with a channels-first \(C, H, W\) output. Got 'norm', a 'hwc'"):
         top_patches(backend, np.zeros((2, 3, 8, 8), np.float32), "norm", [0], k=1, progress=False)

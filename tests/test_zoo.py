@@ -55,49 +55,11 @@ MIDDLE = {
 
 # What fails today because of work in progress in the library: {reason: {test: case ids}}
 REASONS = {
-    "mha_gather": "ONNX adjoint: the export of nn.MultiheadAttention splits q, k, v with a Gather on axis 0 of a "
-                  "tensor whose shape ONNX shape inference leaves unknown, and the Gather rule takes it for the "
-                  "batch axis: UnsupportedOperatorError: Gather (node '/layers/layers.1/self_attention/Gather_5') "
-                  "works along axis 0 of '/layers/layers.1/self_attention/Squeeze_1_output_0', whose size is "
-                  "unknown (the batch axis); no gradient rule for it. (Score-CAM and Eigen-CAM meet it too: the "
-                  "token-CAM layer search runs a gradient.)",
-    "vit_token_cam": "torch layouts: the ViT's token sequences ((65, 32), after the class-token concat) are "
-                     "recorded with layout 'other', not 'tokens', so the default CAM layer search (maps, then "
-                     "tokens) finds neither: ValueError: grad_cam found no layer with a spatial (C, H, W) output "
-                     "in this model",
-    "torch_shuffle_layout": "torch layouts: every record after ShuffleNet's first channel shuffle (view, transpose, "
-                            "view) gets layout 'other', Conv2d outputs included, so ValueError: grad_cam found no "
-                            "layer with a spatial (C, H, W) output, and top_patches refuses 'stage2.0', a 'other' "
-                            "layer of shape (32, 4, 4)",
     "densenet_default": "default CAM layer: torch takes 'features' (norm5's output, before the functional "
                         "F.relu it does not record), ONNX '/Relu_output_0' after it: activations differ by 0.83 "
                         "relative L2, Grad-CAM by 0.028",
 }
 XFAIL = {
-    "torch_shuffle_layout": {
-        "methods": ["shufflenet_v2-torch-grad_cam", "shufflenet_v2-torch-grad_cam_pp",
-            "shufflenet_v2-torch-layer_cam", "shufflenet_v2-torch-score_cam", "shufflenet_v2-torch-eigen_cam",
-            "shufflenet_v2-torch-guided_grad_cam"],
-        "agree": ["shufflenet_v2-grad_cam"],
-        "default_layer": ["shufflenet_v2"],
-        "top_patches": ["shufflenet_v2-torch"],
-    },
-    "vit_token_cam": {
-        "methods": ["vit-torch-grad_cam", "vit-torch-grad_cam_pp", "vit-torch-layer_cam", "vit-torch-score_cam",
-            "vit-torch-eigen_cam", "vit-torch-guided_grad_cam"],
-        "vit_cam": ["vit-torch"],
-        "agree": ["vit-grad_cam"],
-        "default_layer": ["vit"],
-    },
-    "mha_gather": {
-        "methods": ["vit-onnx-saliency", "vit-onnx-smoothgrad", "vit-onnx-integrated_gradients",
-            "vit-onnx-input_x_gradient", "vit-onnx-guided_backprop", "vit-onnx-deconvnet", "vit-onnx-grad_cam",
-            "vit-onnx-grad_cam_pp", "vit-onnx-layer_cam", "vit-onnx-score_cam", "vit-onnx-eigen_cam",
-            "vit-onnx-guided_grad_cam"],
-        "vit_cam": ["vit-onnx"],
-        "agree": ["vit-saliency", "vit-guided_backprop", "vit-integrated_gradients"],
-        "finite_differences": ["vit-onnx"],
-    },
     "densenet_default": {
         "agree": ["densenet-grad_cam"],
         "default_layer": ["densenet"],
