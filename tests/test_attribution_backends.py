@@ -10,7 +10,6 @@ everywhere except inside the receptive fields of the windows whose argmax differ
 the two frameworks at some path point, found from the frameworks' own activations (1-7% of
 the pixels; measured: 1e-7 outside them, up to 3e-2 inside).
 """
-import importlib.util
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ pytest.importorskip("torch")
 
 import convscope
 from convscope import attribution as A
-from convscope.data.demo import _FILES, _HERE
 from convscope.features.receptive_field import unit_boxes
 
 BACKENDS = {"onnxruntime": ("onnx", "onnxruntime"), "tensorflow": ("keras", "tensorflow")}
@@ -44,10 +42,6 @@ METHODS = {
 
 def _load(name):
     framework, module = BACKENDS[name]
-    if not (_HERE / _FILES[framework]).exists():
-        pytest.skip(f"core/data/{_FILES[framework]} is not built yet")
-    if importlib.util.find_spec(f"convscope.backends.{module}") is None:
-        pytest.skip(f"backends/{module}.py does not exist yet")
     pytest.importorskip(module)
     return convscope.load(convscope.data.demo_model(framework))
 

@@ -34,7 +34,7 @@ def test_demo_file_ships_and_passes_conformance(demo):
     assert convscope.data.demo_path("onnx").stat().st_size < 1_000_000
     assert demo.name == "onnxruntime"
     report = check_backend(demo, images())
-    assert report["relu_rule_sites"] > 0 and report["finite_differences"] < 5e-2
+    assert report["relu_rule_sites"] > 0  # check_backend raised had finite differences disagreed
     records = {r.name: r for r in demo.layers()}
     assert [n for n in DEMO_LAYERS if n in records] == DEMO_LAYERS
     assert records["conv2"].shape == (32, 32, 32) and records["conv2"].kernel == (3, 3)
