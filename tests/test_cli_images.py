@@ -66,7 +66,7 @@ def test_any_size_is_fitted_keeping_the_aspect(photos, tmp_path, capsys):
 
 def test_rgba_is_composited_on_white_and_said(photos, tmp_path, capsys):
     assert main(["explain", "demo", str(photos / "square.png"), "-o", str(tmp_path / "a.npz")]) == 0
-    assert "RGBA composited on white" in capsys.readouterr().err
+    assert "composited on white" in capsys.readouterr().err
     image = npz(tmp_path / "a.npz")["images"][0]
     assert np.allclose(image[:, 2, 2], 1.0)  # transparent corner: white
     assert np.allclose(image[:, 32, 32], np.array([30, 30, 200]) / 255, atol=0.02)

@@ -276,3 +276,22 @@ def test_a_local_function_that_calls_itself_is_refused():
 def test_the_demo_file_still_loads():
     backend = convscope.load(convscope.data.demo_path("onnx"))
     assert backend.forward(np.zeros((1, 3, 64, 64), np.float32)).shape[0] == 1
+
+
+def test_attributes_of_an_undefined_or_mismatched_type_are_refused():
+    nodes = [helper.make_node("Constant", [], ["k"], name="const", value=numpy_helper.from_array(W, "k")),
+             helper.make_node("Conv", ["x", "k"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["y"], name="flatten")]
+    broken = model(nodes, inits=[])
+    broken.graph.node[0].attribute[0].type = 0
+    with pytest.raises(ModelReadError, match=r"^The attribute 'value' of node 'const' \(Constant\) has the type 0, which "
+                                             r"ONNX does not define; the file is damaged\.$"):
+        convscope.load(broken.SerializeToString())
+    broken.graph.node[0].attribute[0].type = onnx.AttributeProto.GRAPH
+    with pytest.raises(ModelReadError, match=r"^The attribute 'value' of node 'const' \(Constant\) is declared GRAPH but "
+                                             r"holds no such value"):
+        convscope.load(broken)
+    broken.graph.node[0].attribute[0].type = onnx.AttributeProto.INTS
+    with pytest.raises(ModelReadError, match=r"^The attribute 'value' of the Constant node 'const' is declared INTS, not "
+                                             r"TENSOR; the file is damaged\.$"):
+        convscope.load(broken)

@@ -9,6 +9,7 @@ A downloaded model is untrusted input. Before a weight is copied or a session is
 * holds a tensor whose data disagrees with its ``dims`` (``raw_data`` length, or the count
   of its typed field, against the product of the dims and the element size), or whose
   element type ONNX does not define;
+* has an attribute of a type ONNX does not define, or without the value its type names;
 * has more than :data:`MAX_NODES` nodes (its subgraphs and local functions included),
   subgraphs (If/Loop/Scan bodies) nested deeper than :data:`MAX_SUBGRAPH_DEPTH`, a local
   function that calls itself, a cycle among its nodes, a node input or graph output that
@@ -38,6 +39,8 @@ MAX_NODES = 1_000_000
 MAX_SUBGRAPH_DEPTH = 16
 
 _SHAPE_INPUTS = {"ConstantOfShape": 0, "Expand": 1, "Reshape": 1, "Tile": 1, "Resize": 3}
+_CONSTANT_TYPES = {"value": "TENSOR", "sparse_value": "SPARSE_TENSOR", "value_float": "FLOAT", "value_floats": "FLOATS",
+                   "value_int": "INT", "value_ints": "INTS", "value_string": "STRING", "value_strings": "STRINGS"}
 _PACKED_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2, 27: 6, 28: 6}  # UINT4, INT4, FLOAT4E2M1, UINT2, INT2, FLOAT6*
 
 
@@ -170,6 +173,7 @@ def _walk(structure, what, onnx):
                     continue
                 _check_value_info(v, "graph " + kind if kind != "value_info" else "tensor", onnx)
         for node in graph.node:
+            _check_attributes(node, onnx)
             for attr, t in _attribute_tensors(node):
                 label = f"The tensor in attribute {attr!r} of node {node.name!r} ({node.op_type})"
                 if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -183,6 +187,26 @@ def _walk(structure, what, onnx):
                                          f"onnxruntime._limits.MAX_SUBGRAPH_DEPTH), at node {node.name!r} "
                                          f"({node.op_type}).")
                 stack.append((g, depth + 1, f"the {attr!r} subgraph of node {node.name!r}"))
+
+
+def _check_attributes(node, onnx):
+    """Each attribute has a type ONNX defines, and a TENSOR/GRAPH/... attribute holds its value."""
+    A = onnx.AttributeProto
+    holder = {A.FLOAT: "f", A.INT: "i", A.STRING: "s", A.TENSOR: "t", A.GRAPH: "g", A.SPARSE_TENSOR: "sparse_tensor",
+              A.TYPE_PROTO: "tp"}
+    constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+    for a in node.attribute:
+        if a.ref_attr_name:  # a function's reference to its caller's attribute
+            continue
+        if a.type not in A.AttributeType.values() or a.type == A.UNDEFINED:
+            raise ModelReadError(f"The attribute {a.name!r} of node {node.name!r} ({node.op_type}) has the type "
+                                 f"{a.type}, which ONNX does not define; the file is damaged.")
+        if a.type in holder and not a.HasField(holder[a.type]):
+            raise ModelReadError(f"The attribute {a.name!r} of node {node.name!r} ({node.op_type}) is declared "
+                                 f"{A.AttributeType.Name(a.type)} but holds no such value; the file is damaged.")
+        if constant and a.name in _CONSTANT_TYPES and A.AttributeType.Name(a.type) != _CONSTANT_TYPES[a.name]:
+            raise ModelReadError(f"The attribute {a.name!r} of the Constant node {node.name!r} is declared "
+                                 f"{A.AttributeType.Name(a.type)}, not {_CONSTANT_TYPES[a.name]}; the file is damaged.")
 
 
 def _location(tensor):

@@ -35,8 +35,11 @@ class _Help(argparse.HelpFormatter):
 
 def _preprocess_options(p):
     g = p.add_argument_group("preprocessing (what the model expects; images are given as they are, in [0, 1])")
-    g.add_argument("--preset", help="a named preprocessing: none, imagenet, caffe, tf, torch, raw255 "
-                                    "(default: none, the model takes [0, 1] RGB)")
+    from ..preprocess import PRESETS_HELP as presets
+
+    g.add_argument("--preset", metavar="NAME", help="a named preprocessing: " + "; ".join(
+        f"{k}: {v}" for k, v in presets.items()) + "; keras: read from a keras.applications model's name "
+        "(default: none)")
     g.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean subtracted (1 or 3 values; "
                                                                       "with --preset: replaces its mean)")
     g.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel standard deviation divided by "

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..preprocess import RESIZE_MODES
+
 __all__ = ["UsageError", "load_model", "open_backend", "model_size", "read_images", "read_folder", "class_names",
            "class_index", "MODEL_FORMATS", "RESIZE_MODES"]
 
 MODEL_FORMATS = "an .onnx file, a .keras (or .h5) file, a torch model as package.module:factory, or 'demo' / demo:torch|onnx|keras"
-RESIZE_MODES = ("crop", "pad", "stretch")
 
 
 class UsageError(Exception):
@@ -62,24 +63,15 @@ def load_model(spec: str):
 
 
 # --------------------------------------------------------------------------- preprocessing
-def _preprocess_module():
-    try:
-        from .. import preprocess
-    except ImportError:  # an older core without preprocessing
-        return None
-    return preprocess if hasattr(preprocess, "PRESETS") else None
-
-
 def preprocessing(args):
     """The ``preprocess=`` of :func:`convscope.load` from ``--preset``, ``--mean``, ``--std``
     (None when nothing is asked), with the mistakes told in one line."""
     preset, mean, std = getattr(args, "preset", None), getattr(args, "mean", None), getattr(args, "std", None)
     if preset is None and mean is None and std is None:
         return None
-    module = _preprocess_module()
-    if module is None:
-        raise UsageError("--preset, --mean and --std need convscope.preprocess, which this install lacks")
-    if preset is not None and preset not in module.PRESETS:
+    from .. import preprocess as module
+
+    if preset is not None and preset not in module.PRESETS and preset not in ("keras", "auto"):
         close = difflib.get_close_matches(preset, list(module.PRESETS), n=3, cutoff=0.4)
         raise UsageError(f"unknown --preset {preset!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
                          + f"; the presets are {', '.join(module.PRESETS)}")
@@ -93,6 +85,9 @@ def preprocessing(args):
         return preset
     import dataclasses
 
+    if preset in ("keras", "auto"):
+        raise UsageError(f"--preset {preset} reads the mode from a keras.applications model's name; it takes no "
+                         "--mean or --std (name a preset instead)")
     base = module.PRESETS[preset or "none"]
     changes = {k: tuple(v) for k, v in (("mean", mean), ("std", std)) if v is not None}
     return dataclasses.replace(base, **changes)
@@ -166,35 +161,10 @@ def _open(path):
 
 def fit(img, size, mode):
     """(C, H, W) float32 in [0, 1] of ``size`` and the notes (RGBA composited, ...)."""
-    module = _preprocess_module()
-    if module is not None and hasattr(module, "fit_image"):
-        array, notes = module.fit_image(img, size, mode=mode)
-        return np.asarray(array, np.float32), list(notes)
-    return _fit_image(img, size, mode)
+    from ..preprocess import fit_image
 
-
-def _fit_image(img, size, mode):  # used until convscope.preprocess.fit_image is installed
-    from PIL import Image
-
-    notes = []
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-        notes.append("RGBA composited on white")
-    img = img.convert("RGB")
-    if size is not None and (img.height, img.width) != tuple(size):
-        h, w = size
-        if mode == "stretch":
-            img = img.resize((w, h), Image.BILINEAR)
-        else:
-            s = (max if mode == "crop" else min)(h / img.height, w / img.width)
-            nh, nw = max(1, round(img.height * s)), max(1, round(img.width * s))
-            img = img.resize((nw, nh), Image.BILINEAR)
-            canvas = Image.new("RGB", (w, h), (128, 128, 128))
-            canvas.paste(img, ((w - nw) // 2, (h - nh) // 2))
-            img = canvas
-    return np.asarray(img, np.float32).transpose(2, 0, 1) / 255, notes
+    array, notes = fit_image(img, size, mode=mode)
+    return np.asarray(array, np.float32), [n for n in notes if not n.startswith("resized")]  # said by read_images
 
 
 def read_images(paths, size=None, mode: str = "crop"):
