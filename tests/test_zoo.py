@@ -55,15 +55,8 @@ MIDDLE = {
 
 # What fails today because of work in progress in the library: {reason: {test: case ids}}
 REASONS = {
-    "densenet_default": "default CAM layer: torch takes 'features' (norm5's output, before the functional "
-                        "F.relu it does not record), ONNX '/Relu_output_0' after it: activations differ by 0.83 "
-                        "relative L2, Grad-CAM by 0.028",
 }
 XFAIL = {
-    "densenet_default": {
-        "agree": ["densenet-grad_cam"],
-        "default_layer": ["densenet"],
-    },
 }
 
 

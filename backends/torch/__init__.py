@@ -19,6 +19,7 @@ from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
 from ._capture import Stop, capture, eval_mode
+from ._functional import is_functional
 from ._output import detect_softmax, output_options, strip_softmax
 from ._pool import MIN_ELEMENTS, channels_last_pool_mode
 from ._probe import probe
@@ -70,8 +71,10 @@ class TorchBackend(BackendBase):
         self.output, self.select = output_options(output, select)
         self._named = {n: m for n, m in module.named_modules() if n}
         self._lock = threading.RLock()
-        self._layers = {}  # probe shape -> (records, output shape, final softmax)
-        self._found = {}  # "head": the final softmax (or None), "fixed_size": (H, W) or None
+        self._layers = {}  # probe shape -> (records, output shape, final softmax, functional layers)
+        # "head": the final softmax (or None), "fixed_size": (H, W) or None, "functional": where
+        # each functional layer is found in a pass (:mod:`._functional`)
+        self._found = {}
         self._last_shape = None
         self._detecting = None  # the pass that looks for a final softmax (:meth:`_scores`)
         self._max_pools = None  # whether the model has MaxPool2d modules, found on first use
@@ -196,7 +199,16 @@ class TorchBackend(BackendBase):
 
     # ----------------------------------------------------------------- the protocol
     def _layer_known(self, name):
-        return name in self._named  # a module's second call, ``name#2``, is found in layers()
+        # a module's second call, ``name#2``, and a functional layer are found in layers()
+        return name in self._named or name in self._found.get("functional", ())
+
+    def _functional(self, names):
+        """Where the asked functional layers are found (probing first if none was), or None."""
+        if not any(is_functional(n) for n in names):
+            return None
+        if not self._found.get("functional"):
+            self.layers()
+        return self._found.get("functional", {})
 
     def _tensor_shape(self, name, chw):
         """The shape when this input size was probed already; else None: the seeds are then
@@ -207,7 +219,7 @@ class TorchBackend(BackendBase):
             probed = self._layers.get(tuple(chw))
         if probed is None:
             return None
-        records, out_shape, _ = probed
+        records, out_shape = probed[:2]
         return out_shape if name == OUTPUT else next((r.shape for r in records if r.name == name), None)
 
     def _probed(self, shape):
@@ -219,6 +231,7 @@ class TorchBackend(BackendBase):
                     raise ValueError(f"Could not run the model on a probe of shape {shape} to list its layers ({err}). "
                                      "Pass input_shape=(C, H, W) to convscope.load, or run a batch first.") from None
                 self._found.setdefault("head", self._layers[shape][2])
+                self._found.setdefault("functional", {}).update(self._layers[shape][3])
             return self._layers[shape]
 
     def layers(self):
@@ -246,11 +259,13 @@ class TorchBackend(BackendBase):
         store = {}
         inner = [n for n in names if n not in (INPUT, OUTPUT)]
         stop = OUTPUT not in names and len(set(inner)) == len(inner)
-        with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x):
+        functional = self._functional(inner)  # its mode needs version counters: no inference tensors
+        grad_off = self._torch.inference_mode() if functional is None else self._torch.no_grad()
+        with self._lock, self._eval_mode(), grad_off, self._pool_mode(x):
             xt = self._tensor(x)
             try:  # the softmax hook after the capture hooks: a capture sees the layer's own output
-                with capture(self._torch, self._named, inner, store, replace=False, stop_when_done=stop), \
-                        self._scores():
+                with capture(self._torch, self._named, inner, store, replace=False, stop_when_done=stop,
+                             functional=functional), self._scores():
                     out = self._run(xt)
                     store[OUTPUT] = out
             except Stop:
@@ -273,12 +288,12 @@ class TorchBackend(BackendBase):
             stack.enter_context(self._eval_mode())
             stack.enter_context(torch.enable_grad() if from_input else torch.no_grad())
             stack.enter_context(self._pool_mode(x))
+            if relu != "standard":  # below a functional layer's mode, which hands it the call
+                stack.enter_context(relu_rule_mode(relu, torch))
             if inner:
                 stack.enter_context(capture(torch, self._named, inner, store, replace=True,
-                                            leaves=() if from_input else set(wrt)))
+                                            leaves=() if from_input else set(wrt), functional=self._functional(inner)))
             stack.enter_context(self._scores())
-            if relu != "standard":
-                stack.enter_context(relu_rule_mode(relu, torch))
             xt = self._tensor(x).requires_grad_(from_input)
             store[OUTPUT] = self._run(xt)
             store[INPUT] = xt

@@ -10,7 +10,9 @@ new value, recorded and cloned again).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+
+from ._functional import functional_mode, is_functional
 
 __all__ = ["Stop", "training_modules", "eval_mode", "capture"]
 
@@ -56,7 +58,7 @@ def split_calls(names) -> dict:
 
 
 @contextmanager
-def capture(torch, modules, names, store, replace, stop_when_done=False, leaves=()):
+def capture(torch, modules, names, store, replace, stop_when_done=False, leaves=(), functional=None):
     """Forward hooks on ``modules[path]`` that record the outputs of ``names`` into ``store``.
 
     With ``replace`` the recorded tensor is the one autograd differentiates and a clone goes
@@ -64,18 +66,42 @@ def capture(torch, modules, names, store, replace, stop_when_done=False, leaves=
     ``leaves`` whose output carries no graph (the pass started with gradients off) is
     recorded as a fresh leaf that requires grad, and gradient recording is switched on from
     there: the layers before it build no graph.
+
+    A functional layer (``"features:relu"``, :mod:`._functional`) is found through
+    ``functional`` (name -> :class:`._functional.Functional`, from the probe): its anchor
+    module's hook notes the tensor it hands on, and a ``TorchFunctionMode``, entered only
+    then, records the call.
     """
-    wanted = split_calls(names)
-    calls = dict.fromkeys(wanted, 0)
+    asked = [n for n in names if is_functional(n)]
+    wanted = split_calls([n for n in names if not is_functional(n)])
+    where = {n: (functional or {}).get(n) for n in asked}
+    unknown = [n for n, f in where.items() if f is None]
+    if unknown:
+        raise ValueError(f"Layers {unknown} did not run in the probe pass; they cannot be recorded.")
+    anchored = split_calls({f.anchor for f in where.values()})
+    anchors = {}  # id(tensor an anchor handed on) -> (that tensor, its version, the anchor's name)
+    bases = list(dict.fromkeys([*wanted, *anchored]))
+    calls = dict.fromkeys(bases, 0)
     handles = []
     handed = {}  # id(clone handed downstream) -> (that clone, its version, the tensor recorded for it)
     total = len(names)
 
+    def recorded():
+        if stop_when_done and len(store) == total:
+            raise Stop
+
+    def note(anchor, t):
+        if anchor is not None and isinstance(t, torch.Tensor):
+            anchors[id(t)] = (t, t._version, anchor)
+
     def make_hook(base):
+        mine, anchor_of = wanted.get(base, {}), anchored.get(base, {})
+
         def hook(module, inputs, out):
             calls[base] += 1
-            name = wanted[base].get(calls[base])
+            name, anchor = mine.get(calls[base]), anchor_of.get(calls[base])
             if name is None:
+                note(anchor, out)  # what goes downstream
                 return None
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"Layer {name!r} returns a {type(out).__name__}, not a tensor; "
@@ -84,24 +110,30 @@ def capture(torch, modules, names, store, replace, stop_when_done=False, leaves=
                 seen = handed.get(id(out))
                 if seen is not None and seen[0] is out and seen[1] == out._version:
                     store[name] = seen[2]  # the same value as a layer already recorded: one tensor
+                    note(anchor, out)
                     return None
             if name in leaves and not out.requires_grad:
                 out = out.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)  # restored by the caller's no_grad context
             store[name] = out if replace else out.detach().clone()
-            if stop_when_done and len(store) == total:
-                raise Stop
+            recorded()
             if not replace:
+                note(anchor, out)
                 return None
             clone = out.clone()
             handed[id(clone)] = (clone, clone._version, out)
+            note(anchor, clone)
             return clone
         return hook
 
     try:
-        for base in wanted:
-            handles.append(modules[base].register_forward_hook(make_hook(base)))
-        yield
+        with ExitStack() as stack:
+            for base in bases:
+                handles.append(modules[base].register_forward_hook(make_hook(base)))
+            if asked:
+                targets = {(f.anchor, f.op, f.index): n for n, f in where.items()}
+                stack.enter_context(functional_mode(torch, targets, anchors, store, replace, set(leaves), recorded))
+            yield
     finally:
         for h in handles:
             h.remove()

@@ -32,6 +32,7 @@ from functools import lru_cache
 
 from convscope.backend import Layer
 
+from ._functional import Functional, activation_ops, op_kind
 from ._output import FinalSoftmax, softmax_functions
 
 __all__ = ["probe", "kind_of", "geometry"]
@@ -141,15 +142,18 @@ def _tracker_class(torch):
     from torch.overrides import TorchFunctionMode
 
     softmaxes = softmax_functions(torch)
+    activations = activation_ops(torch)
     Tensor = torch.Tensor
 
     class Tracker(TorchFunctionMode):
-        """Tags every tensor result with its layout; counts softmax calls."""
+        """Tags every tensor result with its layout; counts softmax calls; hands each
+        activation call to ``watch(op, autograd node of its input before the call, result)``."""
 
-        def __init__(self):
+        def __init__(self, watch=None):
             super().__init__()
             self.tags = {}  # id(tensor) -> (tensor, tag); the tensors are kept for the pass
             self.softmax = []  # results of softmax calls, in call order
+            self.watch = watch
 
         def tag(self, t):
             entry = self.tags.get(id(t))
@@ -157,13 +161,22 @@ def _tracker_class(torch):
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            op = activations.get(func)
+            x = (args[0] if args else kwargs.get("input")) if op is not None else None
+            node = x.grad_fn if isinstance(x, Tensor) else None  # before an in-place op replaces it
             r = func(*args, **kwargs)
+            self._tag(func, args, kwargs, r)
+            if node is not None and self.watch is not None and isinstance(r, Tensor):
+                self.watch(op, node, r)
+            return r
+
+        def _tag(self, func, args, kwargs, r):
             if func in softmaxes:
                 self.softmax.append((r, softmaxes[func]))
             results = [r] if isinstance(r, Tensor) else \
                 [t for t in r if isinstance(t, Tensor)] if isinstance(r, (tuple, list)) else []
             if not results:
-                return r
+                return
             first = args[0] if args else None
             tensors = [first] if isinstance(first, Tensor) else []
             if isinstance(first, (tuple, list)) and first:  # cat, stack
@@ -177,7 +190,6 @@ def _tracker_class(torch):
                     new = _layout_after(getattr(func, "__name__", ""), args[1:], kwargs, first, tag, out)
                     if new is not None:
                         self.tags[id(out)] = (out, new)
-            return r
 
     return Tracker
 
@@ -202,11 +214,14 @@ def _public_layout(tag, ndim):
 # ----------------------------------------------------------------------------- the probe
 def probe(torch, root, named, x0, select):
     """One forward pass of ``root`` on ``x0`` (a leaf that requires grad) with hooks on the
-    modules ``named`` (path -> module): (records, output shape or None, FinalSoftmax or None).
+    modules ``named`` (path -> module): (records, output shape or None, FinalSoftmax or None,
+    {functional layer: :class:`._functional.Functional`}).
     Outputs are kept alive for the pass so that no autograd node is freed and reused."""
     order, info, producer, handles, alive = [], {}, {}, [], []
     calls, current, memo = {}, {}, {}
     last_softmax_module = []
+    modular = set()  # autograd nodes of module outputs: what a functional layer is anchored on
+    leaf_depth, op_calls, found = [0], {}, {}  # found: functional layer -> Functional
 
     def producers(tensor):
         found, stack, seen = [], [tensor.grad_fn], set()
@@ -242,8 +257,29 @@ def probe(torch, root, named, x0, select):
             stack.extend((c, False) for c in children if c not in memo)
         return memo[t.grad_fn]
 
-    def pre(name):
+    def functional(op, node, r):
+        """An activation call on ``node``'s tensor: a layer when that is a module's output and
+        no leaf module is running (:mod:`._functional`)."""
+        anchor = producer.get(node) if node in modular else None
+        if anchor is None:
+            return
+        index = op_calls[(anchor, op)] = op_calls.get((anchor, op), 0) + 1  # leaf modules' calls too
+        if leaf_depth[0]:
+            return
+        base = f"{anchor}:{op}"
+        calls[base] = calls.get(base, 0) + 1
+        key = base if calls[base] == 1 else f"{base}#{calls[base]}"
+        found[key] = Functional(anchor, op, index)
+        info[key] = dict(inputs=(anchor,), in_shape=None, shape=tuple(r.shape[1:]), from_input=True,
+                         layout=_public_layout(tracker.tag(r), r.dim()), op=op)
+        if r.grad_fn is not None:
+            producer[r.grad_fn] = key
+        alive.append(r)
+        order.append((key, None))
+
+    def pre(name, leaf):
         def hook(module, inputs):
+            leaf_depth[0] += leaf
             calls[name] = calls.get(name, 0) + 1
             key = name if calls[name] == 1 else f"{name}#{calls[name]}"
             tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
@@ -254,6 +290,7 @@ def probe(torch, root, named, x0, select):
 
     def post(name, container):
         def hook(module, inputs, out):
+            leaf_depth[0] -= not container
             key = current.pop(name, name)
             d = info[key]
             if isinstance(out, torch.Tensor):
@@ -265,16 +302,17 @@ def probe(torch, root, named, x0, select):
                         tuple(dict.fromkeys(producers(out)))
                 if out.grad_fn is not None and d["from_input"]:
                     producer[out.grad_fn] = key
+                    modular.add(out.grad_fn)
                 alive.append(out)
                 if isinstance(module, (torch.nn.Softmax, torch.nn.LogSoftmax)):
                     last_softmax_module[:] = [(name, calls[name], type(module).__name__, out)]
             order.append((key, module))
         return hook
 
-    tracker = _tracker_class(torch)()
+    tracker = _tracker_class(torch)(functional)
     try:
         for name, m in named.items():
-            handles.append(m.register_forward_pre_hook(pre(name)))
+            handles.append(m.register_forward_pre_hook(pre(name, not m._modules)))
             handles.append(m.register_forward_hook(post(name, bool(m._modules))))
         with tracker:
             out = root(x0)
@@ -284,6 +322,10 @@ def probe(torch, root, named, x0, select):
     records = []
     for key, m in order:
         d = info[key]
+        if m is None:  # a functional layer
+            records.append(Layer(name=key, kind=op_kind(d["op"]), shape=d["shape"], inputs=d["inputs"], op=d["op"],
+                                 layout=d["layout"]))
+            continue
         dep = d.get("from_input", True)
         if dep is False:
             continue  # not computed from the input: not a layer
@@ -306,4 +348,4 @@ def probe(torch, root, named, x0, select):
             k = next((i for i, (r, _) in enumerate(tracker.softmax) if r is out), None)
             if k is not None:
                 head = FinalSoftmax(call=k + 1, function=tracker.softmax[k][1])
-    return records, tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None, head
+    return records, tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None, head, found

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import attribution, features, metrics, synthesis
 from .._layers import spatial_layers
+from ..backend import OUTPUT
 from ..dissection import dissect
 from ..render.image import grid
 from ..render.report import Report
@@ -29,15 +30,33 @@ SALIENCY = ("saliency", "smoothgrad", "integrated_gradients", "input_x_gradient"
 CAMS = ("cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam")
 
 
+class _EachClass(synthesis.Objective):
+    """Image ``n`` of the batch maximises the score of class ``classes[n]``."""
+
+    tensors = (OUTPUT,)
+    linear = True
+
+    def __init__(self, classes):
+        self.classes = np.asarray(classes, np.int64)
+
+    def compute(self, acts):
+        z = acts[OUTPUT]
+        n = np.arange(len(z))
+        c = np.resize(self.classes, len(z))
+        seeds = np.zeros_like(z)
+        seeds[n, c] = 1
+        return z[n, c].copy(), {OUTPUT: seeds}
+
+
 def demo_settings(quick: bool = False) -> dict:
     """Sizes of the demo run: images shown, images scored, optimisation steps, concept images."""
     if quick:
         return dict(images=48, scored=12, steps=16, dream_steps=3, concepts=200, patches=6, tsne_iter=400,
                     deletion_steps=8, options={"smoothgrad": {"samples": 8}, "integrated_gradients": {"steps": 16},
                                                "occlusion": {"window": 8, "stride": 8}})
-    return dict(images=200, scored=48, steps=64, dream_steps=8, concepts=500, patches=6, tsne_iter=750,
-                deletion_steps=12, options={"smoothgrad": {"samples": 12}, "integrated_gradients": {"steps": 16},
-                                            "occlusion": {"window": 8, "stride": 8}})
+    return dict(images=200, scored=32, steps=48, dream_steps=8, concepts=500, patches=6, tsne_iter=750,
+                deletion_steps=8, options={"smoothgrad": {"samples": 12}, "integrated_gradients": {"steps": 16},
+                                           "occlusion": {"window": 8, "stride": 8}})
 
 
 def _row_labels(names, labels, scores, classes):
@@ -145,8 +164,8 @@ def _build(run, backend, images, labels, masks, *, settings, concepts=None, clas
     shown = range(min(k, 4))
     run.section("Activation maximisation", f"{len(shown)} classes, {steps} steps each")
     size = tuple(images.shape[2:])  # what the model sees, not a larger canvas
-    vis = [synthesis.visualize(backend, synthesis.class_logit(c), steps=steps, size=size, progress=False).pictures()[0]
-           for c in shown]
+    vis = synthesis.visualize(backend, _EachClass(list(shown)), steps=steps, batch=len(shown), size=size,
+                              progress=False).pictures()  # one batched pass per step for all the classes
     run.add("classes", grid(vis, ncols=len(vis)), "images that maximise each class score ("
             + ", ".join(name(c) for c in shown) + "): FFT parameterisation, decorrelated colour, jitter", scale=2)
 
@@ -194,14 +213,12 @@ def _load():
 
 
 def _framework(asked):
-    import importlib.util
-
-    from .._plugins import install_hint
+    from .._plugins import _missing_module, install_hint
 
     if asked:
         return asked
     for framework, module in (("torch", "torch"), ("onnx", "onnxruntime"), ("keras", "keras")):
-        if importlib.util.find_spec(module) is not None:
+        if _missing_module(module) is None:
             return framework
     raise ImportError(f"the demo needs one framework: {install_hint('torch')} (or convscope[onnx], convscope[tensorflow])")
 
