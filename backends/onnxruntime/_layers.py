@@ -77,6 +77,12 @@ def layer_names(graph, dtypes, dependent):
     return names
 
 
+def _batch_first(dims) -> bool:
+    """A tensor whose batch axis is axis 0 (or whose shape is unknown). Attention's stacked
+    q, k, v (3, N, ...) is not one: an image's values are not its first index, so it is no layer."""
+    return dims is None or not dims or None not in dims[1:]
+
+
 def layer_records(graph, names, shapes, dependent):
     """Layer records in execution order for the shapes of one input size."""
     wanted = set(names)
@@ -89,10 +95,10 @@ def layer_records(graph, names, shapes, dependent):
         if not outs:
             continue
         inputs = tuple(dict.fromkeys(s for i in node.input if i in sources for s in sources[i]))
-        layers = [o for o in outs if o in wanted]
+        layers = [o for o in outs if o in wanted and _batch_first(shapes.get(o))]
         for out in outs:
             state = states.get(out, ("other", None))
-            see_through = out not in wanted or (state[0] == "other" and state[1] is not None and node.op_type in VIEW_OPS)
+            see_through = out not in layers or (state[0] == "other" and state[1] is not None and node.op_type in VIEW_OPS)
             sources[out] = inputs if see_through else (out,)
         if not layers:
             continue
