@@ -2,7 +2,8 @@
 
 The module is put in eval mode for each call and left exactly as it was afterwards
 (training flags, ``requires_grad``, grad mode, BatchNorm statistics, hooks), also when the
-call raises. A module called more than once per pass is reachable as ``name#2``, ``name#3``.
+call raises. A module called more than once per pass is reachable as ``name#2``, ``name#3``;
+a functional activation on a module's output as ``name:relu`` (:mod:`._functional`).
 Layer records come from one probe pass (:mod:`._probe`), outputs are recorded by hooks
 (:mod:`._capture`), and a final softmax is left out unless asked for (:mod:`._output`).
 """

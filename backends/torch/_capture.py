@@ -72,8 +72,8 @@ def capture(torch, modules, names, store, replace, stop_when_done=False, leaves=
     module's hook notes the tensor it hands on, and a ``TorchFunctionMode``, entered only
     then, records the call.
     """
-    asked = [n for n in names if is_functional(n)]
-    wanted = split_calls([n for n in names if not is_functional(n)])
+    asked = [n for n in names if is_functional(n) and n.partition("#")[0] not in modules]
+    wanted = split_calls([n for n in names if n not in asked])
     where = {n: (functional or {}).get(n) for n in asked}
     unknown = [n for n, f in where.items() if f is None]
     if unknown:

@@ -23,6 +23,9 @@ One forward pass of a zero image with a pre- and a post-hook on every module, an
   (pointwise ops, norms, linear layers, convs, adds, cat) keeps that argument's layout. A
   2-d result is a vector; an untracked 4-d one a channels-first map, an untracked 3-d one
   ``"other"``. A LayerNorm or Linear on a (N, H, W, C) tensor thus produces ``"hwc"``.
+* **functional activations** (``F.relu(features)`` between modules) on a module's output are
+  layers ``"<module>:<op>"``, their results the producers of what comes after
+  (:mod:`._functional`).
 * **a final softmax** (a module, or a functional call whose result is the model output)
   is noted for :mod:`._output`.
 """
