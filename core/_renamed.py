@@ -8,11 +8,24 @@ it to the new name and warns once per (function, old name) with a DeprecationWar
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 
-__all__ = ["renamed"]
+__all__ = ["renamed", "warn_once"]
 
 _warned: set = set()
+
+
+def warn_once(key, message: str) -> None:
+    """A DeprecationWarning, once per process and ``key``, at the user's call (the first frame
+    outside convscope and pluggy)."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("convscope", "pluggy"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
 
 
 def renamed(**old_to_new):
@@ -31,10 +44,8 @@ def renamed(**old_to_new):
                     raise TypeError(f"{fn.__name__}() got both {old!r} and its new name {name!r}; pass only {name!r}.")
                 value = kwargs.pop(old)
                 kwargs[name] = convert(value) if convert else value
-                if (fn.__qualname__, old) not in _warned:
-                    _warned.add((fn.__qualname__, old))
-                    warnings.warn(f"{fn.__name__}(): the argument {old!r} is now called {name!r}; "
-                                  f"the old name will be removed.", DeprecationWarning, stacklevel=2)
+                warn_once((fn.__qualname__, old), f"{fn.__name__}(): the argument {old!r} is now called {name!r}; "
+                                                  "the old name will be removed.")
             return fn(*args, **kwargs)
         return wrapper
     return decorate

@@ -12,13 +12,13 @@ A third party may implement the :class:`Backend` protocol without the base.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Union, runtime_checkable
 
 import numpy as np
 
+from ._renamed import warn_once
 from ._validate import as_images, check_choice, check_name, describe, param_error
 
 __all__ = ["Backend", "BackendBase", "unchecked", "Layer", "LAYOUTS", "Gradients", "Seeds", "RELU_RULES", "INPUT", "OUTPUT"]
@@ -143,22 +143,11 @@ def _as_list(names) -> list:
     return [names] if isinstance(names, str) else list(dict.fromkeys(names))
 
 
-def _warn_relu_alias():
-    global _RELU_WARNED
-    if not _RELU_WARNED:
-        _RELU_WARNED = True
-        warnings.warn("gradient(..., relu=...) is deprecated; pass rule=... (the same values).",
-                      DeprecationWarning, stacklevel=4)
-
-
-_RELU_WARNED = False
-
-
 def _rule_of(rule, relu):
     """(rule, the parameter name to report) from ``rule=`` and its deprecated alias ``relu=``."""
     if relu is None:
         return rule, "rule"
-    _warn_relu_alias()
+    warn_once("gradient relu=", "gradient(..., relu=...) is deprecated; pass rule=... (the same values).")
     if rule != "standard" and rule != relu:
         raise TypeError(f"gradient() got rule={rule!r} and its deprecated alias relu={relu!r}; pass only rule=.")
     return relu, "relu"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import convscope
+import convscope._renamed
 import convscope.backend as backend_module
 from convscope.backend import BackendBase, unchecked
 from convscope.data import demo_model, demo_path
@@ -114,7 +115,7 @@ def test_at_defaults_to_the_seed_names_or_the_output(backend):
 
 
 def test_relu_is_a_deprecated_alias_of_rule(backend, monkeypatch):
-    monkeypatch.setattr(backend_module, "_RELU_WARNED", False)
+    monkeypatch.setattr(convscope._renamed, "_warned", set())  # deprecations warn once per process
     with pytest.warns(DeprecationWarning, match=r"relu=\.\.\.\) is deprecated; pass rule="):
         old = backend.gradient(X, {"output": OUT}, relu="guided")["input"]
     with warnings.catch_warnings():

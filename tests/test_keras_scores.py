@@ -16,7 +16,8 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import convscope  # noqa: E402
-from convscope.backends.tensorflow import KerasBackend, _model  # noqa: E402
+import convscope._renamed  # noqa: E402
+from convscope.backends.tensorflow import KerasBackend  # noqa: E402
 
 pytestmark = pytest.mark.backend("tensorflow")
 L = keras.layers
@@ -201,7 +202,7 @@ def test_select_picks_an_output_and_output_keeps_its_meaning():
 
 
 def test_output_as_an_index_or_name_is_the_deprecated_select(monkeypatch):
-    monkeypatch.setattr(_model, "_SELECT_WARNED", False)
+    monkeypatch.setattr(convscope._renamed, "_warned", set())  # the deprecation warns once per process
     model = two_heads()
     x = images()
     with pytest.warns(DeprecationWarning, match=r"output='logits'.*deprecated; pass select='logits'"):

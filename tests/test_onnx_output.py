@@ -11,7 +11,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import convscope  # noqa: E402
-from convscope.backends.onnxruntime import _graph  # noqa: E402
+import convscope._renamed  # noqa: E402
 
 import onnx_models as om  # noqa: E402
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.backend("onnxruntime")
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """The deprecation warnings fire once per process: start each test with none given."""
-    monkeypatch.setattr(_graph, "_WARNED", set())
+    monkeypatch.setattr(convscope._renamed, "_warned", set())
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_select_picks_a_graph_output_and_output_with_a_name_is_its_old_spelling(
     x = np.random.default_rng(3).standard_normal((2, om.C, om.H, om.W)).astype(np.float32)
     a = convscope.load(model, select="a").forward(x)
     np.testing.assert_array_equal(convscope.load(model, select=1).forward(x), -a)
-    with pytest.warns(DeprecationWarning, match=r"output=<graph output name or index>\) is deprecated; pass select="):
+    with pytest.warns(DeprecationWarning, match=r"output='b'\) to pick one of the model's outputs is deprecated; pass select='b'"):
         old = convscope.load(model, output="b")
     np.testing.assert_array_equal(old.forward(x), -a)
     assert old.output == "scores"
@@ -131,9 +131,9 @@ def test_bad_output_and_select_values_name_the_parameter():
         convscope.load(model, select="c")
     with pytest.raises(ValueError, match=r"'select' parameter of convscope.load must be an index below 2"):
         convscope.load(model, select=2)
-    with pytest.raises(TypeError, match=r"'select' parameter of convscope.load must be a graph output name or index"):
+    with pytest.raises(TypeError, match=r"'select' parameter of convscope.load must be an output's index, name or key"):
         convscope.load(model, select=True)
-    with pytest.raises(TypeError, match=r"'output' parameter of convscope.load must be 'scores' or 'probabilities'. "
+    with pytest.raises(TypeError, match=r"'output' parameter of convscope.load must be one of 'scores', 'probabilities'. "
                                         r"Got 1.5 instead"):
         convscope.load(model, output=1.5)
     with warnings.catch_warnings():

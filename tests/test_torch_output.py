@@ -119,8 +119,8 @@ def test_select_picks_one_output_and_the_old_output_index_warns_once():
     s = model.body(torch.from_numpy(X)).detach().numpy()
     np.testing.assert_allclose(convscope.load(model, select=1).forward(X), -s, rtol=1e-5, atol=1e-6)
 
-    from convscope.backends.torch import _output
-    _output._WARNED = False
+    from convscope import _renamed
+    _renamed._warned.clear()  # deprecations warn once per process
     with pytest.warns(DeprecationWarning, match="select=1"):
         b = convscope.load(model, output=1)
     np.testing.assert_allclose(b.forward(X), -s, rtol=1e-5, atol=1e-6)

@@ -22,7 +22,9 @@ from convscope.hookspecs import hookimpl
 from .adjoint import build_adjoint
 from .adjoint._emit import UnsupportedOperatorError
 from ._dataflow import dependent_tensors
-from ._graph import OUTPUTS, choices, output_options, prepare
+from convscope._outputs import OUTPUTS, output_options
+
+from ._graph import choices, prepare
 from ._layers import layer_names, layer_records, layer_weights
 from ._load import ModelReadError, read_model
 from ._runs import Runner
@@ -80,11 +82,12 @@ class OnnxBackend(BackendBase):
 
     def __init__(self, model, *, input_shape=None, input=None, output=None, select=None, probabilities=None,
                  threads=None, spinning=False):
-        output, select, select_param = output_options(output, select, probabilities)
-        check_choice(output, OUTPUTS, "output", "convscope.load")
         onnx, ort = _frameworks()
         self._onnx = onnx
         structure, weights = read_model(model, onnx)
+        output, select, select_param = output_options(output, select, probabilities=probabilities,
+                                                      names=[o.name for o in structure.graph.output])
+        check_choice(output, OUTPUTS, "output", "convscope.load")
         self.graph = prepare(structure, weights, onnx, input=input, select=select,
                              probabilities=output == "probabilities", select_param=select_param)
         #: "scores" (before a final softmax) or "probabilities"

@@ -13,68 +13,19 @@
 """
 from __future__ import annotations
 
-import sys
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from convscope._outputs import OUTPUTS
 from convscope._validate import check_name, param_error
 
-__all__ = ["OnnxGraph", "prepare", "MIN_OPSET", "OUTPUTS", "output_options", "choices"]
+__all__ = ["OnnxGraph", "prepare", "MIN_OPSET", "choices"]
 
 MIN_OPSET = 16
 TARGET_OPSET = 17
 _SOFTMAX = ("Softmax", "LogSoftmax")
 #: what ``load(model, output=...)`` explains: the scores before a final softmax, or its output
-OUTPUTS = ("scores", "probabilities")
-_WARNED = set()
-
-
-def _deprecated(key, message):
-    """Warn once per process, at the user's call (the first frame outside convscope and pluggy)."""
-    if key in _WARNED:
-        return
-    _WARNED.add(key)
-    frame, level = sys._getframe(0), 1
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("convscope", "pluggy"):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, DeprecationWarning, stacklevel=level)
-
-
-def output_options(output, select, probabilities):
-    """(output, select, the parameter name to report for select) from ``load``'s options.
-
-    ``probabilities=True/False`` is the old spelling of ``output="probabilities"/"scores"``;
-    an ``output`` that names or indexes a graph output is the old spelling of ``select``. Each
-    old spelling warns once (DeprecationWarning)."""
-    select_param = "select"
-    if output is not None and not isinstance(output, str) and not (
-            isinstance(output, (int, np.integer)) and not isinstance(output, (bool, np.bool_))):
-        raise param_error("output", "convscope.load", "'scores' or 'probabilities'", repr(output), TypeError)
-    if output is not None and output not in OUTPUTS:
-        _deprecated("output", "convscope.load(model, output=<graph output name or index>) is deprecated; pass "
-                              "select=... (output= now takes 'scores' or 'probabilities').")
-        if select is not None:
-            raise TypeError(f"convscope.load() got select={select!r} and output={output!r}, its deprecated "
-                            "spelling; pass only select=.")
-        output, select, select_param = None, output, "output"
-    if select is not None and (isinstance(select, (bool, np.bool_)) or
-                               not isinstance(select, (str, int, np.integer))):
-        raise param_error("select", "convscope.load", "a graph output name or index", repr(select), TypeError)
-    if probabilities is not None:
-        _deprecated("probabilities", "convscope.load(model, probabilities=True) is deprecated; pass "
-                                     "output='probabilities' (probabilities=False is output='scores').")
-        if not isinstance(probabilities, (bool, np.bool_)):
-            raise param_error("probabilities", "convscope.load", "True or False", repr(probabilities), TypeError)
-        wanted = "probabilities" if probabilities else "scores"
-        if output is not None and output != wanted:
-            raise TypeError(f"convscope.load() got output={output!r} and probabilities={probabilities!r}, its "
-                            "deprecated spelling; pass only output=.")
-        output = wanted
-    return output or "scores", select, select_param
-
-
 def choices(graph) -> dict:
     """What convscope chose for the user, by option: ``{"output": why}`` when a final softmax is left out."""
     if graph.left_out is None:

@@ -1,44 +1,19 @@
 """What the Keras backend reads off a model: its layout, its input shape, its outputs."""
 from __future__ import annotations
 
-import difflib
-import warnings
 
 import numpy as np
 
+from convscope._outputs import OUTPUTS, output_options as _output_options
 from convscope._validate import check_int, check_name, describe, param_error
 
 __all__ = ["channels_last", "declared_input_shape", "check_input_shape", "pick_output", "output_options", "OUTPUTS"]
 
-#: what ``load(model, output=...)`` explains: the scores before a final softmax, or its probabilities
-OUTPUTS = ("scores", "probabilities")
-_SELECT_WARNED = False
 
 
 def output_options(output, select, output_names=()):
-    """(output, select) from the ``output`` and ``select`` options of ``convscope.load``.
-
-    ``output`` is "scores" (default; None too) or "probabilities"; an int or any other string
-    is the former way to pick one output of a multi-output model, taken as ``select=`` with a
-    DeprecationWarning (once), unless it is a misspelling of those two and no output's name."""
-    global _SELECT_WARNED
-    if output is None or (isinstance(output, str) and output in OUTPUTS):
-        return output or "scores", select
-    if isinstance(output, bool) or not isinstance(output, (str, int, np.integer)):
-        raise param_error("output", "convscope.load", "one of 'scores', 'probabilities'", describe(output), TypeError)
-    close = difflib.get_close_matches(output, OUTPUTS, n=1, cutoff=0.6) if isinstance(output, str) else []
-    if close and output not in output_names:
-        raise ValueError(f"The 'output' parameter of convscope.load must be one of 'scores', 'probabilities'. "
-                         f"Got {output!r} instead; closest: {close[0]}.")
-    if select is not None:
-        raise TypeError(f"convscope.load got output={output!r} (the former spelling of select=) and "
-                        f"select={select!r}; pass only select=.")
-    if not _SELECT_WARNED:
-        _SELECT_WARNED = True
-        warnings.warn(f"load(model, output={output!r}) picking one of the model's outputs is deprecated; pass "
-                      f"select={output!r}. output= now takes 'scores' (default) or 'probabilities'.",
-                      DeprecationWarning, stacklevel=4)
-    return "scores", output
+    """(output, select) from ``load``'s options (:func:`convscope._outputs.output_options`)."""
+    return _output_options(output, select, names=output_names)[:2]
 
 
 def channels_last(model, keras) -> bool:

@@ -13,37 +13,18 @@ a tuple or dict (index or key); an ``output=`` value other than the two words is
 """
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
-from convscope._validate import describe, param_error
+from convscope._outputs import OUTPUTS, output_options as _output_options
 
 __all__ = ["OUTPUTS", "output_options", "FinalSoftmax", "softmax_functions", "strip_softmax", "detect_softmax"]
 
-OUTPUTS = ("scores", "probabilities")
-_WARNED = False
-
 
 def output_options(output, select):
-    """(output, select) from ``load``'s options; ``output=<int or other str>`` is the old ``select``."""
-    global _WARNED
-    if output is None:
-        output = "scores"
-    if isinstance(output, str) and output in OUTPUTS:
-        return output, select
-    if isinstance(output, (int, str)) and not isinstance(output, bool):
-        if select is not None:
-            raise param_error("output", "convscope.load", f"one of {OUTPUTS} when select= is given", repr(output),
-                              TypeError)
-        if not _WARNED:
-            _WARNED = True
-            warnings.warn(f"load(model, output={output!r}) to pick one of several outputs is deprecated; pass "
-                          f"select={output!r} (output= now takes {OUTPUTS[0]!r} or {OUTPUTS[1]!r}).",
-                          DeprecationWarning, stacklevel=4)
-        return "scores", output
-    raise param_error("output", "convscope.load", f"one of {OUTPUTS}", describe(output), TypeError)
+    """(output, select) from ``load``'s options (:func:`convscope._outputs.output_options`)."""
+    return _output_options(output, select)[:2]
 
 
 @dataclass(frozen=True)
