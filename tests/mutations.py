@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: (name, file, the text, its mutation, the test files that must catch it)
 MUTATIONS = [
-    ("relu6 guided upper mask", "backends/torch/_rules.py", "            return 6.0, True", "            return None, True",
-     ["tests/test_torch_rectifiers.py"]),
+    ("relu6 guided upper mask", "backends/torch/_rules.py", "grad = grad * ((out > 0) & (out < ctx.upper))",
+     "grad = grad * (out > 0)", ["tests/test_torch_rectifiers.py"]),
     ("occlusion default stride", "core/attribution/occlusion.py", "(max(1, window[0] // 2), max(1, window[1] // 2))",
      "(window[0], window[1])", ["tests/test_references_by_hand.py"]),
     ("occlusion per-channel fill", "core/_imageops.py", "np.broadcast_to(values[None, :, None, None], x.shape)",
@@ -56,9 +56,9 @@ MUTATIONS = [
      "return (params + self.lr * m_hat / (root + floor + 1e-8))", ["tests/test_synthesis_scale.py"]),
     ("ONNX Sigmoid rule", "backends/onnxruntime/adjoint/rules_pointwise.py",
      'em.op("Mul", [y, em.op("Sub", [em.const(1.0), y])])', 'em.op("Mul", [y, em.op("Sub", [em.const(2.0), y])])',
-     ["tests/test_onnx_rules_pointwise.py"]),
-    ("torch final softmax kept", "backends/torch/_output.py", '    if output is None:\n        output = "scores"',
-     '    if output is None:\n        output = "probabilities"', ["tests/test_torch_output.py"]),
+     ["tests/test_onnx_graphs.py"]),
+    ("final softmax kept by default", "core/_outputs.py", 'return output or "scores", select, select_param',
+     'return output or "probabilities", select, select_param', ["tests/test_torch_output.py"]),
 ]
 
 
