@@ -54,7 +54,7 @@ def demo_settings(quick: bool = False) -> dict:
         return dict(images=48, scored=12, steps=16, dream_steps=3, concepts=200, patches=6, tsne_iter=400,
                     deletion_steps=8, options={"smoothgrad": {"samples": 8}, "integrated_gradients": {"steps": 16},
                                                "occlusion": {"window": 8, "stride": 8}})
-    return dict(images=200, scored=32, steps=48, dream_steps=8, concepts=500, patches=6, tsne_iter=750,
+    return dict(images=200, scored=24, steps=32, dream_steps=6, concepts=400, patches=6, tsne_iter=750,
                 deletion_steps=8, options={"smoothgrad": {"samples": 12}, "integrated_gradients": {"steps": 16},
                                            "occlusion": {"window": 8, "stride": 8}})
 
