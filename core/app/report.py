@@ -54,9 +54,9 @@ def demo_settings(quick: bool = False) -> dict:
         return dict(images=48, scored=12, steps=16, dream_steps=3, concepts=200, patches=6, tsne_iter=400,
                     deletion_steps=8, options={"smoothgrad": {"samples": 8}, "integrated_gradients": {"steps": 16},
                                                "occlusion": {"window": 8, "stride": 8}})
-    return dict(images=200, scored=24, steps=32, dream_steps=6, concepts=400, patches=6, tsne_iter=750,
-                deletion_steps=8, options={"smoothgrad": {"samples": 12}, "integrated_gradients": {"steps": 16},
-                                           "occlusion": {"window": 8, "stride": 8}})
+    return dict(images=200, scored=64, steps=96, dream_steps=10, concepts=600, patches=6, tsne_iter=750,
+                deletion_steps=12, options={"smoothgrad": {"samples": 16}, "integrated_gradients": {"steps": 24},
+                                            "occlusion": {"window": 8, "stride": 8}})
 
 
 def _row_labels(names, labels, scores, classes):
