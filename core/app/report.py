@@ -138,10 +138,14 @@ def _build(run, backend, images, labels, masks, *, settings, concepts=None, clas
 
     run.section("Embedding", f"t-SNE of {last} on {len(images)} images")
     feats = features.layer_features(backend, images, last, progress=False)
-    emb = features.embed(feats, method="tsne", perplexity=min(30.0, (len(images) - 1) / 3), labels=labels,
-                         images=images, classes=classes, max_iter=settings["tsne_iter"])
-    run.add("tsne_grid", emb.image_grid(tile=48), f"images placed by a 2-D t-SNE embedding of {last} (optimal grid "
-            "assignment)")
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            emb = features.embed(feats, method="tsne", perplexity=min(30.0, (len(images) - 1) / 3), labels=labels,
+                                 images=images, classes=classes, max_iter=settings["tsne_iter"])
+            picture = emb.image_grid(tile=48)
+        run.add("tsne_grid", picture, f"images placed by a 2-D t-SNE embedding of {last} (optimal grid assignment)")
+    except (ValueError, FloatingPointError) as err:  # e.g. identical images: no distances to embed
+        run.report.text(f"No embedding: t-SNE of {last} failed on these images ({str(err).splitlines()[0]}).")
 
     n = min(settings["scored"], len(images))
     masks_n = None if masks is None else masks[:n]
