@@ -219,3 +219,24 @@ def test_preset_matches_the_library(photos, tmp_path):
     backend = convscope.load(demo_model(), preprocess="imagenet")
     np.testing.assert_allclose(data["maps"], convscope.grad_cam(backend, data["images"]).maps, rtol=1e-4, atol=1e-5)
     json.dumps(data["class_names"].tolist())
+
+
+def test_a_failure_half_way_leaves_nothing(photos, tmp_path, capsys, monkeypatch):
+    from convscope.app import report
+
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for i in range(3):
+        Image.open(photos / "circle.jpg").save(folder / f"{i}.png")
+
+    def broken(*args, **kwargs):  # after every picture has been written
+        raise ValueError("disk full (simulated)")
+
+    monkeypatch.setattr(report, "_timing", broken)
+    assert main(["report", "demo", str(folder), "--quick", "-o", str(tmp_path / "out" / "rep.html")]) == 2
+    assert "disk full (simulated)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["dissect", "demo", "--layer", "relu4", "--n", "8", "-o", str(tmp_path / "d.html")]) == 2
+    assert "raise --n" in capsys.readouterr().err and not (tmp_path / "d.html").exists()
+    assert main(["dissect", "demo", "--layer", "relu4", "--n", "64", "-o", str(tmp_path / "d.html")]) == 0
+    assert (tmp_path / "d.html").exists() and (tmp_path / "d.png").exists() and not list(tmp_path.glob(".convscope-*"))

@@ -248,9 +248,15 @@ def cmd_dissect(args):
 
     out = check_output(args.output, kinds=(".html",))
     concepts = args.data if args.data else shapes(args.n)
-    result = dissect(open_backend(args), args.layer, concepts, quantile=args.quantile)
-    with staged(out) as tmp:
-        result.report(tmp)
+    try:
+        result = dissect(open_backend(args), args.layer, concepts, quantile=args.quantile)
+    except ValueError as err:
+        if args.data or "no pixels anywhere" not in str(err):
+            raise
+        concept = str(err).split("for ", 1)[-1].split(" instead")[0]
+        raise UsageError(f"--n {args.n} generated images hold no pixels of the concept {concept}; raise --n") from None
+    with staged(out, out.with_suffix(".png")) as (page, _):
+        result.report(page)  # the page and the chart's PNG beside it
     print(f"wrote {out}")
 
 

@@ -54,9 +54,9 @@ def demo_settings(quick: bool = False) -> dict:
         return dict(images=48, scored=12, steps=16, dream_steps=3, concepts=200, patches=6, tsne_iter=400,
                     deletion_steps=8, options={"smoothgrad": {"samples": 8}, "integrated_gradients": {"steps": 16},
                                                "occlusion": {"window": 8, "stride": 8}})
-    return dict(images=200, scored=32, steps=48, dream_steps=8, concepts=500, patches=6, tsne_iter=750,
-                deletion_steps=8, options={"smoothgrad": {"samples": 12}, "integrated_gradients": {"steps": 16},
-                                           "occlusion": {"window": 8, "stride": 8}})
+    return dict(images=200, scored=64, steps=96, dream_steps=10, concepts=600, patches=6, tsne_iter=750,
+                deletion_steps=12, options={"smoothgrad": {"samples": 16}, "integrated_gradients": {"steps": 24},
+                                            "occlusion": {"window": 8, "stride": 8}})
 
 
 def _row_labels(names, labels, scores, classes):
@@ -138,10 +138,14 @@ def _build(run, backend, images, labels, masks, *, settings, concepts=None, clas
 
     run.section("Embedding", f"t-SNE of {last} on {len(images)} images")
     feats = features.layer_features(backend, images, last, progress=False)
-    emb = features.embed(feats, method="tsne", perplexity=min(30.0, (len(images) - 1) / 3), labels=labels,
-                         images=images, classes=classes, max_iter=settings["tsne_iter"])
-    run.add("tsne_grid", emb.image_grid(tile=48), f"images placed by a 2-D t-SNE embedding of {last} (optimal grid "
-            "assignment)")
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            emb = features.embed(feats, method="tsne", perplexity=min(30.0, (len(images) - 1) / 3), labels=labels,
+                                 images=images, classes=classes, max_iter=settings["tsne_iter"])
+            picture = emb.image_grid(tile=48)
+        run.add("tsne_grid", picture, f"images placed by a 2-D t-SNE embedding of {last} (optimal grid assignment)")
+    except (ValueError, FloatingPointError) as err:  # e.g. identical images: no distances to embed
+        run.report.text(f"No embedding: t-SNE of {last} failed on these images ({str(err).splitlines()[0]}).")
 
     n = min(settings["scored"], len(images))
     masks_n = None if masks is None else masks[:n]

@@ -47,9 +47,18 @@ def with_headers(rgb, names, *, cell: int, pad: int = 2, size: int = 13) -> np.n
     lines = []
     for name in names:
         name = str(name)
-        if _text_width(probe, name, f) > cell and "_" in name:
-            cut = name.rfind("_", 0, max(1, len(name) // 2 + 3)) or name.find("_")
-            lines.append([_fit_text(probe, name[:cut + 1], f, cell), _fit_text(probe, name[cut + 1:], f, cell)])
+        if _text_width(probe, name, f) > cell and (" (" in name or "_" in name):
+            if " (" in name:  # "method (tone)": the note on a line of its own
+                first, second = name.split(" (", 1)
+                second = "(" + second
+                if _text_width(probe, first, f) > cell and "_" in first:
+                    cut = first.rfind("_", 0, len(first) // 2 + 3)
+                    first, second = first[:cut + 1], first[cut + 1:] + " " + second
+            else:
+                cut = name.rfind("_", 0, max(1, len(name) // 2 + 3))
+                cut = cut if cut > 0 else name.find("_")
+                first, second = name[:cut + 1], name[cut + 1:]
+            lines.append([_fit_text(probe, first, f, cell), _fit_text(probe, second, f, cell)])
         else:
             lines.append([_fit_text(probe, name, f, cell)])
     rows = max(len(x) for x in lines)
