@@ -70,9 +70,9 @@ def demo_model(framework: str = "torch"):
         except ImportError as err:  # pragma: no cover
             raise ImportError("The Keras demo model needs TensorFlow: pip install 'convscope[tensorflow]'") from err
         return keras.saving.load_model(path, compile=False)
+    model = build_torch_demo()  # says which extra to install when torch is missing
     import torch
 
-    model = build_torch_demo()
     with np.load(path) as state:
         model.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
     model.input_shape = (3, 64, 64)  # read by the torch backend to size its layer records

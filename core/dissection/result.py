@@ -77,7 +77,7 @@ class Dissection(Renderable):
     # ------------------------------------------------------------------ report
     def unit_picture(self, unit: int, k: int = 4) -> np.ndarray:
         """The unit's top images, each with the region above its threshold outlined in
-        yellow and the best concept's mask tinted in cyan."""
+        yellow and the best concept's mask tinted and outlined in cyan."""
         from .._plugins import load
 
         if self._source is None:
@@ -91,10 +91,10 @@ class Dissection(Renderable):
             hm, wm = masks.shape[2:]
             region = resize(act, (hm, wm)) >= self.thresholds[unit]
             rgb = resize(to_rgb(images[0]).transpose(2, 0, 1), (hm, wm)).transpose(1, 2, 0)
-            tint = masks[0, concept][..., None]
-            rgb = np.where(tint, 0.6 * rgb + 0.4 * np.array([0, 1, 1], np.float32), rgb)
-            edge = region & ~(np.roll(region, 1, 0) & np.roll(region, -1, 0) & np.roll(region, 1, 1) & np.roll(region, -1, 1))
-            rgb[edge] = (1.0, 0.9, 0.0)
+            mask = masks[0, concept].astype(bool)
+            rgb = np.where(mask[..., None], 0.6 * rgb + 0.4 * np.array([0, 1, 1], np.float32), rgb)
+            rgb[_edge(mask)] = (0.0, 1.0, 1.0)  # the concept's outline in pure cyan, as the legend says
+            rgb[_edge(region)] = (1.0, 0.9, 0.0)
             tiles.append(rgb)
         return grid(tiles, ncols=k)
 
@@ -156,3 +156,9 @@ def label_changes(before: Dissection, after: Dissection) -> list:
         if label_a != label_b:
             changes.append(dict(unit=u, before=label_a, after=label_b, iou_before=a["iou"], iou_after=b["iou"]))
     return changes
+
+
+def _edge(region: np.ndarray) -> np.ndarray:
+    """The pixels of a boolean region that touch its outside (4-neighbours)."""
+    inner = np.roll(region, 1, 0) & np.roll(region, -1, 0) & np.roll(region, 1, 1) & np.roll(region, -1, 1)
+    return region & ~inner

@@ -159,6 +159,18 @@ def _run(backend, match, shape, start, *, steps, lr, tv, param, colour, optimize
     return image_param.image(t), records
 
 
+def _margin(backend, h, w) -> int:
+    """Pixels added around a style transfer's canvas and cut off at the end: the zero padding of
+    the model's convs otherwise draws a frame of style along the border (the content loss keeps
+    the content where it was, so the frame shows). None for a fixed-size model. A texture keeps
+    its whole canvas: its Gram statistics are those of the image it returns."""
+    return 0 if getattr(backend, "fixed_size", None) is not None else max(2, min(h, w) // 8)
+
+
+def _crop(images, m):
+    return images if not m else np.ascontiguousarray(images[..., m:-m, m:-m])
+
+
 def texture(model, exemplar, layers=None, *, size=None, steps: int = 200, lr: float = 0.05, layer_weights=None,
             tv: float = 0.0, param: str = "pixel", colour: str = "rgb", optimizer="adam", value_range=None,
             seed: int = 0, progress=None, callback=None) -> Texture:
@@ -214,11 +226,13 @@ def style_transfer(model, content, style, *, content_layer=None, style_layers=No
     value_range = check_range(backend_range(backend) if value_range is None else value_range, owner)
     if start not in ("content", "noise"):
         raise param_error("start", owner, "'content' or 'noise'", repr(start))
-    content_target = backend.activations(c, [content_layer])[content_layer]
+    m = _margin(backend, *c.shape[2:])
+    canvas = np.pad(c, ((0, 0), (0, 0), (m, m), (m, m)), mode="reflect") if m else c
+    content_target = backend.activations(canvas, [content_layer])[content_layer]
     match = GramMatch(backend.activations(s, style_layers), weights, style_weight, content_target, content_layer,
                       content_weight)
-    image, records = _run(backend, match, c.shape, c if start == "content" else None, steps=steps, lr=lr, tv=tv,
-                          param=param, colour=colour, optimizer=optimizer, value_range=value_range, seed=seed,
+    image, records = _run(backend, match, canvas.shape, canvas if start == "content" else None, steps=steps, lr=lr,
+                          tv=tv, param=param, colour=colour, optimizer=optimizer, value_range=value_range, seed=seed,
                           progress=progress, callback=callback, owner=owner)
-    return StyleTransfer(image, c, s, [float(r["content"].mean()) for r in records],
+    return StyleTransfer(_crop(image, m), c, s, [float(r["content"].mean()) for r in records],
                          [float(r["style"].mean()) for r in records], value_range)
