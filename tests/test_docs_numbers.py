@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: The full demo's settings for the scored images (convscope.app.report.demo_settings), restated here.
 SCORED, TOLERANCE_PX, DELETION_STEPS = 64, 4, 12
-OPTIONS = {"smoothgrad": {"samples": 16}, "integrated_gradients": {"steps": 24}, "occlusion": {"window": 8, "stride": 8}}
+OPTIONS = {"smoothgrad": {"samples": 16}, "integrated_gradients": {"steps": 24}, "occlusion": {"window": 8, "stride": 8},
+           "score_cam": {"output": "probability"}}
 #: Recomputed in the test (the other rows come from the same run, checked against demo_numbers.json).
 CHECKED = ("grad_cam", "integrated_gradients", "score_cam")
 
