@@ -19,6 +19,7 @@ pytorch-grad-cam's ``reshape_transform``) handles any other layout. What convsco
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -285,6 +286,9 @@ def eigen_cam(model, x, target=None, *, layer: str | None = None, clip: bool = T
     ignored. The sign of ``v_1`` is chosen so that the map correlates positively with the
     channel-summed activation. One forward pass to the layer.
     """
+    if target is not None:
+        warnings.warn("eigen_cam is class-agnostic (the first principal component of the activations): the target "
+                      f"{describe(target)} is ignored.", RuntimeWarning, stacklevel=2)
     p = _layer_pass("eigen_cam", model, x, None, layer, "layer", reshape=reshape)
     n, c, h, w = p.acts.shape
     m = p.acts.reshape(n, c, h * w).transpose(0, 2, 1).astype(np.float64)
