@@ -70,7 +70,8 @@ def _cases(quick: bool) -> list:
     ]
     for name in ("saliency", "input_x_gradient", "deconvnet", "guided_backprop", "cam", "grad_cam", "grad_cam_pp",
                  "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam"):
-        cases.append(("attribution", name, "maps", lambda b, x, y, d, f=getattr(A, name): f(b, x, y).maps, False))
+        cases.append(("attribution", name, "maps", lambda b, x, y, d, f=getattr(A, name), name=name:
+                      f(b, x, None if name == "eigen_cam" else y).maps, False))
     cases += [
         ("attribution", "smoothgrad", "maps, 8 samples", lambda b, x, y, d: A.smoothgrad(b, x, y, samples=8).maps, False),
         ("attribution", "integrated_gradients", f"maps, {steps} steps",

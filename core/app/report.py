@@ -84,7 +84,8 @@ def _attribution(run, backend, images, labels, truth, masks, methods, title, nam
         method = getattr(attribution, name)
         start = time.perf_counter()
         try:
-            results[name] = method(backend, images, labels, **settings["options"].get(name, {}))
+            target = None if name == "eigen_cam" else labels  # class-agnostic: it takes no target
+            results[name] = method(backend, images, target, **settings["options"].get(name, {}))
         except (ValueError, TypeError) as err:  # e.g. cam on a model without a GAP + linear head
             failed.append(f"{name}: {str(err).splitlines()[0]}")
             continue
