@@ -259,8 +259,10 @@ def _scan_dask(dataset, step, make_summary, batch_size, client, progress, owner,
     ranges = shard_ranges(dataset.n, batch_size, len(workers))
     futures = {}
     for (start, stop), worker in zip(ranges, workers):
+        # the worker is a preference, not a restriction: a shard whose worker dies is run again
+        # on another (Dask reports KilledWorker after repeated deaths), never left waiting
         f = client.submit(_scan_shard, dataset.subset(start, stop), step, make_summary, batch_size, owner,
-                          workers=[worker], allow_other_workers=False, pure=False)
+                          workers=[worker], allow_other_workers=True, pure=False)
         futures[f.key] = (f, stop - start)
     bar = progress_bar(total=dataset.n, desc=desc or owner, progress=progress, unit="img")
     try:

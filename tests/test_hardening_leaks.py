@@ -88,6 +88,25 @@ def onnx_demo():
     return convscope.load(convscope.data.demo_model("onnx"))
 
 
+FRAMEWORKS = [pytest.param("torch", marks=pytest.mark.backend("torch")),
+              pytest.param("onnx", marks=pytest.mark.backend("onnxruntime")),
+              pytest.param("keras", marks=pytest.mark.backend("tensorflow"))]
+
+
+@pytest.fixture(scope="module", params=FRAMEWORKS)
+def any_demo(request):
+    pytest.importorskip({"torch": "torch", "onnx": "onnxruntime", "keras": "tensorflow"}[request.param])
+    if request.param == "torch":
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield request.param, convscope.load(convscope.data.demo_model("torch"))
+        torch.set_num_threads(before)
+        return
+    yield request.param, convscope.load(str(convscope.data.demo_path(request.param)))
+
+
 def _family_calls(backend):
     from convscope import attribution, dissection, features, metrics, render, synthesis
 
@@ -104,10 +123,19 @@ def _family_calls(backend):
     }
 
 
-@pytest.mark.backend("onnxruntime")
 @pytest.mark.parametrize("family", ["attribution", "features", "synthesis", "dissection", "metrics", "render"])
-def test_a_thousand_calls_per_family_stay_flat(family, onnx_demo):
-    check(_family_calls(onnx_demo)[family], family)
+def test_a_thousand_calls_per_family_stay_flat(family, any_demo):
+    framework, backend = any_demo
+    check(_family_calls(backend)[family], f"{family} on {framework}")
+
+
+@pytest.mark.parametrize("framework", [p for p in FRAMEWORKS if p.values[0] != "torch"])
+def test_a_thousand_calls_given_the_file_path_stay_flat(framework):
+    """Each call loads the file anew through the memoised load(): no backend, session or trace
+    piles up."""
+    pytest.importorskip({"onnx": "onnxruntime", "keras": "tensorflow"}[framework])
+    path = str(convscope.data.demo_path(framework))
+    check(lambda: convscope.saliency(path, X), f"saliency given the {framework} file's path")
 
 
 @pytest.mark.backend("onnxruntime")
