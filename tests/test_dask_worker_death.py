@@ -51,3 +51,38 @@ def _scan_with_a_death(tmp_path):
     assert os.path.exists(tmp_path / "died")  # a worker did die
     assert got.totals["n"] == want.totals["n"] == 24
     np.testing.assert_allclose(got.totals["total"], want.totals["total"])
+
+
+class DyingConcepts:
+    """A concept source whose worker process dies the first time it reads image ``victim``."""
+
+    def __init__(self, source, flag, victim):
+        self.source, self.flag, self.victim = source, flag, victim
+        self.concepts, self.categories, self.n = source.concepts, source.categories, source.n
+
+    def batches(self, batch_size=64, start=0, stop=None):
+        for i, batch in enumerate(self.source.batches(batch_size, start, stop)):
+            if start + i * batch_size <= self.victim < start + (i + 1) * batch_size and not os.path.exists(self.flag):
+                open(self.flag, "w").close()
+                os._exit(1)
+            yield batch
+
+
+def test_a_killed_worker_in_a_dissection_is_reported_not_waited_for(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import convscope
+    from convscope.data import demo_path, shapes
+    from convscope.dissection import concept_source
+
+    concepts = DyingConcepts(concept_source(shapes(16, seed=2)), str(tmp_path / "died"), victim=12)
+    signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(90)
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      silence_logs=50) as cluster, distributed.Client(cluster) as client:
+            with pytest.raises(RuntimeError, match=r"dissect: the Dask worker .* left the cluster while it held a shard"):
+                convscope.dissection.dissect(str(demo_path("onnx")), "relu4", concepts, batch_size=4, client=client,
+                                             progress=False, skip_empty=True, cache_dir=tmp_path / "cache")
+    finally:
+        signal.alarm(0)
+    assert os.path.exists(tmp_path / "died")

@@ -68,6 +68,26 @@ def _drop_filled(filled):
     filled[0].remove()
 
 
+def _wait_or_report_a_lost_worker(client, futures, workers, poll: float = 1.0):
+    """Wait for ``futures``, each pinned to its worker (its shard's activation cache lives
+    there); when one of those workers leaves the cluster (killed, out of memory), cancel them
+    all and raise, instead of waiting for ever for a worker that will not come back."""
+    from distributed import wait
+
+    while True:
+        try:
+            wait(futures, timeout=poll)
+            return
+        except TimeoutError:
+            pass
+        alive = set(client.scheduler_info()["workers"])
+        lost = sorted({w for w, f in zip(workers, futures) if w not in alive and not f.done()})
+        if lost:
+            client.cancel(futures)
+            raise RuntimeError(f"dissect: the Dask worker {lost[0]} left the cluster while it held a shard (its "
+                               "activation cache is gone with it); no result was made. Run dissect again.")
+
+
 def _run(client, fn, per_shard, undo=None):
     """Run ``fn(*args)`` for each (worker, args), locally or pinned to that Dask worker.
 
@@ -77,10 +97,8 @@ def _run(client, fn, per_shard, undo=None):
     if client is None:
         return [fn(*args) for _, args in per_shard]
     futures = [client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w, args in per_shard]
+    _wait_or_report_a_lost_worker(client, futures, [w for w, _ in per_shard])
     if undo is not None:
-        from distributed import wait
-
-        wait(futures)
         failed = [f for f in futures if f.status != "finished"]
         if failed:
             done = [(w, (f,)) for (w, _), f in zip(per_shard, futures) if f.status == "finished"]
