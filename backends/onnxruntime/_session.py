@@ -26,8 +26,10 @@ _PLACEHOLDER = "weights.placeholder"
 _SHARE_BYTES = 1 << 20
 
 
-class RuntimeFailure(RuntimeError):
-    """ONNX Runtime refused to build or run a session; the message says for what."""
+class RuntimeFailure(RuntimeError, ValueError):
+    """ONNX Runtime refused to build or run a session; the message says for what. Also a
+    ValueError: what ONNX Runtime refuses in a file (a wrong attribute, an operator it lacks)
+    is bad input like what convscope's own loader refuses."""
 
 
 def _first_line(err):
