@@ -14,17 +14,6 @@ from convscope.data import DEMO_CLASSES
 pytest.importorskip("torch")
 
 
-def _has_presets():
-    try:
-        from convscope import preprocess
-    except ImportError:
-        return False
-    return hasattr(preprocess, "PRESETS")
-
-
-NEEDS_PRESETS = pytest.mark.skipif(not _has_presets(), reason="convscope.preprocess (presets) is not in this tree yet")
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """A 200x150 JPEG of a red circle, an 80x80 RGBA PNG of a blue square on transparency, a text file."""
@@ -130,10 +119,8 @@ def test_labels_file_names_the_classes(photos, tmp_path, capsys):
     (["explain", "demo", "{photos}/circle.jpg", "--labels", "{three}"], "has 3 names; the model has 4 classes"),
     (["explain", "demo", "{photos}/circle.jpg", "--target", "circel"], "close matches: circle"),
     (["explain", "demo", "{photos}/circle.jpg", "--target", "7"], "not a class of the model, which has 4"),
-    pytest.param(["explain", "demo", "{photos}/circle.jpg", "--preset", "imagnet"], "unknown --preset 'imagnet'",
-                 marks=NEEDS_PRESETS),
-    pytest.param(["explain", "demo", "{photos}/circle.jpg", "--mean", "0.5", "0.5"], "--mean takes 1 or 3 values",
-                 marks=NEEDS_PRESETS),
+    (["explain", "demo", "{photos}/circle.jpg", "--preset", "imagnet"], "unknown --preset 'imagnet'"),
+    (["explain", "demo", "{photos}/circle.jpg", "--mean", "0.5", "0.5"], "--mean takes 1 or 3 values"),
     (["explain", "demo", "{photos}/circle.jpg", "-o", "{tmp}/out/x.gif"], "use one of .png, .jpg"),
 ])
 def test_bad_input_is_one_line_status_2_and_nothing_written(photos, tmp_path, capsys, args, message):
@@ -209,8 +196,6 @@ def test_missing_framework_names_the_extra(tmp_path):
 
 
 def test_preset_matches_the_library(photos, tmp_path):
-    if not _has_presets():
-        pytest.skip("convscope.preprocess (presets) is not in this tree yet")
     import convscope
     from convscope.data import demo_model
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import convscope
-from convscope.data import demo_model, demo_path, shapes
+from convscope.data import demo_model, shapes
 from convscope.features import filters, receptive_field, top_patches
 
 FRAMEWORKS = {"onnx": "onnxruntime", "keras": "tensorflow"}
@@ -22,10 +22,6 @@ def torch_result(data):
 
 def backend_of(framework):
     pytest.importorskip(FRAMEWORKS[framework])
-    try:
-        demo_path(framework)
-    except FileNotFoundError:
-        pytest.skip(f"the {framework} demo model is not built")
     return convscope.load(demo_model(framework))
 
 

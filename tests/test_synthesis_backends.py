@@ -8,18 +8,7 @@ from test_synthesis import Counting
 
 def _backend(framework, module_name):
     pytest.importorskip(module_name)
-    import importlib.util
-
     import convscope
-    from convscope.data import demo_path
-
-    backend_module = {"onnx": "convscope.backends.onnxruntime", "keras": "convscope.backends.tensorflow"}[framework]
-    if importlib.util.find_spec(backend_module) is None:
-        pytest.skip(f"{backend_module} is not there yet")
-    try:
-        demo_path(framework)
-    except FileNotFoundError:
-        pytest.skip(f"the {framework} demo model is not there yet")
     from convscope.data import demo_model
 
     return convscope.load(demo_model(framework))
