@@ -82,11 +82,9 @@ def default_candidates(recs):
 
 
 def default_layer(recs, owner: str) -> str:
-    """The name :func:`default_candidates` picks for a convolutional network."""
+    """The first name :func:`default_candidates` offers."""
     kind, names = default_candidates(recs)
-    if kind == "map":
-        return names[0]
-    if kind == "tokens":
+    if kind is not None:  # a map, or the last token layer (CAMs refine that one by its gradient)
         return names[0]
     raise ValueError(f"{owner} found no layer with a spatial (C, H, W) output in this model; "
                      "pass layer=<name> explicitly.")

@@ -130,3 +130,18 @@ def two_heads(size=16, seed=0):
     inp = keras.Input((size, size, 3))
     f = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(4, 3, activation="relu", name="conv")(inp))
     return keras.Model(inp, [L.Dense(2, name="logits")(f), L.Dense(3, name="aux")(f)], name="two_heads")
+
+
+def snapshot(model):
+    """What a backend must leave as it was: every layer's activation, trainable flag and
+    attributes, and every weight."""
+    layers = model._flatten_layers()
+    return ([vars(layer).get("activation") for layer in layers], [layer.trainable for layer in layers],
+            [sorted(vars(layer)) for layer in layers], [v.numpy().copy() for v in model.weights])
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    assert before[:3] == after[:3]
+    for a, b in zip(before[3], after[3], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -20,6 +20,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import convscope  # noqa: E402
+from keras_models import assert_unchanged, snapshot  # noqa: E402
 from convscope.features.receptive_field import field_geometry  # noqa: E402
 
 pytestmark = [pytest.mark.backend("tensorflow"), pytest.mark.slow]
@@ -32,19 +33,6 @@ ARCHITECTURES = [
     ("ConvNeXtTiny", 32),
 ]
 CLASSES = 7
-
-
-def snapshot(model):
-    layers = model._flatten_layers()
-    return ([vars(layer).get("activation") for layer in layers], [layer.trainable for layer in layers],
-            [v.numpy().copy() for v in model.weights])
-
-
-def assert_unchanged(model, before):
-    after = snapshot(model)
-    assert before[0] == after[0] and before[1] == after[1]
-    for a, b in zip(before[2], after[2], strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 def pre_softmax(model):

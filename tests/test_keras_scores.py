@@ -16,6 +16,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import convscope  # noqa: E402
+from keras_models import assert_unchanged as _assert_unchanged, snapshot  # noqa: E402
 import convscope._renamed  # noqa: E402
 from convscope.backends.tensorflow import KerasBackend  # noqa: E402
 
@@ -63,17 +64,8 @@ def separate(kind):
     return keras.Model(inp, last(z) if last is not None else keras.ops.softmax(z))
 
 
-def snapshot(model):
-    layers = model._flatten_layers()
-    return ([vars(layer).get("activation") for layer in layers], [sorted(vars(layer)) for layer in layers],
-            [v.numpy().copy() for v in model.weights])
-
-
 def assert_unchanged(model, before):
-    after = snapshot(model)
-    assert before[0] == after[0] and before[1] == after[1]
-    for a, b in zip(before[2], after[2], strict=True):
-        np.testing.assert_array_equal(a, b)
+    _assert_unchanged(model, before)
     assert model.get_layer("predictions").activation in (keras.activations.softmax, keras.activations.linear)
 
 
