@@ -174,7 +174,8 @@ def user_images(x, layout: str = "NCHW"):
     """Images as users hold them -> an array for :func:`~convscope._validate.as_images`.
 
     PIL images (one, or a list) become arrays; uint8 becomes float in [0, 1]; one image
-    (C, H, W) or (H, W, C) becomes a batch of one; ``layout="NHWC"`` arrays are transposed.
+    (C, H, W) or (H, W, C) becomes a batch of one; ``layout="NHWC"`` arrays, and stacks whose
+    last axis holds 1, 3 or 4 channels while axis 1 cannot, are transposed.
     Anything else is handed on unchanged, for the checks to report."""
     if isinstance(x, (list, tuple)) and x and all(type(i).__module__.startswith("PIL.") for i in x):
         x = np.stack([_from_pil(i) for i in x])
@@ -189,8 +190,8 @@ def user_images(x, layout: str = "NCHW"):
     elif x.ndim == 3:
         channels_last = x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4)
         x = (x.transpose(2, 0, 1) if channels_last or layout == "NHWC" else x)[None]
-    elif x.ndim == 4 and layout == "NHWC":
-        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim == 4 and (layout == "NHWC" or (x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4))):
+        x = x.transpose(0, 3, 1, 2)  # a stack of (H, W, C) photos, declared or unmistakable
     return x
 
 

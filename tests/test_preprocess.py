@@ -64,6 +64,8 @@ def test_images_as_users_hold_them(rng):
     np.testing.assert_allclose(convscope.saliency(backend, pil).maps, want, rtol=1e-6)
     one = convscope.saliency(backend, u8[0].transpose(1, 2, 0))  # one (H, W, C) image
     np.testing.assert_allclose(one.maps[0], want[0], rtol=1e-6)
+    stacked = np.ascontiguousarray(u8.transpose(0, 2, 3, 1))  # photos stacked as they load: (N, H, W, C)
+    np.testing.assert_allclose(convscope.saliency(backend, stacked).maps, want, rtol=1e-6)
     nhwc = convscope.load(_net(False), preprocess=Preprocess(mean=MEAN, std=STD, layout="NHWC"))
     np.testing.assert_allclose(convscope.saliency(nhwc, u8.transpose(0, 2, 3, 1)).maps, want, rtol=1e-6)
 
