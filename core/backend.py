@@ -198,6 +198,9 @@ class BackendBase:
     channels = None
     #: backward rules ``gradient`` accepts
     rules = RELU_RULES
+    #: rule-set classes ``gradient`` also accepts as ``rule`` (:mod:`convscope._relevance`:
+    #: LRP's RelevanceRules, DeepLiftRules); empty when the backend has no such rules
+    rule_sets = ()
     #: (low, high) of the model's input values: ``load(model, value_range=...)``; synthesis
     #: keeps the images it makes inside it
     value_range = (0.0, 1.0)
@@ -224,7 +227,7 @@ class BackendBase:
     def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, rule="standard", relu=None) -> Gradients:
         rule, rule_param = _rule_of(rule, relu)
         x = self._images(x, "gradient")
-        check_choice(rule, self.rules, rule_param, "gradient")
+        self._check_rule(rule, rule_param, x)
         wrt = self._check_names(wrt, "wrt", "gradient")
         if isinstance(seeds, Mapping):
             at = self._check_names(list(seeds), "seeds", "gradient") if at is None else \
@@ -242,6 +245,20 @@ class BackendBase:
         return self._gradient(x, seeds, wrt, at, rule)
 
     # ----------------------------------------------------------------- checks
+    def _check_rule(self, rule, param, x):
+        """A ReLU rule name of ``rules``, or a rule set of ``rule_sets`` (LRP, DeepLift)."""
+        if isinstance(rule, str) or not self.rule_sets:
+            check_choice(rule, self.rules, param, "gradient")
+            return
+        if not isinstance(rule, self.rule_sets):
+            kinds = ", ".join(c.__name__ for c in self.rule_sets)
+            raise param_error(param, "gradient", f"one of {list(self.rules)} or a rule set ({kinds})",
+                              describe(rule), TypeError)
+        baseline = getattr(rule, "baseline", None)
+        if baseline is not None and np.shape(baseline) != x.shape:
+            raise param_error("baseline", "gradient", f"one reference per image, shape {x.shape}",
+                              f"shape {np.shape(baseline)}")
+
     def _images(self, x, owner):
         x = as_images(x, owner=owner, channels=self.channels, spatial=self.fixed_size)
         self._note_input(x)

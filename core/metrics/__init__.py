@@ -1,10 +1,16 @@
 """Metrics that compare attribution methods and models.
 
-- :func:`pointing_game`: is a map's peak on the object (Zhang et al. 2016)?
-- :func:`deletion` and :func:`insertion`: how fast the score falls as the most important
-  pixels are removed, or rises as they are put back (Petsiuk et al. 2018, RISE).
+Every metric is registered by name (:data:`METRICS`, :func:`evaluate`) with its family and
+direction, and returns a :class:`MetricScores` (one score per image) when called by name.
+
+- localisation: :func:`pointing_game` (Zhang et al. 2016)
+- faithfulness: :func:`deletion` and :func:`insertion`: how fast the score falls as the most
+  important pixels are removed, or rises as they are put back (Petsiuk et al. 2018, RISE)
 """
 from .curves import PerturbationCurve, deletion, insertion
 from .pointing import pointing_game
+from .registry import FAMILIES, METRICS, evaluate, get_metric, register_metric
+from .result import MetricScores
 
-__all__ = ["pointing_game", "deletion", "insertion", "PerturbationCurve"]
+__all__ = ["pointing_game", "deletion", "insertion", "PerturbationCurve", "MetricScores", "METRICS", "FAMILIES",
+           "evaluate", "get_metric", "register_metric"]

@@ -17,6 +17,8 @@ from .._imageops import fill_images
 from .._targets import entry_images, OUTPUT_MODES, check_target, objective, output_seeds
 from .._batching import auto_batch_size
 from .pointing import as_maps
+from .registry import register_metric
+from .result import MetricScores
 
 __all__ = ["deletion", "insertion", "PerturbationCurve"]
 
@@ -117,3 +119,19 @@ def insertion(model, x, maps, target=None, *, steps: int = 32, fill="blur", outp
     Arguments as :func:`deletion`.
     """
     return _curve("insertion", model, x, maps, target, steps, fill, output, batch_size, blur_sigma)
+
+
+def _auc_scores(kind, higher_is_better):
+    fn = deletion if kind == "deletion" else insertion
+
+    def scores(model, x, maps, target=None, **options):
+        curve = fn(model, x, maps, target, **options)
+        return MetricScores(kind, curve.auc.astype(np.float64), higher_is_better,
+                            {"curve": curve, "target": curve.target, **options})
+    scores.__doc__ = f"Area under the {kind} curve ({'higher' if higher_is_better else 'lower'} is better)."
+    return register_metric(kind, "faithfulness", higher_is_better=higher_is_better,
+                           needs=("model", "x", "maps", "target"))(scores)
+
+
+_deletion_scores = _auc_scores("deletion", False)
+_insertion_scores = _auc_scores("insertion", True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_int, describe, param_error
+from .registry import register_metric
+from .result import MetricScores
 
 __all__ = ["pointing_game", "as_maps", "dilate"]
 
@@ -69,3 +71,10 @@ def pointing_game(maps, masks, *, tolerance: int = 0, per_sample: bool = False):
     hits = 2 * on >= peak.sum(axis=1)
     hits &= peak.any(axis=1)  # an all-NaN map points nowhere
     return hits if per_sample else float(hits.mean())
+
+
+@register_metric("pointing_game", "localisation", higher_is_better=True, needs=("maps", "masks"))
+def _pointing_scores(maps, masks, **options):
+    """Pointing game: 1 when a map's peak lies on the object (within ``tolerance``), else 0."""
+    hits = pointing_game(maps, masks, per_sample=True, **options)
+    return MetricScores("pointing_game", hits.astype(np.float64), True, dict(options))
