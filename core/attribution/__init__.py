@@ -16,7 +16,14 @@ from .cam import cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_c
 from .gradients import deconvnet, guided_backprop, input_x_gradient, integrated_gradients, saliency, smoothgrad
 from .occlusion import occlusion
 from .result import AttributionMaps
+from . import deeplift, noise_tunnel, perturbation, relevance
+from .deeplift import *  # noqa: F401,F403
+from .noise_tunnel import *  # noqa: F401,F403
+from .perturbation import *  # noqa: F401,F403
+from .relevance import *  # noqa: F401,F403
 
 __all__ = ["saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet", "guided_backprop",
            "occlusion", "cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam",
            "AttributionMaps"]
+for _family in (deeplift, noise_tunnel, perturbation, relevance):
+    __all__ += _family.__all__
