@@ -11,7 +11,7 @@ from .curves import PerturbationCurve, deletion, insertion
 from .pointing import pointing_game
 from .registry import FAMILIES, METRICS, evaluate, get_metric, register_metric
 from .result import MetricScores
-from . import axiomatic, complexity, faithfulness, localisation, robustness, sanity, compare as _compare
+from . import axiomatic, complexity as _complexity, faithfulness, localisation, robustness, sanity, compare as _compare
 from .axiomatic import *  # noqa: F401,F403
 from .complexity import *  # noqa: F401,F403
 from .faithfulness import *  # noqa: F401,F403
@@ -22,5 +22,5 @@ from .compare import *  # noqa: F401,F403
 
 __all__ = ["pointing_game", "deletion", "insertion", "PerturbationCurve", "MetricScores", "METRICS", "FAMILIES",
            "evaluate", "get_metric", "register_metric"]
-for _family in (axiomatic, complexity, faithfulness, localisation, robustness, sanity, _compare):
+for _family in (axiomatic, _complexity, faithfulness, localisation, robustness, sanity, _compare):
     __all__ += _family.__all__
