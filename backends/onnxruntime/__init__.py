@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from convscope._relevance import RelevanceRules
 from convscope._validate import check_choice, check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
@@ -79,6 +80,8 @@ class OnnxBackend(BackendBase):
     """
 
     name = "onnxruntime"
+    #: LRP and DeepLift run as rules of the adjoint graph (:mod:`.adjoint.relevance`)
+    rule_sets = (RelevanceRules,)
 
     def __init__(self, model, *, input_shape=None, input=None, output=None, select=None, probabilities=None,
                  threads=None, spinning=False):

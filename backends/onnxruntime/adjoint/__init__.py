@@ -81,14 +81,37 @@ def _check_rules(active):
             f"{', '.join(supported_operators())}.")
 
 
+def _rule_table(graph, relu, seeds):
+    """What differentiates a node: the rule table for a ReLU rule name, else the rule set's plan
+    (LRP: :mod:`.relevance`; DeepLift: :mod:`.deeplift`)."""
+    if isinstance(relu, str):
+        return None
+    from convscope._relevance import DeepLiftRules
+
+    if isinstance(relu, DeepLiftRules):
+        from .deeplift import DeepLiftPlan
+
+        return DeepLiftPlan(relu, graph)
+    from .relevance import RelevancePlan
+
+    return RelevancePlan(relu, graph, seeds)
+
+
 def build_adjoint(graph, shapes, dtypes, seeds, wrt, relu) -> AdjointPlan:
-    """Plan the gradients of sum_t <s_t, t> over ``seeds`` (tensor names) at each ``wrt`` tensor."""
+    """Plan the gradients of sum_t <s_t, t> over ``seeds`` (tensor names) at each ``wrt`` tensor.
+
+    ``relu`` is a ReLU rule name, or a rule set of :mod:`convscope._relevance` (LRP, DeepLift),
+    whose plan then gives every node its rule."""
     nodes = list(graph.nodes)
     varied, active = _activity(nodes, seeds, wrt, dtypes)
-    _check_rules(active)
+    special = _rule_table(graph, relu, seeds)
+    if special is None:
+        _check_rules(active)
     taken = {o for n in nodes for o in n.output} | {v.name for v in graph.proto.graph.input}
     taken |= set(graph.weights) | set(graph.constants)
-    em = Emitter(graph, shapes, relu, varied.__contains__, taken, types=dtypes)
+    em = Emitter(graph, shapes, relu if special is None else "standard", varied.__contains__, taken, types=dtypes)
+    if special is not None:
+        special.prepare(em, active)
     contributions = defaultdict(list)
     seed_inputs = {}
     for name in seeds:
@@ -105,7 +128,7 @@ def build_adjoint(graph, shapes, dtypes, seeds, wrt, relu) -> AdjointPlan:
         dys = [total(o) if contributions.get(o) else None for o in node.output]
         if all(d is None for d in dys):
             continue
-        dxs = RULES[node.op_type](em, node, dys)
+        dxs = RULES[node.op_type](em, node, dys) if special is None else special(em, node, dys)
         for x, dx in zip(node.input, dxs):
             if dx is not None and x in varied:
                 contributions[x].append(dx)
