@@ -6,6 +6,7 @@ gradients at ``"input"`` are carried back through the preprocessing (its adjoint
 """
 from __future__ import annotations
 
+from ._relevance import DeepLiftRules, RelevanceRules
 from .backend import INPUT, RELU_RULES, BackendBase, Gradients, unchecked
 from .preprocess import user_images
 
@@ -21,6 +22,7 @@ class Preprocessed(BackendBase):
         self.name = inner.name
         self.channels = getattr(inner, "channels", None)
         self.rules = getattr(inner, "rules", RELU_RULES)
+        self.rule_sets = tuple(getattr(inner, "rule_sets", ()))
         self.value_range = (0.0, 1.0)  # user images: what synthesis keeps its images in
         self.output = getattr(inner, "output", "scores")
         choices = dict(getattr(inner, "choices", None) or {})
@@ -71,6 +73,16 @@ class Preprocessed(BackendBase):
     def weights(self, layer):
         return self.inner.weights(layer)
 
+    def _replaceable(self, layer):
+        inner = self.inner
+        return inner._replaceable(layer) if isinstance(inner, BackendBase) else inner.weights(layer)
+
+    def _with_weights(self, weights):
+        """The same preprocessing in front of the inner backend with ``weights`` replaced."""
+        inner = self.inner
+        new = inner._with_weights(weights) if isinstance(inner, BackendBase) else inner.with_weights(weights)
+        return Preprocessed(new, self.preprocess, self.choices.get("preprocess"))
+
     def _forward(self, x):
         return self._run.forward(self.preprocess.apply(x))
 
@@ -89,10 +101,13 @@ class Preprocessed(BackendBase):
                 return _seeds_for_model(given({**acts, INPUT: x} if INPUT in acts else acts), p)
         else:
             seeds = _seeds_for_model(seeds, p)
+        relevance = isinstance(rule, RelevanceRules)
+        if isinstance(rule, DeepLiftRules):  # the reference is an image too: preprocessed like x
+            rule = DeepLiftRules(baseline=p.apply(rule.baseline), eps=rule.eps)
         g = self._run.gradient(p.apply(x), seeds, wrt=wrt, at=at, rule=rule)
         grads = dict(g.grads)
-        if INPUT in grads:
-            grads[INPUT] = p.adjoint(grads[INPUT])
+        if INPUT in grads:  # relevance passes the normalisation unchanged (no chain-rule gain)
+            grads[INPUT] = p._reorder(grads[INPUT]).copy() if relevance else p.adjoint(grads[INPUT])
         activations = dict(g.activations)
         if INPUT in activations:
             activations[INPUT] = x

@@ -15,16 +15,20 @@ from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 
+from convscope._relevance import DeepLiftRules, RelevanceRules
 from convscope._validate import check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
 from ._capture import Stop, capture, eval_mode
+from ._deeplift import deeplift_mode
 from ._functional import is_functional
+from ._lrp import lrp_mode
 from ._output import detect_softmax, output_options, strip_softmax
 from ._pool import MIN_ELEMENTS, channels_last_pool_mode
 from ._probe import probe
 from ._rules import relu_rule_mode
+from ._weights import module_with_weights
 
 __all__ = ["TorchBackend"]
 
@@ -59,6 +63,8 @@ class TorchBackend(BackendBase):
     """
 
     name = "torch"
+    #: LRP and DeepLift inside autograd (:mod:`._lrp`, :mod:`._deeplift`)
+    rule_sets = (RelevanceRules, DeepLiftRules)
     #: layer records per probe shape, the lock of the module's hooks and what the probe found
     #: (final softmax, fixed size): shared by every backend ``convscope.load`` makes for one
     #: module with the same options (they hold no reference to it)
@@ -283,20 +289,35 @@ class TorchBackend(BackendBase):
         # Only layers at or after the first ``wrt`` layer need a graph: when ``wrt`` names
         # layers only, the pass runs without one until a ``wrt`` layer starts it (Grad-CAM
         # differentiates the last conv block: the whole trunk before it records nothing).
-        from_input = INPUT in wrt or OUTPUT in wrt
+        rule_set = relu if isinstance(relu, (RelevanceRules, DeepLiftRules)) else None
+        if rule_set is not None:
+            from_input = True  # relevance and multipliers flow from the output down to the input
+            if isinstance(rule_set, DeepLiftRules) and inner:
+                raise param_error("at", "gradient", "only 'input' and 'output' with DeepLiftRules", repr(inner))
+        else:
+            from_input = INPUT in wrt or OUTPUT in wrt
         store = {}
         with self._lock, ExitStack() as stack:
             stack.enter_context(self._eval_mode())
             stack.enter_context(torch.enable_grad() if from_input else torch.no_grad())
             stack.enter_context(self._pool_mode(x))
-            if relu != "standard":  # below a functional layer's mode, which hands it the call
+            if rule_set is None and relu != "standard":  # below a functional layer's mode, which hands it the call
                 stack.enter_context(relu_rule_mode(relu, torch))
             if inner:
                 stack.enter_context(capture(torch, self._named, inner, store, replace=True,
                                             leaves=() if from_input else set(wrt), functional=self._functional(inner)))
-            stack.enter_context(self._scores())
             xt = self._tensor(x).requires_grad_(from_input)
-            store[OUTPUT] = self._run(xt)
+            fed = xt
+            if isinstance(rule_set, RelevanceRules):  # below the softmax stripping, which then hides it
+                stack.enter_context(lrp_mode(torch, self.module, self._named, rule_set, xt,
+                                             self._found.get("head") is not None))
+            elif rule_set is not None:
+                fed = torch.cat([xt, self._tensor(np.ascontiguousarray(rule_set.baseline, np.float32))])
+                stack.enter_context(deeplift_mode(torch, len(fed), rule_set.eps))
+            stack.enter_context(self._scores())
+            store[OUTPUT] = self._run(fed)
+            if fed is not xt:
+                store[OUTPUT] = store[OUTPUT][:len(xt)]
             store[INPUT] = xt
             missing = [n for n in inner if n not in store]
             if missing:
@@ -336,3 +357,13 @@ class TorchBackend(BackendBase):
     def weights(self, layer):
         check_name(layer, self._named, "layer", "weights")
         return {k: self._numpy(v) for k, v in self._named[layer].named_parameters(recurse=False)}
+
+    def _replaceable(self, layer):
+        check_name(layer, self._named, "weights", "with_weights", what="module")
+        return self.weights(layer)
+
+    def _with_weights(self, weights):
+        """A backend over a deep copy of the module with ``weights`` replaced (:mod:`._weights`)."""
+        with self._lock:
+            twin = module_with_weights(self._torch, self.module, self._named, weights)
+        return TorchBackend(twin, input_shape=self._input_shape, output=self.output, select=self.select)
