@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_command
 
     add_bench_command(sub)
+    from .compare_command import add_compare_command
+
+    add_compare_command(sub, _Help, _preprocess_options)
     return parser
 
 

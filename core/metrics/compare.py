@@ -20,20 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from .._plugins import load
-from .._scan import Summary, scan
+from .._scan import scan
 from .._targets import check_target, entry_images
 from .._validate import check_number, describe, param_error
 from ..data.datasets import ArrayDataset, Batch, ConceptImages, as_dataset
 from .comparison import Comparison
-from .registry import FAMILIES, METRICS, as_method, evaluate, get_metric
+from ._compare_scan import CompareStep, Tally
+from .registry import FAMILIES, METRICS, as_method, get_metric
 
 __all__ = ["compare", "Comparison"]
 
 OWNER = "compare"
-#: What a cell reports instead of failing the table: a method that does not apply to a model
-#: (CAM without a spatial layer), a metric that cannot score these maps, a missing extra.
-#: Anything else (a bug) propagates.
-CELL_ERRORS = (ValueError, TypeError, NotImplementedError, RuntimeError, FloatingPointError, ImportError)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -186,115 +183,6 @@ def masked_dataset(data, masks):
     return as_dataset(data, owner=OWNER), None
 
 
-def batch_masks(batch):
-    """The (N, H, W) bool masks a batch carries, or None; wrong shapes raise."""
-    masks = batch.labels
-    if masks is None or np.ndim(masks) != 3:
-        return None
-    masks = np.asarray(masks)
-    expected = (len(batch), *batch.images.shape[2:])
-    if masks.shape != expected or masks.dtype != bool:
-        raise param_error("masks", OWNER, f"boolean masks of shape {expected} for the batch at image {batch.start}",
-                          f"{masks.dtype} shape {masks.shape}")
-    return masks
-
-
-# --------------------------------------------------------------------------- the scan
-class _Step:
-    """One batch: each model x method's maps once, then every metric on them (picklable:
-    the backends are loaded where the step runs)."""
-
-    def __init__(self, models, methods, specs, options, target, reference):
-        self.models, self.methods, self.specs = models, methods, specs
-        self.options, self.target, self.reference = options, target, reference
-        self._backends = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_backends": None}
-
-    def backends(self):
-        if self._backends is None:
-            self._backends = {name: load(m) for name, m in self.models.items()}
-        return self._backends
-
-    def __call__(self, batch):
-        x, masks = batch.images, batch_masks(batch)
-        target = self.target
-        if isinstance(target, np.ndarray):
-            target = target[batch.indices]
-        out = {"index": batch.indices, "scores": {}, "errors": {}, "diff": {}, "curves": {}}
-        maps_of = {}
-        for model, backend in self.backends().items():
-            for method, fn in self.methods.items():
-                maps, failure = None, None
-                if any(s.needs & {"maps", "method"} for s in self.specs):
-                    try:
-                        maps = fn(backend, x, target)
-                    except CELL_ERRORS as err:
-                        failure = f"{method} on {model}: {type(err).__name__}: {err}"
-                maps_of[model, method] = maps
-                for spec in self.specs:
-                    self._score(out, (model, method, spec.name), spec, backend, x, maps, failure, target, masks, fn)
-        if self.reference is not None:
-            for (model, method), maps in maps_of.items():
-                ref = maps_of.get((self.reference, method))
-                if maps is not None and ref is not None and np.shape(ref.maps) == np.shape(maps.maps):
-                    out["diff"][model, method] = float(np.max(np.abs(np.asarray(maps.maps, np.float64) - ref.maps)))
-        return out
-
-    def _score(self, out, cell, spec, backend, x, maps, failure, target, masks, fn):
-        if failure is not None and spec.needs & {"maps", "method"}:
-            out["errors"][cell] = failure
-            return
-        if "masks" in spec.needs and masks is None:
-            out["errors"][cell] = "skipped: no masks given (this metric needs ground-truth masks)"
-            return
-        try:
-            result = evaluate(spec.name, model=backend, x=x, maps=maps, target=target, masks=masks, method=fn,
-                              options=self.options.get(spec.name))
-            scores = np.asarray(result.scores, np.float64)
-            if scores.shape != (len(x),):
-                raise ValueError(f"the metric returned scores of shape {scores.shape} for {len(x)} images")
-        except CELL_ERRORS as err:
-            out["errors"][cell] = f"{type(err).__name__}: {err}"
-            return
-        out["scores"][cell] = scores
-        curve = result.info.get("curve")
-        if curve is not None and hasattr(curve, "fractions") and hasattr(curve, "scores"):
-            out["curves"][cell] = (np.asarray(curve.fractions, np.float64),
-                                   np.asarray(curve.scores, np.float64).sum(axis=0), len(x))
-
-
-class _Tally(Summary):
-    """Per-image scores per cell (with their image indices), the first error per cell, the
-    largest map difference per model x method, and summed curves."""
-
-    def __init__(self):
-        self.scores, self.errors, self.diff, self.curves = {}, {}, {}, {}
-
-    def update(self, result):
-        for cell, s in result["scores"].items():
-            self.scores.setdefault(cell, []).append((result["index"], s))
-        for cell, e in result["errors"].items():
-            self.errors.setdefault(cell, e)
-        for key, d in result["diff"].items():
-            self.diff[key] = max(self.diff.get(key, 0.0), d)
-        for cell, (fractions, total, count) in result["curves"].items():
-            if cell in self.curves and len(self.curves[cell][0]) == len(fractions):
-                f, t, c = self.curves[cell]
-                self.curves[cell] = (f, t + total, c + count)
-            else:
-                self.curves.setdefault(cell, (fractions, total, count))
-        return self
-
-    def merge(self, other):
-        for cell, parts in other.scores.items():
-            self.scores.setdefault(cell, []).extend(parts)
-        self.update({"index": None, "scores": {}, "errors": other.errors, "diff": other.diff,
-                     "curves": other.curves})
-        return self
-
-
 # --------------------------------------------------------------------------- compare
 def _framework(backend) -> str:
     inner = getattr(backend, "inner", backend)
@@ -392,6 +280,6 @@ def compare(models, methods, metrics, data, *, target=None, masks=None, batch_si
         info["masks"] = note
     ref, comparable = _choose_reference(reference, names, backends, first, info)
     shipped = models if client is not None else backends
-    step = _Step(shipped, named, specs, opts, target, ref)
-    tally = scan(dataset, step, _Tally, batch_size=batch_size, client=client, progress=progress, owner=OWNER)
+    step = CompareStep(shipped, named, specs, opts, target, ref)
+    tally = scan(dataset, step, Tally, batch_size=batch_size, client=client, progress=progress, owner=OWNER)
     return Comparison.from_tally(tally, names, info["models"], list(named), specs, level, comparable, info)
