@@ -137,6 +137,14 @@ class Backend(Protocol):
     def weights(self, layer: str) -> dict:
         """Parameters of a layer as arrays, e.g. ``{"weight": (O, I, kh, kw), "bias": (O,)}``."""
 
+    # Optional capability (the sanity checks of Adebayo et al. 2018 need it):
+    #
+    # ``with_weights(weights) -> Backend``: ``weights`` maps layer names to ``{parameter: array}``
+    # named and shaped as :meth:`weights` gives them; returns a NEW backend over a copy of the
+    # model with those parameters replaced (same layer names, options, preprocessing, output
+    # cut). The user's model and this backend are left untouched. :class:`BackendBase` checks
+    # the mapping and calls ``_with_weights``; a backend without it raises NotImplementedError.
+
 
 def _as_list(names) -> list:
     """One name or a sequence of names, as a list without repeats."""
@@ -351,6 +359,59 @@ class BackendBase:
 
     def weights(self, layer) -> dict:
         raise NotImplementedError(f"{type(self).__name__} does not implement weights")
+
+    def with_weights(self, weights) -> "BackendBase":
+        """A new backend over a copy of the model whose parameters ``weights``
+        (``{layer: {parameter: array}}``, as :meth:`weights` names and shapes them) replace the
+        model's; this backend and the model are left as they are. Each array is checked: a
+        known layer and parameter, the same shape, a float (or the parameter's own) dtype,
+        finite values."""
+        if type(self)._with_weights is BackendBase._with_weights:
+            raise NotImplementedError(f"The {self.name!r} backend ({type(self).__name__}) cannot run with "
+                                      "replaced weights (it does not implement with_weights).")
+        new = self._with_weights(self._checked_weights(weights))
+        if "value_range" in self.__dict__:
+            new.value_range = self.value_range
+        return new
+
+    def _checked_weights(self, weights) -> dict:
+        owner = "with_weights"
+        if not isinstance(weights, Mapping):
+            raise param_error("weights", owner, "a mapping {layer: {parameter: array}}", describe(weights), TypeError)
+        checked = {}
+        for layer, params in weights.items():
+            if not (isinstance(layer, str) and self._layer_known(layer)):
+                check_name(layer, self._layer_names(), "weights", owner)
+            have = self._replaceable(layer)
+            if not isinstance(params, Mapping):
+                raise param_error("weights", owner, f"a mapping {{parameter: array}} for layer {layer!r}",
+                                  describe(params), TypeError)
+            if not have:
+                raise param_error("weights", owner, "layers with parameters", f"{layer!r}, which has none")
+            checked[layer] = {}
+            for key, value in params.items():
+                what = f"{layer!r} {key!r}"
+                if key not in have:
+                    check_name(key, have, f"weights[{layer!r}]", owner, what="parameter")
+                arr = np.asarray(value)
+                want = have[key]
+                if arr.dtype.kind not in "fiub" or (arr.dtype.kind != "f" and arr.dtype != want.dtype):
+                    raise param_error("weights", owner, f"a float array for {what}", f"dtype {arr.dtype}", TypeError)
+                if arr.shape != want.shape:
+                    raise param_error("weights", owner, f"shape {want.shape} for {what}", f"shape {arr.shape}")
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    bad = int(arr.size - np.isfinite(arr).sum())
+                    raise param_error("weights", owner, f"finite values for {what}", f"{bad} NaN or Inf")
+                checked[layer][key] = np.array(arr)  # a copy: later edits of the caller's array do not reach it
+        return checked
+
+    def _replaceable(self, layer) -> dict:
+        """The parameters of ``layer`` that :meth:`with_weights` may replace (default: :meth:`weights`)."""
+        return self.weights(layer)
+
+    def _with_weights(self, weights):
+        """The new backend for checked ``{layer: {parameter: array}}`` (a framework implements it)."""
+        raise NotImplementedError
 
 
 _UNSET = object()

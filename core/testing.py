@@ -3,7 +3,9 @@
 Every built-in backend passes it, and a third-party backend should too. It checks
 shapes and dtypes, layer records, gradients against central finite differences along
 random directions, the guided and deconvnet rules against the reference rule applied by
-hand at each ReLU, batch invariance, determinism, and that bad input is refused.
+hand at each ReLU, batch invariance, determinism, that bad input is refused, and the optional
+``with_weights`` (a layer's own weights reproduce the forward, zeros change it, the original
+backend is unchanged, bad weights are refused).
 """
 from __future__ import annotations
 
@@ -205,4 +207,43 @@ def check_backend(backend: Backend, x: np.ndarray, *, layers: list | None = None
         except (ValueError, TypeError):
             continue
         _fail(f"{what} was accepted")
+    report["with_weights"] = _check_with_weights(backend, x, records, out, rtol)
     return report
+
+
+def _check_with_weights(backend, x, records, out, rtol) -> str:
+    """The optional ``with_weights``: a layer's weights replaced by themselves reproduce the
+    forward, by zeros change it; the original backend's forward is unchanged afterwards."""
+    if not hasattr(backend, "with_weights"):
+        return "absent"
+    layer, own = None, {}
+    for r in records:
+        try:
+            own = {k: v for k, v in backend.weights(r.name).items() if np.asarray(v).dtype.kind == "f"}
+        except (ValueError, TypeError, KeyError, NotImplementedError):
+            continue
+        if own:
+            layer = r.name
+            break
+    if layer is None:
+        return "no layer with weights"
+    try:
+        same = backend.with_weights({layer: own})
+    except NotImplementedError as err:  # the backend, or this model on it (a Keras model that cannot be cloned)
+        return f"not available: {err}"
+    _close(f"with_weights: {layer!r} replaced by its own weights", same.forward(x), out, rtol)
+    zeros = backend.with_weights({layer: {k: np.zeros_like(v) for k, v in own.items()}}).forward(x)
+    if any(np.any(v != 0) for v in own.values()) and np.allclose(zeros, out, rtol=1e-6, atol=1e-7):
+        _fail(f"with_weights: zeroing {layer!r}'s weights did not change the forward")
+    _close("the original backend's forward after with_weights", backend.forward(x), out, 1e-6)
+    for what, bad in {"an unknown layer": {"no_such_layer_xyz": own},
+                      "an unknown parameter": {layer: {"no_such_parameter_xyz": next(iter(own.values()))}},
+                      "a weight of the wrong shape": {layer: {k: np.zeros((1,) * (np.ndim(v) + 1), np.float32)
+                                                              for k, v in own.items()}},
+                      "a NaN weight": {layer: {k: np.full(np.shape(v), np.nan, np.float32) for k, v in own.items()}}}.items():
+        try:
+            backend.with_weights(bad)
+        except (ValueError, TypeError):
+            continue
+        _fail(f"with_weights accepted {what}")
+    return layer

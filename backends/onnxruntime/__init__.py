@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from convscope._relevance import RelevanceRules
+from convscope._relevance import DeepLiftRules, RelevanceRules
 from convscope._validate import check_choice, check_finite, check_name, param_error
 from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
@@ -31,6 +31,7 @@ from ._load import ModelReadError, read_model
 from ._runs import Runner
 from ._session import RuntimeFailure, SessionCache
 from ._shapes import infer_shapes
+from ._weights import model_with_weights, replaceable_weights
 
 __all__ = ["OnnxBackend", "ModelReadError", "UnsupportedOperatorError", "RuntimeFailure"]
 
@@ -81,7 +82,7 @@ class OnnxBackend(BackendBase):
 
     name = "onnxruntime"
     #: LRP and DeepLift run as rules of the adjoint graph (:mod:`.adjoint.relevance`)
-    rule_sets = (RelevanceRules,)
+    rule_sets = (RelevanceRules, DeepLiftRules)
 
     def __init__(self, model, *, input_shape=None, input=None, output=None, select=None, probabilities=None,
                  threads=None, spinning=False):
@@ -113,6 +114,7 @@ class OnnxBackend(BackendBase):
         self._spatial = tuple(file_chw[1:]) if None not in file_chw[1:] else None
         self._last_shape = None
         self._lock = threading.RLock()
+        self._session_options = {"threads": threads, "spinning": bool(spinning)}
         self._sessions = SessionCache(self.graph, ort, onnx, threads=threads, spinning=bool(spinning))
         self._runner = Runner(self.graph, self._sessions, ort)
         _, dtypes = infer_shapes(self.graph, None, onnx)
@@ -180,7 +182,8 @@ class OnnxBackend(BackendBase):
                 for n in names}
 
     def _plan(self, chw, seeds, wrt, relu):
-        key = (chw, seeds, wrt, relu)
+        # a DeepLiftRules is keyed by its eps: its baseline is fed at run time
+        key = (chw, seeds, wrt, ("deeplift", relu.eps) if isinstance(relu, DeepLiftRules) else relu)
         with self._lock:
             if key not in self._plans:
                 shapes, dtypes = self._shapes_for(chw)
@@ -195,17 +198,23 @@ class OnnxBackend(BackendBase):
         chw = tuple(x.shape[1:])
         shown = list(dict.fromkeys([*at, *wrt]))
         wrt_t = tuple(dict.fromkeys(self._tensor(w) for w in wrt))
+        extra = {}
+        if isinstance(relu, DeepLiftRules):
+            from .adjoint.deeplift import BASELINE
+
+            extra = {BASELINE: np.ascontiguousarray(relu.baseline, dtype=np.float32)}
         with self._lock:
             if callable(seeds):
                 at_t = tuple(dict.fromkeys(self._tensor(a) for a in at))
                 key, plan = self._plan(chw, at_t, wrt_t, relu)
                 acts, grads = self._runner.split(key, plan, x, shown_tensors=self._shown(shown),
                                                  seeds=lambda values: self._feeds(
-                                                     seeds({a: check_finite(values[self._tensor(a)], repr(a), "gradient") for a in at})))
+                                                     seeds({a: check_finite(values[self._tensor(a)], repr(a), "gradient") for a in at})),
+                                                 extra=extra)
             else:
                 seed_map = self._feeds(seeds)
                 key, plan = self._plan(chw, tuple(sorted(seed_map)), wrt_t, relu)
-                acts, grads = self._runner.combined(key, plan, x, seed_map, self._shown(shown))
+                acts, grads = self._runner.combined(key, plan, x, seed_map, self._shown(shown), extra=extra)
         acts[self.graph.image] = x
         activations = {name: check_finite(acts[self._tensor(name)], repr(name), "gradient") for name in shown}
         return Gradients(grads={w: check_finite(grads[self._tensor(w)], f"the gradient at {w!r}", "gradient")
@@ -220,3 +229,12 @@ class OnnxBackend(BackendBase):
         check_name(layer, self._names, "layer", "weights")
         node = self.graph.nodes[self.graph.producer[layer]]
         return layer_weights(self.graph, node)
+
+    def _replaceable(self, layer):
+        return replaceable_weights(self.graph, layer)
+
+    def _with_weights(self, weights):
+        """A backend on a new session over the model with ``weights`` as initializers (:mod:`._weights`)."""
+        proto = model_with_weights(self.graph, weights, self._onnx)
+        return OnnxBackend(proto, input_shape=self._input_shape, input=self.graph.image, select=self.graph.final,
+                           output=self.output, **self._session_options)

@@ -40,14 +40,17 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from convscope._relevance import DeepLiftRules, RelevanceRules
 from convscope._validate import check_finite, describe, param_error
 from convscope.backend import INPUT, OUTPUT, BackendBase, Gradients
 from convscope.hookspecs import hookimpl
 
 from ._compiled import SeedCall, activations_body, callable_gradient_body, forward_body, gradient_body
 from ._layers import layer_record, layer_weights, to_channels_first
+from ._relevance import relevance_gradient
 from ._model import channels_last, check_input_shape, declared_input_shape, output_options, pick_output
 from ._run import RULE_SCOPE, LayerRun, relu_site
+from ._weights import assign_weights, clone_with_weights
 
 __all__ = ["KerasBackend"]
 
@@ -127,6 +130,8 @@ class KerasBackend(BackendBase):
     """
 
     name = "tensorflow"
+    #: LRP and DeepLift (:mod:`._relevance`)
+    rule_sets = (RelevanceRules, DeepLiftRules)
     #: traced functions, probes and the lock: shared by the backends of one model (no reference to it)
     _shared = ("_shapes_seen", "_functions", "_probes", "_latest", "_lock", "_seed_call")
 
@@ -308,6 +313,8 @@ class KerasBackend(BackendBase):
                     for n, a in zip(names, fn(self._to_model(x)))}
 
     def _gradient(self, x, seeds, wrt, at, relu):
+        if not isinstance(relu, str):
+            return relevance_gradient(self, x, seeds, wrt, at, relu)
         with self._locked():
             acts = list(dict.fromkeys([*at, *wrt]))
             if callable(seeds):
@@ -351,3 +358,14 @@ class KerasBackend(BackendBase):
             self._check_names([layer], "layer", "weights", allow=())
             objects = next(reversed(self._probes.values()))[2]
             return layer_weights(objects[layer], self._keras)
+
+    def _with_weights(self, weights):
+        """A backend over a clone of the model (new variables) with ``weights`` assigned (:mod:`._weights`)."""
+        with self._locked():
+            shape = self._probe_shape()
+            twin = clone_with_weights(self._keras, self.model)
+        new = KerasBackend(twin, input_shape=self._input_shape, output=self.output, select=self.select,
+                           compile=self._compile)
+        with new._locked():
+            assign_weights(new._probe(shape)[2], weights, self._keras)
+        return new
