@@ -65,29 +65,42 @@ class Runner:
             parts.append([o[:stop - start] for o in outs])
         return parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
 
-    def combined(self, key, plan, x, seed_map, shown):
-        """One session call per chunk computes the shown tensors and every gradient."""
+    def _like_image(self, name):
+        """A graph input declared as the image is, under another name (DeepLift's baseline)."""
+        info = type(self._image_info)()
+        info.CopyFrom(self._image_info)
+        info.name = name
+        return info
+
+    def combined(self, key, plan, x, seed_map, shown, extra=None):
+        """One session call per chunk computes the shown tensors and every gradient; ``extra`` feeds
+        the plan's other inputs ({name: array shaped like x})."""
+        extra = extra or {}
         grads = list(plan.grad_outputs.values())
         outputs = list(dict.fromkeys([*grads, *shown]))
-        inputs = {self.graph.image: self._image_info, **{plan.seed_inputs[t]: FLOAT for t in seed_map}}
+        inputs = {self.graph.image: self._image_info, **{plan.seed_inputs[t]: FLOAT for t in seed_map},
+                  **{name: self._like_image(name) for name in extra}}
         session = self.sessions.session(("combined", key, tuple(shown)), lambda: self.sessions.model(
             plan.forward + plan.backward, inputs, outputs, plan.initializers, {o: FLOAT for o in outputs}))
         parts = []
         for start, stop, pad in self._chunks(len(x)):
             feeds = {self.graph.image: _pad(x[start:stop], pad)}
+            feeds.update({name: _pad(a[start:stop], pad) for name, a in extra.items()})
             feeds.update({plan.seed_inputs[t]: _pad(s[start:stop], pad) for t, s in seed_map.items()})
             parts.append([o[:stop - start] for o in self._call(session, outputs, feeds, x.shape)])
         values = dict(zip(outputs, parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]))
         return ({t: values[t] for t in shown},
                 {t: values[name] for t, name in plan.grad_outputs.items()})
 
-    def split(self, key, plan, x, shown_tensors, seeds):
+    def split(self, key, plan, x, shown_tensors, seeds, extra=None):
         """Forward session (shown tensors and residuals), seeds from NumPy, backward session."""
         ort, image = self._ort, self.graph.image
-        residuals = [r for r in plan.residuals if r != image]
+        extra = extra or {}
+        residuals = [r for r in plan.residuals if r != image and r not in extra]
         fwd_outputs = list(dict.fromkeys([*shown_tensors, *residuals]))
+        fwd_inputs = {image: self._image_info, **{name: self._like_image(name) for name in extra}}
         forward = self.sessions.session(("split-forward", key, tuple(shown_tensors)), lambda: self.sessions.model(
-            plan.forward, {image: self._image_info}, fwd_outputs, (), plan.dtypes))
+            plan.forward, fwd_inputs, fwd_outputs, (), plan.dtypes))
         grads = list(plan.grad_outputs.values())
         bwd_inputs = {**{r: plan.dtypes.get(r, FLOAT) for r in plan.residuals},
                       **{name: FLOAT for name in plan.seed_inputs.values()}}
@@ -97,8 +110,9 @@ class Runner:
         ran = []
         for start, stop, pad in chunks:
             xv = ort.OrtValue.ortvalue_from_numpy(_pad(x[start:stop], pad))
-            outs = self._call(forward, fwd_outputs, {image: xv}, x.shape, ort_values=True)
-            ran.append((xv, dict(zip(fwd_outputs, outs))))
+            given = {name: ort.OrtValue.ortvalue_from_numpy(_pad(a[start:stop], pad)) for name, a in extra.items()}
+            outs = self._call(forward, fwd_outputs, {image: xv, **given}, x.shape, ort_values=True)
+            ran.append((xv, {**dict(zip(fwd_outputs, outs)), **given}))
         fed = set(residuals)
 
         def gathered(t):  # OrtValue.numpy() is a view: what the backward reads is copied before the callable

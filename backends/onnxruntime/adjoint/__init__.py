@@ -39,6 +39,9 @@ class AdjointPlan:
     grad_outputs: dict
     dtypes: dict = field(default_factory=dict)
     residuals: list = field(default_factory=list)
+    #: graph inputs besides the image and the seeds, fed batch by batch like the image: {name: role}
+    #: (DeepLift's ``"baseline"``)
+    inputs: dict = field(default_factory=dict)
 
 
 def supported_operators():
@@ -138,10 +141,11 @@ def build_adjoint(graph, shapes, dtypes, seeds, wrt, relu) -> AdjointPlan:
             continue
         g = total(name) if contributions.get(name) else em.zeros_like(name)
         grads[name] = em.op("Identity", [g], stem=f"d/{name}")
-    forward = [em.patches.get(id(n), n) for n in nodes]
-    produced = {o for n in forward for o in n.output} | {graph.image}
+    forward = [em.patches.get(id(n), n) for n in nodes + getattr(special, "extra_forward", [])]
+    inputs = getattr(special, "extra_inputs", {})
+    produced = {o for n in forward for o in n.output} | {graph.image} | set(inputs)
     backward_reads = {i for n in em.nodes for i in n.input}
     residuals = sorted(backward_reads & produced)
     types = {**{r: dtypes.get(r, FLOAT) for r in residuals}, **em.dtypes}
     return AdjointPlan(forward=forward, backward=em.nodes, initializers=em.initializers, seed_inputs=seed_inputs,
-                       grad_outputs=grads, dtypes=types, residuals=residuals)
+                       grad_outputs=grads, dtypes=types, residuals=residuals, inputs=dict(inputs))
