@@ -195,7 +195,7 @@ def _mode_class(torch):
                 return out  # the same tensor (requires_grad_, an identity) or a non-tensor (a size)
             if name in _ROUTE:
                 if name == "clone" and id(args[0]) in self.pending:  # a recorded copy of a conv output
-                    self.pending[id(out)] = (out, out._version, self.pending[id(args[0])][2])
+                    self.pending[id(out)] = (out, out._version, *self.pending[id(args[0])][2:])
                 return self._mark(out)
             if name in _OFF_PATH or isinstance(out, Tensor) and not out.is_floating_point():
                 return out  # off the relevance path (detach), indices, masks

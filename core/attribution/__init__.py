@@ -17,6 +17,7 @@ from .gradients import deconvnet, guided_backprop, input_x_gradient, integrated_
 from .occlusion import occlusion
 from .result import AttributionMaps
 from . import deeplift, noise_tunnel, perturbation, relevance
+_families = (deeplift, noise_tunnel, perturbation, relevance)  # before ``deeplift`` the function shadows the module
 from .deeplift import *  # noqa: F401,F403
 from .noise_tunnel import *  # noqa: F401,F403
 from .perturbation import *  # noqa: F401,F403
@@ -25,5 +26,5 @@ from .relevance import *  # noqa: F401,F403
 __all__ = ["saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet", "guided_backprop",
            "occlusion", "cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam",
            "AttributionMaps"]
-for _family in (deeplift, noise_tunnel, perturbation, relevance):
+for _family in _families:
     __all__ += _family.__all__

@@ -1,0 +1,177 @@
+"""LRP on torch: against Captum's LRP, known identities, conservation, canonization, bad input."""
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+captum_lrp = pytest.importorskip("captum.attr._core.lrp")
+rules = pytest.importorskip("captum.attr._utils.lrp_rules")
+
+import lrp_nets  # noqa: E402
+from convscope.attribution import lrp  # noqa: E402
+from convscope.attribution.relevance import COMPOSITES  # noqa: E402
+from convscope._relevance import LRP_RULES  # noqa: E402
+
+
+def _captum(model, x, target, make_rule):
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.rule = make_rule()
+    out = captum_lrp.LRP(model).attribute(torch.from_numpy(x), target=torch.as_tensor(target))
+    return out.detach().numpy()
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return lrp_nets.build("vgg"), lrp_nets.images(2), [1, 3]
+
+
+@pytest.mark.parametrize("case", ["epsilon", "gamma", "alpha1beta0", "epsilon-large"])
+def test_lrp_matches_captum_on_vgg(vgg, case):
+    """Captum's rules keep the bias unmodified for gamma and alpha1-beta0 (Zennit modifies it
+    by sign): both run with zero bias there; Captum's stabiliser is 1e-9 everywhere."""
+    model, x, target = vgg
+    tiny = dict(stabilizer=1e-9, sum_stabilizer=1e-9)
+    if case == "epsilon":
+        ref = _captum(model, x, target, lambda: rules.EpsilonRule(1e-9))
+        got = lrp(model, x, target, composite="epsilon", epsilon=1e-9, **tiny)
+    elif case == "epsilon-large":
+        ref = _captum(model, x, target, lambda: rules.EpsilonRule(0.1))
+        got = lrp(model, x, target, composite="epsilon", epsilon=0.1, **tiny)
+    elif case == "gamma":
+        ref = _captum(model, x, target, lambda: rules.GammaRule(0.25, set_bias_to_zero=True))
+        got = lrp(model, x, target, composite="gamma", gamma=0.25, zero_bias=True, **tiny)
+    else:
+        ref = _captum(model, x, target, lambda: rules.Alpha1_Beta0_Rule(set_bias_to_zero=True))
+        got = lrp(model, x, target, composite="zplus", zero_bias=True, **tiny)
+    assert _rel(got.attributions, ref) < 1e-5
+    np.testing.assert_allclose(got.maps, got.attributions.sum(1), rtol=1e-6)
+
+
+def _bias_free(model):
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+            m.bias.data.zero_()
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.bias.data.zero_()
+            m.running_mean.zero_()
+    return model
+
+
+def test_lrp_zero_equals_gradient_times_input_on_bias_free_relu_net(vgg):
+    """LRP-0 on a bias-free ReLU net with max and average pools is gradient x input (Montavon
+    et al. 2019, section 10.2.1; the average pools are linear, so the identity holds)."""
+    model = _bias_free(copy.deepcopy(vgg[0]))
+    x, target = vgg[1], vgg[2]
+    got = lrp(model, x, target, composite="zero", sum_stabilizer=0.0)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = model(xt)
+    out[torch.arange(2), torch.tensor(target)].sum().backward()
+    ref = (xt.grad * xt).detach().numpy()
+    assert _rel(got.attributions, ref) < 1e-5
+
+
+@pytest.mark.parametrize("net, composite", [
+    ("vgg", "epsilon"), ("vgg", "zplus"), ("resnet", "epsilon"), ("resnet", "zplus"), ("densenet", "epsilon"),
+    pytest.param("densenet", "zplus", marks=pytest.mark.xfail(strict=True, reason="open: 5e-4 relevance created "
+                 "at the transition's 1x1 conv under z+ (not found yet)"))])
+def test_conservation_without_bias(net, composite):
+    """Zero bias, stabilisers ~0: the input relevance sums to the explained score, through
+    max/avg pools, canonised BatchNorms, residual additions and concatenations."""
+    model = _bias_free(lrp_nets.build(net))
+    x = lrp_nets.images(2)
+    got = lrp(model, x, composite=composite, epsilon=1e-12, stabilizer=1e-12, sum_stabilizer=1e-12)
+    c = got.info["conservation"]
+    np.testing.assert_allclose(c["relevance"], c["scores"], rtol=1e-5)
+
+
+def test_canonization_equals_lrp_on_the_hand_merged_net():
+    """In float64 (the backend runs a double model in double): z+ and z^B divide by small
+    sums, where float32 rounding of the two merged forms differs by 2e-4 relative."""
+    model = lrp_nets.build("resnet").double()
+    merged = copy.deepcopy(model)
+    pairs = [("conv1", "bn1"), ("layer1.conv1", "layer1.bn1"), ("layer1.conv2", "layer1.bn2"),
+             ("layer2.conv1", "layer2.bn1"), ("layer2.conv2", "layer2.bn2"), ("layer2.down.0", "layer2.down.1")]
+    mods = dict(merged.named_modules())
+    for conv, bn in pairs:
+        c, b = mods[conv], mods[bn]
+        scale = b.weight.data / torch.sqrt(b.running_var + b.eps)
+        c.weight.data = c.weight.data * scale[:, None, None, None]
+        c.bias = torch.nn.Parameter(-b.running_mean * scale + b.bias.data)
+        parent, _, leaf = bn.rpartition(".")
+        setattr(mods[parent] if parent else merged, leaf, torch.nn.Identity())
+    x = lrp_nets.images(2)
+    for comp in ("EpsilonPlus", "EpsilonGammaBox"):
+        a = lrp(model, x, composite=comp).attributions
+        b = lrp(merged, x, composite=comp).attributions
+        assert _rel(a, b) < 1e-9
+
+
+def test_composites_resolve_by_kind_and_depth():
+    model = lrp_nets.build("vgg")
+    x = lrp_nets.images(1)
+    r = lrp(model, x, composite="EpsilonGammaBox").info
+    assert r["rules"]["features.0"].startswith("zbox(low=0.0, high=1.0")
+    assert r["rules"]["features.2"].startswith("gamma") and r["rules"]["classifier.0"].startswith("epsilon")
+    assert "zbox bounds" in r["choices"]
+    r = lrp(model, x, composite="EpsilonPlusFlat", rules={"classifier.3": "zero"}).info["rules"]
+    assert r["features.0"].startswith("flat") and r["features.5"].startswith("zplus") and r["classifier.3"] == "zero()"
+    assert set(COMPOSITES) == {"EpsilonPlus", "EpsilonGammaBox", "EpsilonPlusFlat", "EpsilonAlpha2Beta1",
+                               "EpsilonAlpha2Beta1Flat"}
+    for comp in (*COMPOSITES, *LRP_RULES):
+        a = lrp(model, x, composite=comp).attributions
+        assert a.shape == x.shape and np.isfinite(a).all()
+
+
+def test_model_left_as_it_was_also_after_an_error():
+    model = lrp_nets.build("resnet").train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    lrp(model, lrp_nets.images(1))
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            return self.body(x) * self.body(x)  # a product of two data-path tensors
+
+    with pytest.raises(ValueError, match="__mul__|mul"):
+        lrp(Gated(), lrp_nets.images(1))
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_bad_input():
+    model, x = lrp_nets.build("vgg"), lrp_nets.images(1)
+    with pytest.raises(ValueError, match="'rules' parameter of lrp.*'zplus'.*'nope'"):
+        lrp(model, x, rules={"conv": "nope"})
+    with pytest.raises(ValueError, match="'composite' parameter of lrp.*EpsilonPlus.*'Nope'"):
+        lrp(model, x, composite="Nope")
+    with pytest.raises(ValueError, match="none for the linear layer 'classifier.0'"):
+        lrp(model, x, composite=None, rules={"conv": "zplus"})
+    with pytest.raises(ValueError, match="'rules' parameter of lrp.*'features.99'"):
+        lrp(model, x, rules={"features.99": "zplus"})
+    with pytest.raises(ValueError, match="target"):
+        lrp(model, x, target=7)
+
+    class Normed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc(torch.nn.functional.layer_norm(h, h.shape[1:]).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="'layer_norm' at layer '<model>'"):
+        lrp(Normed(), x)
