@@ -10,6 +10,7 @@ from . import preprocess, validate
 from . import attribution, data, dissection, features, metrics, render, synthesis
 from .attribution import (cam, deconvnet, eigen_cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam,
                           input_x_gradient, integrated_gradients, layer_cam, occlusion, saliency, score_cam, smoothgrad)
+from .metrics import compare
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,4 @@ __all__ = ["load", "installed_backends", "Backend", "Gradients", "Layer", "__ver
            "attribution", "data", "dissection", "features", "metrics", "render", "synthesis",
            "saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet", "guided_backprop",
            "occlusion", "cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam"]
-__all__ += ["BackendBase", "unchecked", "register_backend", "validate", "preprocess", "Preprocess"]
+__all__ += ["BackendBase", "unchecked", "register_backend", "validate", "preprocess", "Preprocess", "compare"]

@@ -110,7 +110,7 @@ def toy_metric():
     @register_metric("toy_map_mean", "complexity", higher_is_better=False, needs=("maps",))
     def toy(maps, **options):
         m = np.asarray(getattr(maps, "maps", maps), np.float64).mean(axis=(1, 2))
-        return MetricScores("toy_map_mean", np.where(m < 0, np.nan, m), False, {})
+        return MetricScores("toy_map_mean", np.where(m < 0, np.nan, m), False, {"choices": {"pixels": "all of them"}})
     try:
         yield "toy_map_mean"
     finally:
@@ -130,6 +130,8 @@ def test_hand_computed_means_intervals_and_undefined_images(toy_metric):
     assert row["method"] == "first" and row["family"] == "complexity" and row["higher_is_better"] is False
     assert row["n"] == 3 and row["mean"] == pytest.approx((1 / 16 + 1 / 8 + 1 / 4) / 3)
     assert np.isnan(t.scores["Sequential", "first", toy_metric][2])
+    assert t.info["choices"] == {toy_metric: {"pixels": "all of them"}}  # what the metric chose is said
+    assert t.info["target"].startswith("each model's predicted class")
     # bootstrap of three values: the interval lies within their range, around the mean
     assert 1 / 16 <= row["ci_low"] < row["mean"] < row["ci_high"] <= 1 / 4
     assert (row["ci_low"], row["ci_high"]) == interval([1 / 16, 1 / 8, 1 / 4])
@@ -247,4 +249,4 @@ def test_dask_client_gives_the_same_table(data, torch_table):
 
 
 def test_top_level_name():
-    assert convscope.metrics.compare is compare
+    assert convscope.metrics.compare is compare and convscope.compare is compare

@@ -60,7 +60,7 @@ class CompareStep:
         target = self.target
         if isinstance(target, np.ndarray):
             target = target[batch.indices]
-        out = {"index": batch.indices, "scores": {}, "errors": {}, "diff": {}, "curves": {}}
+        out = {"index": batch.indices, "scores": {}, "errors": {}, "diff": {}, "curves": {}, "choices": {}}
         maps_of = {}
         for model, backend in self.backends().items():
             for method, fn in self.methods.items():
@@ -70,6 +70,8 @@ class CompareStep:
                         maps = fn(backend, x, target)
                     except CELL_ERRORS as err:
                         failure = f"{method} on {model}: {type(err).__name__}: {err}"
+                    else:
+                        _note_choices(out, method, getattr(maps, "info", None))
                 maps_of[model, method] = maps
                 for spec in self.specs:
                     self._score(out, (model, method, spec.name), spec, backend, x, maps, failure, target, masks, fn)
@@ -97,18 +99,27 @@ class CompareStep:
             out["errors"][cell] = f"{type(err).__name__}: {err}"
             return
         out["scores"][cell] = scores
+        _note_choices(out, spec.name, result.info)
         curve = result.info.get("curve")
         if curve is not None and hasattr(curve, "fractions") and hasattr(curve, "scores"):
             out["curves"][cell] = (np.asarray(curve.fractions, np.float64),
                                    np.asarray(curve.scores, np.float64).sum(axis=0), len(x))
 
 
+def _note_choices(out, name, info):
+    """What a method or metric chose for the user (``info["choices"]``), kept by its name."""
+    chosen = (info or {}).get("choices") if isinstance(info, dict) else None
+    if chosen:
+        out["choices"].setdefault(name, {}).update({str(k): str(v) for k, v in chosen.items()})
+
+
 class Tally(Summary):
     """Per-image scores per cell (with their image indices), the first error per cell, the
-    largest map difference per model x method, and summed curves."""
+    largest map difference per model x method, summed curves, and what the methods and metrics
+    chose for the user (by name)."""
 
     def __init__(self):
-        self.scores, self.errors, self.diff, self.curves = {}, {}, {}, {}
+        self.scores, self.errors, self.diff, self.curves, self.choices = {}, {}, {}, {}, {}
 
     def update(self, result):
         for cell, s in result["scores"].items():
@@ -123,11 +134,13 @@ class Tally(Summary):
                 self.curves[cell] = (f, t + total, c + count)
             else:
                 self.curves.setdefault(cell, (fractions, total, count))
+        for name, chosen in result.get("choices", {}).items():
+            self.choices.setdefault(name, {}).update(chosen)
         return self
 
     def merge(self, other):
         for cell, parts in other.scores.items():
             self.scores.setdefault(cell, []).extend(parts)
         self.update({"index": None, "scores": {}, "errors": other.errors, "diff": other.diff,
-                     "curves": other.curves})
+                     "curves": other.curves, "choices": other.choices})
         return self

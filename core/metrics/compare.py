@@ -282,4 +282,8 @@ def compare(models, methods, metrics, data, *, target=None, masks=None, batch_si
     shipped = models if client is not None else backends
     step = CompareStep(shipped, named, specs, opts, target, ref)
     tally = scan(dataset, step, Tally, batch_size=batch_size, client=client, progress=progress, owner=OWNER)
+    if target is None:
+        info["target"] = "each model's predicted class (target=None)"
+    if tally.choices:
+        info["choices"] = tally.choices
     return Comparison.from_tally(tally, names, info["models"], list(named), specs, level, comparable, info)

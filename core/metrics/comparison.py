@@ -106,6 +106,9 @@ class Comparison(Renderable):
                 if r["error"]:
                     out.append(f"   -  {self._label(r):{width}} {r['error']}")
                     continue
+                if r["n"] == 0:
+                    out.append(f"   -  {self._label(r):{width}} undefined on every image (NaN scores)")
+                    continue
                 line = f"  {rank:2d}  {self._label(r):{width}} {_format(r['mean']):>10}  " \
                        f"[{_format(r['ci_low'])}, {_format(r['ci_high'])}]  n={r['n']}"
                 if r["max_map_difference"] is not None:
@@ -136,8 +139,8 @@ class Comparison(Renderable):
             if not r["error"] and np.isfinite(r["mean"]):
                 values[i, j] = r["mean"]
                 texts[i][j] = _format(r["mean"], 3)
-            elif r["error"]:
-                texts[i][j] = "skipped" if r["error"].startswith("skipped") else "error"
+            else:
+                texts[i][j] = "undefined" if not r["error"] else "skipped" if r["error"].startswith("skipped") else "error"
         colour = np.full_like(values, np.nan)
         for j, metric in enumerate(metrics):
             col = values[:, j]
