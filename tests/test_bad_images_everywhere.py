@@ -107,7 +107,8 @@ def test_an_unknown_layer_is_refused_with_close_matches(backend, name, f, image_
 
 @pytest.mark.parametrize("name, f, image_param", _with_param("target"), ids=[n for n, _, _ in _with_param("target")])
 def test_a_target_out_of_range_is_refused(backend, name, f, image_param):
-    extra = {k: FILL[k] for k in ("maps", "method") if k in inspect.signature(f).parameters}
+    extra = {k: FILL[k] for k, p in inspect.signature(f).parameters.items()
+             if k == "maps" or (k == "method" and p.default is inspect.Parameter.empty)}
     if "progress" in inspect.signature(f).parameters:
         extra["progress"] = False
     if name == "attribution.eigen_cam":  # class-agnostic: a target is ignored, and it says so
