@@ -190,7 +190,7 @@ def top_k_intersection(maps, masks, *, k=1000) -> MetricScores:
 def _midranks(values):
     """Ranks 1..P of each row's values in increasing order, tied values sharing their mean
     rank; returned in sorted order with the order itself."""
-    order = np.argsort(values, axis=1, kind="stable")
+    order = np.argsort(values, axis=1)  # any order among ties: they share one rank
     v = np.take_along_axis(values, order, axis=1)
     n, p = v.shape
     index = np.broadcast_to(np.arange(p), (n, p))
