@@ -279,7 +279,9 @@ def integrated_gradients(model, x, target=None, *, baseline=None, steps: int = 5
 
     ``baseline`` x' is None (black, zeros), a number or an array broadcasting to ``x``;
     ``batch_size`` interpolated images go through the backend per call (None: as in
-    :func:`smoothgrad`). The map is ``sum_c a_c`` (signed).
+    :func:`smoothgrad`). The map is ``sum_c a_c`` (signed). ``info["delta"]`` (N,) is the
+    convergence delta ``sum a - (S(x) - S(x'))`` per image, as Captum's
+    ``return_convergence_delta`` (one more forward pass of the baselines).
     """
     owner = "integrated_gradients"
     backend, x = prepare(model, x, owner)
@@ -293,6 +295,24 @@ def integrated_gradients(model, x, target=None, *, baseline=None, steps: int = 5
     diff = x - base
     g = _averaged_gradient(backend, base, diff, alphas, weights, None, classes, batch_size, owner)
     a = diff * g
+    delta = _convergence_delta(backend, x, base, a, classes, outputs, batch_size, owner)
     return AttributionMaps(a.sum(axis=1), x, owner, None if callable(classes) else classes, signed=True,
                            attributions=a, outputs=outputs,
-                           info=with_choices({"steps": steps, "method": method}, backend))
+                           info=with_choices({"steps": steps, "method": method, "delta": delta}, backend))
+
+
+def _convergence_delta(backend, x, base, a, classes, outputs, batch_size, owner):
+    """(N,) float64 ``sum a - (S(x) - S(x'))`` (Captum's ``return_convergence_delta``): how far
+    the quadrature is from completeness. Costs one forward of the baselines (and of the images
+    when the target was given)."""
+    n = len(x)
+    ends = [x] if outputs is None else []
+    ends.append(base)
+    stacked = np.concatenate(ends)
+    out = np.concatenate([backend.forward(stacked[s:s + batch_size]) for s in range(0, len(stacked), batch_size)])
+    if outputs is None:
+        outputs = out[:n]
+    seeds, _ = output_seeds(classes, outputs, owner)
+    score = np.einsum("nk,nk->n", outputs.astype(np.float64), seeds.astype(np.float64))
+    start = np.einsum("nk,nk->n", out[-n:].astype(np.float64), seeds.astype(np.float64))
+    return a.reshape(n, -1).astype(np.float64).sum(axis=1) - (score - start)
