@@ -8,7 +8,7 @@ node gets the rule of :mod:`convscope._relevance` (whose docstring is the semant
 * a weighted layer (:mod:`._affine`: Conv, ConvTranspose, Gemm, constant-weight MatMul, with a
   bias Add and, when canonizing, a BatchNorm merged in) gets its rule from the rule set by its
   layer name: ``R_in = a' * (W'^T (R / z'))`` with the modified input, weights and divisor;
-* a BatchNormalization not merged: the epsilon rule of its own affine map (default epsilon);
+* a BatchNormalization not merged: the epsilon rule of its own affine map, epsilon = ``sum_stabilizer``;
 * average pools, GlobalAveragePool, ReduceMean and ReduceSum: Zennit's Norm, ``R_in = x *
   adjoint(R / stab(y))`` with ``sum_stabilizer``; MaxPool and GlobalMaxPool: winner takes all;
 * Add, Sub and Sum of two or more data-path tensors: ``R_i = x_i R / stab(sum_j x_j)``;
@@ -23,8 +23,6 @@ a zero divisor gives zero relevance.
 from __future__ import annotations
 
 import numpy as np
-
-from convscope._relevance import Rule
 
 from ._affine import WEIGHTED_OPS, affine_layers
 from ._emit import RULES, UnsupportedOperatorError, describe_node
@@ -43,7 +41,6 @@ ROUTE_OPS = frozenset(("Concat", "Split", "Slice", "Reshape", "Flatten", "Squeez
 NORM_OPS = frozenset(("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"))
 _MAX_OPS = frozenset(("MaxPool", "GlobalMaxPool"))
 _SUM_OPS = frozenset(("Add", "Sub", "Sum"))
-_BN_EPSILON = Rule("epsilon").epsilon
 
 
 def _stabilized(em, z, e):
@@ -148,8 +145,9 @@ class RelevancePlan:
         return parts
 
     def _batch_norm(self, em, node, r):
-        """y = scale x + shift: R_in = x scale R / stab(y, epsilon), the epsilon rule of that map."""
-        dx = RULES["BatchNormalization"](em, node, [_ratio(em, r, node.output[0], _BN_EPSILON)])[0]
+        """y = scale x + shift: R_in = x scale R / stab(y, sum_stabilizer), the epsilon rule of that map
+        (as the torch backend's, with the stabilizer of pools and sums)."""
+        dx = RULES["BatchNormalization"](em, node, [_ratio(em, r, node.output[0], self.rules.sum_stabilizer)])[0]
         return [em.op("Mul", [node.input[0], dx], stem="lrp_bn")] + [None] * (len(node.input) - 1)
 
     def _weighted(self, em, layer, rule, r):
@@ -172,8 +170,7 @@ class RelevancePlan:
         if name in ("wsquare", "flat"):
             wm = w * w if name == "wsquare" else np.ones_like(w)
             ones = em.op("ConstantOfShape", [em.op("Shape", [a])], value=_float_tensor(1.0))
-            bm = None if name == "flat" else b * b
-            s = _ratio(em, r, layer.apply(em, ones, wm, bm), stab)
+            s = _ratio(em, r, layer.apply(em, ones, wm), stab)  # no bias: the formula of convscope._relevance
             return layer.adjoint(em, s, wm)
         if name == "zbox":
             wp, wn = np.maximum(w, 0), np.minimum(w, 0)
