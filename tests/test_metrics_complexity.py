@@ -163,3 +163,16 @@ def test_effective_complexity_bad_eps():
         M.effective_complexity(np.ones((1, 2, 2)), eps=-1)
     with pytest.raises(TypeError, match=r"'eps' parameter of effective_complexity must be a number"):
         M.effective_complexity(np.ones((1, 2, 2)), eps="small")
+
+
+@pytest.mark.backend("torch")
+def test_the_docs_complexity_numbers_are_recomputed():
+    pytest.importorskip("torch")
+    from test_metrics_localisation import _docs_table, demo_maps
+
+    _, maps = demo_maps()
+    quoted = _docs_table("Complexity")
+    assert set(quoted) == set(maps)
+    for name, m in maps.items():
+        ours = [getattr(M, metric)(m).mean for metric in COMPLEXITY]
+        np.testing.assert_allclose(ours, quoted[name], rtol=0.01, err_msg=name)

@@ -303,3 +303,39 @@ def test_object_maps_beat_random_ones_on_the_concept_masks():
     share = masks.mean()
     assert M.relevance_mass_accuracy(noise, masks).mean == pytest.approx(share, abs=0.02)
     assert M.mask_auc(noise, masks).mean == pytest.approx(0.5, abs=0.03)
+
+
+def _docs_table(section: str, maps_names=("grad_cam", "saliency", "random (uniform noise)")):
+    """{maps: [numbers]} from the first table of docs/metrics.md's ``section`` whose rows start with a map's name."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    body = text.split(f"## {section}\n")[1].split("\n## ")[0]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in maps_names:
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    return rows
+
+
+def demo_maps():
+    """The maps the docs' tables are computed on: the demo model on shapes(64, seed=0)."""
+    from convscope.attribution import grad_cam, saliency
+    from convscope.data import demo_model, shapes
+
+    model, data = demo_model("torch"), shapes(64, seed=0)
+    return data, {"grad_cam": grad_cam(model, data.images).maps, "saliency": saliency(model, data.images).maps,
+                  "random (uniform noise)": np.random.default_rng(0).random((64, 64, 64))}
+
+
+@pytest.mark.backend("torch")
+def test_the_docs_localisation_numbers_are_recomputed():
+    pytest.importorskip("torch")
+    data, maps = demo_maps()
+    quoted = _docs_table("Localisation")
+    assert set(quoted) == set(maps)
+    for name, m in maps.items():
+        ours = [M.evaluate(metric, maps=m, masks=data.object_masks).mean for metric in LOCALISATION]
+        np.testing.assert_allclose(ours, quoted[name], rtol=0.01, atol=0.002, err_msg=name)
+    assert data.object_masks.mean() == pytest.approx(0.138, abs=5e-4)  # "objects cover 13.8% of the pixels"
