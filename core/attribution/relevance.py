@@ -66,7 +66,7 @@ def _bounds(backend, low, high, choices):
 
 def resolve_rules(backend, composite, rules, params):
     """``({layer: Rule}, {layer: kind})`` for every conv/linear layer; errors before any pass."""
-    layers = [r for r in backend.layers() if r.kind in _WEIGHTED]
+    layers = [r for r in backend.layers() if r.kind in _WEIGHTED]  # probed at the images' size (noted)
     if composite in COMPOSITES:
         conv, dense, first = COMPOSITES[composite]
     elif composite in LRP_RULES or composite == "alpha2beta1":
@@ -126,9 +126,14 @@ def lrp(model, x, target=None, *, composite="EpsilonPlus", rules=None, epsilon=1
     for value, param in ((epsilon, "epsilon"), (gamma, "gamma"), (alpha, "alpha"), (beta, "beta"),
                          (stabilizer, "stabilizer"), (sum_stabilizer, "sum_stabilizer")):
         check_number(value, param, _OWNER, low=0.0)
+    if abs(alpha - beta - 1.0) > 1e-12:  # as Zennit's AlphaBeta: the rule is conservative only then
+        raise param_error("beta", _OWNER, f"alpha - 1 = {alpha - 1.0} (alpha - beta = 1)", repr(beta))
     if RelevanceRules not in tuple(getattr(backend, "rule_sets", ())):
         raise param_error("model", _OWNER, "a model on a backend with LRP rules",
                           f"the {getattr(backend, 'name', type(backend).__name__)} backend, which has none")
+    note = getattr(backend, "_note_input", None)
+    if note is not None:  # the layer records (and their depth order) at the images' own size
+        note(x)
     choices = {}
     lo, hi = _bounds(backend, low, high, choices) if _needs_box(composite, rules) else (0.0, 1.0)
     params = (epsilon, gamma, alpha, beta, lo, hi, stabilizer, zero_bias)
