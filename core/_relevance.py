@@ -19,14 +19,18 @@ modified inputs, weights and bias:
 ===============  ==========================================================================
 ``epsilon``      W, b; z' = z + epsilon * sign(z) (sign(0) = 1)
 ``zero``         epsilon with epsilon = 0 (LRP-0; a zero z' gives zero relevance, not NaN)
-``gamma``        W + gamma W+, b + gamma b+ (Zennit's Gamma on non-negative inputs)
+``gamma``        W + gamma W+, b + gamma b+ on every output (Montavon et al. 2019; Captum's
+                 GammaRule; Zennit's newer Gamma differs where z < 0)
 ``alphabeta``    alpha * [a+ W+ and a- W- part] - beta * [a+ W- and a- W+ part], each part
                  normalised by its own z' (+ stabilizer); bias in the parts by sign
 ``zplus``        the alphabeta rule with alpha = 1, beta = 0
-``wsquare``      R_in = (W^2)^T (R / sum_i W_i^2): input-independent (Zennit's WSquare)
+``wsquare``      R_in = (W^2)^T (R / z'), z' = W^2 applied to an input of ones (zero padding
+                 counts as input 0, so a border unit sums fewer weights); no bias (Zennit)
 ``flat``         as wsquare with every weight 1 (Zennit's Flat)
-``zbox``         bounded input [low, high]: z' = W a - W+ low - W- high (b kept as Zennit),
-                 R_in = a W^T s - low W+^T s - high W-^T s with s = R / z'
+``zbox``         bounded input [low, high]: z' = (W a + b) - (W+ L + b+) - (W- H + b-), the
+                 bias cancelling as in Zennit; L, H inputs filled with low, high (zero padding
+                 stays 0), R_in = a W^T s - L W+^T s - H W-^T s with s = R / z'; ``low`` and
+                 ``high`` are numbers or one per input channel (a tuple)
 ===============  ==========================================================================
 
 ``stabilizer`` (default 1e-6) is added to every divisor's magnitude, keeping its sign, as
@@ -37,7 +41,8 @@ Zennit's ``stabilizer``; ``zero_bias`` sets b' = 0. Layers and operators without
   at the input, a scale): relevance passes unchanged (Zennit's Pass);
 * a BatchNorm right after a conv or linear layer (its only consumer) is merged into it when
   ``canonize`` is true (W' = W gamma / sigma, b' = (b - mu) gamma / sigma + beta) and its rule
-  is that layer's; any other BatchNorm gets the epsilon rule of its own affine map;
+  is that layer's; any other BatchNorm gets the epsilon rule of its own affine map with
+  ``epsilon = sum_stabilizer`` (as Captum's; Zennit passes it);
 * average pools (also global and adaptive) and the mean over the spatial axes: the epsilon
   rule with the pool's weights and ``epsilon = sum_stabilizer`` (Zennit's Norm);
   max pools: winner takes all (the plain gradient);
