@@ -18,7 +18,8 @@ IMAGE_PARAMS = ("x", "images", "exemplar", "content", "style")
 GOOD = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
 #: values for the other required arguments, by name
 FILL = {"layer": "relu3", "layers": ["relu3"], "maps": np.ones((2, 64, 64), np.float32), "style": GOOD[:1],
-        "content": GOOD[:1], "exemplar": GOOD[:1], "images": GOOD, "x": GOOD, "method": "saliency"}
+        "content": GOOD[:1], "exemplar": GOOD[:1], "images": GOOD, "x": GOOD, "method": "saliency",
+        "baselines": GOOD[:1]}
 BAD = {
     "rank": (np.ones((64, 64, 3, 1, 1), np.float32), ValueError),
     "channels": (np.ones((2, 2, 64, 64), np.float32), ValueError),
@@ -108,7 +109,7 @@ def test_an_unknown_layer_is_refused_with_close_matches(backend, name, f, image_
 @pytest.mark.parametrize("name, f, image_param", _with_param("target"), ids=[n for n, _, _ in _with_param("target")])
 def test_a_target_out_of_range_is_refused(backend, name, f, image_param):
     extra = {k: FILL[k] for k, p in inspect.signature(f).parameters.items()
-             if k == "maps" or (k == "method" and p.default is inspect.Parameter.empty)}
+             if k in ("maps", "baselines") or (k == "method" and p.default is inspect.Parameter.empty)}
     if "progress" in inspect.signature(f).parameters:
         extra["progress"] = False
     if name == "attribution.eigen_cam":  # class-agnostic: a target is ignored, and it says so

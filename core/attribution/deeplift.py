@@ -48,15 +48,12 @@ def _baselines(baselines, x, owner):
 
 
 def _multipliers(backend, x, baseline, target, eps, owner):
-    """(multipliers at the input, explained classes, outputs) from one DeepLift pass."""
-    box = {}
-
-    def seeds(acts):
-        box["seeds"], box["index"] = output_seeds(target, acts[OUTPUT], owner)
-        return {OUTPUT: box["seeds"]}
-
-    g = backend.gradient(x, seeds, at=[OUTPUT], wrt=[INPUT], rule=DeepLiftRules(baseline=baseline, eps=eps))
-    return g.grads[INPUT], box["index"], box["seeds"], g.outputs
+    """(multipliers at the input, explained classes, seeds, outputs): the classes from a forward
+    pass, then one DeepLift pass (every backend takes seeds as a mapping with a rule set)."""
+    outputs = backend.forward(x)
+    seeds, index = output_seeds(target, outputs, owner)
+    g = backend.gradient(x, {OUTPUT: seeds}, wrt=[INPUT], rule=DeepLiftRules(baseline=baseline, eps=eps))
+    return g.grads[INPUT], index, seeds, outputs
 
 
 def _check_backend(backend, owner):

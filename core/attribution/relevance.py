@@ -140,21 +140,19 @@ def lrp(model, x, target=None, *, composite="EpsilonPlus", rules=None, epsilon=1
     resolved, kinds = resolve_rules(backend, composite, rules, params)
     rule_set = RelevanceRules(layers=tuple(resolved.items()), default=None, canonize=bool(canonize),
                               sum_stabilizer=float(sum_stabilizer))
-    box = {}
-
-    def seeds(acts):
-        onehot, box["index"] = output_seeds(target, acts[OUTPUT], _OWNER)
-        box["scores"] = (onehot * acts[OUTPUT]).sum(axis=1)
-        return {OUTPUT: onehot * acts[OUTPUT]}
-
-    g = backend.gradient(x, seeds, at=[OUTPUT], wrt=[INPUT], rule=rule_set)
+    # The classes and scores from a forward pass first: every rule is linear in the output
+    # relevance, and every backend takes seeds as a mapping with a rule set.
+    outputs = backend.forward(x)
+    onehot, index = output_seeds(target, outputs, _OWNER)
+    scores = (onehot * outputs).sum(axis=1)
+    g = backend.gradient(x, {OUTPUT: onehot * outputs}, wrt=[INPUT], rule=rule_set)
     a = g.grads[INPUT]
     info = {"composite": composite, "rules": {n: _describe(r) for n, r in resolved.items()},
-            "conservation": {"scores": box["scores"], "relevance": a.sum(axis=(1, 2, 3))},
+            "conservation": {"scores": scores, "relevance": a.sum(axis=(1, 2, 3))},
             "canonize": bool(canonize)}
     if choices:
         info["choices"] = choices
-    return AttributionMaps(a.sum(axis=1), x, "lrp", box["index"], signed=True, attributions=a, outputs=g.outputs,
+    return AttributionMaps(a.sum(axis=1), x, "lrp", index, signed=True, attributions=a, outputs=g.outputs,
                            info=with_choices(info, backend))
 
 
