@@ -174,8 +174,7 @@ class RelevancePlan:
             return layer.adjoint(em, s, wm)
         if name == "zbox":
             wp, wn = np.maximum(w, 0), np.minimum(w, 0)
-            low = em.op("ConstantOfShape", [em.op("Shape", [a])], value=_float_tensor(rule.low))
-            high = em.op("ConstantOfShape", [em.op("Shape", [a])], value=_float_tensor(rule.high))
+            low, high = _filled(em, a, rule.low), _filled(em, a, rule.high)
             z = em.op("Sub", [em.op("Sub", [layer.apply(em, a, w), layer.apply(em, low, wp)]),
                               layer.apply(em, high, wn)])
             s = _ratio(em, r, z, stab)
@@ -202,6 +201,15 @@ class RelevancePlan:
         if beta != 0.0:
             out = em.op("Sub", [out, em.op("Mul", [part(wn, wp, np.minimum(b, 0)), em.const(beta)])])
         return out
+
+
+def _filled(em, a, value):
+    """A tensor shaped like ``a`` holding ``value``: a number, or one per channel (axis 1)."""
+    value = np.asarray(value, np.float64)
+    if value.ndim == 0:
+        return em.op("ConstantOfShape", [em.op("Shape", [a])], value=_float_tensor(float(value)))
+    rank = len(em.shape(a))
+    return em.op("Expand", [em.const(value.reshape(1, -1, *[1] * (rank - 2))), em.op("Shape", [a])], stem="bounds")
 
 
 def _float_tensor(value):
