@@ -433,3 +433,37 @@ def test_deeplift_equals_the_torch_backend(net):
     want = deeplift(torch_backend, x, baseline=base)
     got = deeplift(onnx_backend, x, baseline=base)
     assert relative(got.attributions, want.attributions) < TOL
+
+
+@pytest.mark.parametrize("name", ["epsilon", "gamma", "alpha2beta1", "wsquare", "zbox"])
+def test_conv_transpose_and_a_matmul_with_its_bias_add_match_the_written_out_reference(name):
+    """ConvTranspose (stride 2, output_padding 1) and a Linear written as MatMul + Add (as exporters
+    write it): the ConvTranspose's matrix is read off ONNX Runtime's plain forward of that node alone on
+    unit vectors, the rules are written out; the Add's bias belongs to the MatMul's layer."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(11)
+    w1, b1 = rng.standard_normal((2, 3, 3, 3)).astype(np.float32) * 0.5, rng.standard_normal(3).astype(np.float32)
+    w2, b2 = rng.standard_normal((3 * 10 * 10, 4)).astype(np.float32) * 0.1, rng.standard_normal(4).astype(np.float32)
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
+    g = Graph(0)
+    t = g.op("ConvTranspose", ["x", g.const(w1), g.const(b1)], ["up"], **attrs)
+    t = g.op("Flatten", [g.op("Relu", [t], ["relu"])], ["flat"])
+    t = g.op("Add", [g.op("MatMul", [t, g.const(w2)], ["fc"]), g.const(b2)], ["fc_bias"])
+    backend = convscope.load(g.model(t, shape=(2, 5, 5), flatten=False))
+    single = Graph(0)
+    single.op("ConvTranspose", ["x", single.const(w1)], ["up"], **attrs)
+    session = ort.InferenceSession(single.model("up", shape=(2, 5, 5), flatten=False).SerializeToString())
+    m1 = session.run(None, {"x": np.eye(50, dtype=np.float32).reshape(50, 2, 5, 5)})[0].reshape(50, -1).T
+    m1, c1 = m1.astype(np.float64), np.repeat(b1, 100).astype(np.float64)
+    x = np.random.default_rng(12).uniform(-1, 1, (2, 2, 5, 5)).astype(np.float32)
+    rule = ALL_RULES[name]
+    seed, got = _onnx_lrp(backend, x, RelevanceRules(default=rule))
+    assert backend.layers()[0].name == "up"
+    ones = (np.abs(m1) > 0).astype(np.float64)  # the connections (every kernel tap is nonzero here)
+    for i in range(2):
+        a0 = x[i].reshape(-1).astype(np.float64)
+        a1 = np.maximum(m1 @ a0 + c1, 0)
+        r = dense_rule(rule, a1, w2.T.astype(np.float64), b2.astype(np.float64), seed[i])
+        want = dense_rule(rule, a0, m1, c1, r, ones)
+        assert relative(got.grads["input"][i], want.reshape(x[i].shape)) < TOL, name
