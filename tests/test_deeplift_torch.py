@@ -73,3 +73,17 @@ def test_bad_input(avg_vgg):
         deeplift_shap(model, x, baselines=np.zeros((3, 64, 64)))
     with pytest.raises(ValueError, match="'alphas' parameter of gradient_shap"):
         gradient_shap(model, x, baselines=np.zeros((1, 3, 64, 64)), alphas=np.zeros(3))
+
+
+def test_deeplift_preprocesses_the_baseline_like_the_images():
+    """With load(model, preprocess=...) the baseline is a user image too: DeepLift equals
+    DeepLift on the model with both preprocessed (the multipliers carry the chain rule)."""
+    import convscope
+
+    model, x = lrp_nets.build("resnet"), lrp_nets.images(2)
+    p = convscope.Preprocess(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), order="BGR")
+    base = np.full(x.shape, 0.2, np.float32)
+    got = deeplift(convscope.load(model, preprocess=p), x, [0, 4], baseline=0.2)
+    ref = deeplift(model, p.apply(x), [0, 4], baseline=p.apply(base))
+    assert _rel(got.attributions, ref.attributions[:, ::-1]) < 1e-5
+    np.testing.assert_allclose(got.info["delta"], ref.info["delta"], atol=1e-6)

@@ -210,3 +210,64 @@ def test_every_rule_and_composite_against_the_written_out_reference(composite):
     got = lrp(net, x, [0, 2], composite=composite)
     ref = lrp_reference.reference_lrp(net, x, [0, 2], _expected_rules(composite))
     assert _rel(got.attributions, ref) < 1e-6
+
+
+# --------------------------------------------------------------------------- preprocessing, torch idioms
+def test_relevance_passes_the_preprocessing_unchanged():
+    """With load(model, preprocess=...) relevance at the user's image is the relevance at the
+    model's input, channels reordered, no chain-rule gain (the normalisation is Pass); z^B's
+    bounds are the user's [0, 1] mapped through the normalisation, per channel."""
+    import convscope
+
+    model, x = lrp_nets.build("vgg"), lrp_nets.images(2)
+    p = convscope.Preprocess(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), order="BGR")
+    wrapped = convscope.load(model, preprocess=p)
+    xm = p.apply(x)
+    for comp in ("EpsilonPlus", "EpsilonGammaBox"):
+        got = lrp(wrapped, x, [1, 2], composite=comp)
+        low = tuple((0 - np.array(p.mean)) / np.array(p.std))
+        high = tuple((1 - np.array(p.mean)) / np.array(p.std))
+        ref = lrp(model, xm, [1, 2], composite=comp, low=low, high=high).attributions[:, ::-1]
+        assert _rel(got.attributions, ref) < 1e-6
+    assert "per channel" in got.info["choices"]["zbox bounds"]
+
+
+def test_torch_idioms_in_place_relus_augmented_addition_scales():
+    """nn.ReLU(inplace=True), ``out += identity`` (torchvision's blocks), ``x * 3`` and ReLU6, F.relu,
+    Tensor.relu: conservative on bias-free versions, the in-place forms equal to the plain ones."""
+    import torch_models
+
+    class AugmentedBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+            self.relu = torch.nn.ReLU(inplace=True)
+            self.conv2 = torch.nn.Conv2d(6, 6, 3, padding=1)
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x, in_place=True):
+            identity = self.relu(self.conv1(x))
+            out = self.conv2(identity)
+            if in_place:
+                out += identity
+            else:
+                out = out + identity
+            return self.fc(self.relu(out).mean((2, 3)))
+
+    x = lrp_nets.images(2)
+    block = _bias_free(AugmentedBlock().eval())
+    a = lrp(block, x, composite="epsilon", epsilon=1e-12, sum_stabilizer=1e-12)
+    np.testing.assert_allclose(a.info["conservation"]["relevance"], a.info["conservation"]["scores"], rtol=1e-5)
+
+    class Plain(AugmentedBlock):
+        def forward(self, x):
+            return super().forward(x, in_place=False)
+
+    plain = Plain().eval()
+    plain.load_state_dict(block.state_dict())
+    assert _rel(lrp(plain, x, composite="EpsilonPlus").attributions,
+                lrp(block, x, composite="EpsilonPlus").attributions) < 1e-6
+    for net, size in ((torch_models.MixedReLUNet(), 16), (torch_models.TinyResNet(), 32)):
+        net = _bias_free(torch_models.randomise_bn(net.eval()))
+        got = lrp(net, lrp_nets.images(2, size=size), composite="epsilon", epsilon=1e-12, sum_stabilizer=1e-12)
+        np.testing.assert_allclose(got.info["conservation"]["relevance"], got.info["conservation"]["scores"], rtol=1e-4)
