@@ -123,10 +123,14 @@ def test_effective_complexity_matches_quantus(demo_saliency):
 # ---------------------------------------------------------------- batching, registry, bad input
 
 @pytest.mark.parametrize("name", COMPLEXITY)
-def test_scores_are_per_map(name):
-    maps = np.random.default_rng(1).normal(size=(9, 12, 12)) ** 3
-    together = getattr(M, name)(maps).scores
-    np.testing.assert_allclose(together, [getattr(M, name)(maps[i:i + 1]).scores[0] for i in range(9)], rtol=1e-12)
+def test_scores_are_per_map_across_chunks(name):
+    maps = np.random.default_rng(1).normal(size=(40, 64, 64)) ** 3  # chunks of 16 maps of 64 x 64
+    maps[37] = 0
+    together = getattr(M, name)(maps)
+    one_by_one = [getattr(M, name)(maps[i:i + 1]).scores[0] for i in range(40)]
+    np.testing.assert_allclose(together.scores, one_by_one, rtol=1e-12)
+    if name != "effective_complexity":
+        assert together.info["undefined"] == {"all-zero map": [37]}
 
 
 @pytest.mark.parametrize("name", COMPLEXITY)

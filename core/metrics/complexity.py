@@ -10,19 +10,25 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_number
-from .localisation import checked_maps
+from .._batching import auto_batch_size
+from .localisation import CHUNK_PIXELS, checked_maps
 from .registry import register_metric
 from .result import MetricScores
 
 __all__ = ["sparseness", "complexity", "effective_complexity"]
 
 
-def _magnitudes(maps, owner):
+def _by_chunks(maps, owner, rows):
+    """``rows(|a| (n, P) float64) -> (scores (n,), all zero (n,))`` over chunks of
+    :data:`CHUNK_PIXELS` maps, joined."""
     m = checked_maps(maps, owner)
-    return np.abs(m.reshape(len(m), -1))
+    flat = m.reshape(len(m), -1)
+    step = auto_batch_size(*m.shape[1:], pixels=CHUNK_PIXELS)
+    parts = [rows(np.abs(flat[i:i + step].astype(np.float64))) for i in range(0, len(m), step)]
+    return tuple(np.concatenate(column) for column in zip(*parts))
 
 
-def _wrap(name, scores, higher_is_better, all_zero, options):
+def _wrap(name, scores, all_zero, higher_is_better, options):
     info = dict(options)
     if all_zero.any():
         scores[all_zero] = np.nan
@@ -39,12 +45,12 @@ def sparseness(maps) -> MetricScores:
     Quantus's ``Sparseness`` adds 1e-7 to every value before this formula (its guard against
     dividing by zero), which lowers the index slightly; here an all-zero map is NaN instead.
     """
-    a = np.sort(_magnitudes(maps, "sparseness"), axis=1)
-    p = a.shape[1]
-    total = a.sum(1)
-    weights = 2 * np.arange(1, p + 1) - p - 1
-    gini = (a @ weights) / (p * np.where(total == 0, 1, total))
-    return _wrap("sparseness", gini, True, total == 0, {})
+    def rows(a):
+        a = np.sort(a, axis=1)
+        p, total = a.shape[1], a.sum(1)
+        weights = 2.0 * np.arange(1, p + 1) - p - 1
+        return (a @ weights) / (p * np.where(total == 0, 1, total)), total == 0
+    return _wrap("sparseness", *_by_chunks(maps, "sparseness", rows), True, {})
 
 
 @register_metric("complexity", "complexity", higher_is_better=False, needs=("maps",))
@@ -55,14 +61,14 @@ def complexity(maps) -> MetricScores:
 
     Quantus's ``Complexity`` computes ``-sum p ln(p + 1e-12)``, the same to about 1e-12 per pixel.
     """
-    a = _magnitudes(maps, "complexity")
-    total = a.sum(1)
-    safe = np.where(total == 0, 1, total)
-    log_a = np.zeros_like(a)
-    np.log(a, out=log_a, where=a > 0)
-    # -sum p ln p with p = a / T is ln T - sum a ln a / T: one pass, no (N, P) fractions
-    entropy = np.log(safe) - np.einsum("ij,ij->i", a, log_a) / safe
-    return _wrap("complexity", np.maximum(entropy, 0.0), False, total == 0, {})
+    def rows(a):
+        total = a.sum(1)
+        safe = np.where(total == 0, 1, total)
+        log_a = np.zeros_like(a)
+        np.log(a, out=log_a, where=a > 0)
+        # -sum p ln p with p = a / T is ln T - sum a ln a / T: no (n, P) fractions
+        return np.maximum(np.log(safe) - np.einsum("ij,ij->i", a, log_a) / safe, 0.0), total == 0
+    return _wrap("complexity", *_by_chunks(maps, "complexity", rows), False, {})
 
 
 @register_metric("effective_complexity", "complexity", higher_is_better=False, needs=("maps",))
@@ -76,5 +82,5 @@ def effective_complexity(maps, *, eps: float = 1e-5) -> MetricScores:
     Always defined (an all-zero map counts 0).
     """
     eps = check_number(eps, "eps", "effective_complexity", low=0)
-    a = _magnitudes(maps, "effective_complexity")
-    return MetricScores("effective_complexity", (a > eps).sum(1).astype(np.float64), False, {"eps": eps})
+    counts, _ = _by_chunks(maps, "effective_complexity", lambda a: ((a > eps).sum(1).astype(np.float64), a[:, 0] < 0))
+    return MetricScores("effective_complexity", counts, False, {"eps": eps})

@@ -29,8 +29,13 @@ __all__ = ["relevance_mass_accuracy", "relevance_rank_accuracy", "top_k_intersec
            "energy_pointing_game"]
 
 
+#: Maps per chunk of the row-wise arithmetic: 2^16 pixels (16 maps of 64 x 64), whose float64
+#: temporaries (512 KB) stay in cache; chunks of 2^18 pixels ran the same sums 3-4x slower.
+CHUNK_PIXELS = 2 ** 16
+
+
 def checked_maps(maps, owner: str) -> np.ndarray:
-    """(N, H, W) float64 from an array or an AttributionMaps: numeric, finite, non-empty."""
+    """(N, H, W) numeric array from an array or an AttributionMaps: finite, non-empty."""
     m = getattr(maps, "maps", maps)
     if not isinstance(m, np.ndarray):
         if not isinstance(m, (list, tuple)):
@@ -43,12 +48,12 @@ def checked_maps(maps, owner: str) -> np.ndarray:
     if not np.isfinite(m).all():
         bad = int(m.size - np.isfinite(m).sum())
         raise param_error("maps", owner, "finite (no NaN or Inf)", f"{bad} non-finite values")
-    return m.astype(np.float64)
+    return m
 
 
 def checked_masks(maps, masks, owner: str):
-    """(maps (N, H, W) float64, masks (N, H, W) bool, choices) with the maps resized to the
-    masks' size when the aspect ratio agrees."""
+    """(maps (N, H, W), masks (N, H, W) bool, choices) with the maps resized to the masks'
+    size when the aspect ratio agrees."""
     m = checked_maps(maps, owner)
     s = masks if isinstance(masks, np.ndarray) else np.asarray(masks) if isinstance(masks, (list, tuple)) else None
     if s is None:
@@ -71,21 +76,21 @@ def checked_masks(maps, masks, owner: str):
         if h * mw != w * mh:
             raise param_error("masks", owner, f"(N, H, W) masks of the maps' size {(h, w)} or of the same aspect "
                               "ratio (the maps are then resized to them)", f"shape {s.shape}")
-        m = as_maps(m.astype(np.float32), owner, (mh, mw)).astype(np.float64)
+        m = as_maps(m.astype(np.float32), owner, (mh, mw))
         choices["maps"] = f"resized bilinearly from {(h, w)} to {(mh, mw)}, the masks' size"
     return m, s, choices
 
 
 def _scores(name, checked, row_fn, options):
     """Run ``row_fn(maps (n, P), masks (n, P), (H, W)) -> (scores, {reason: bool (n,)})`` on
-    the output of :func:`checked_masks`, over chunks of maps (2^18 pixels each)."""
+    the output of :func:`checked_masks`, over chunks of float64 maps (:data:`CHUNK_PIXELS`)."""
     m, s, choices = checked
     size = s.shape[1:]
     m, s = m.reshape(len(m), -1), s.reshape(len(s), -1)
-    step = auto_batch_size(*size)
+    step = auto_batch_size(*size, pixels=CHUNK_PIXELS)
     parts, reasons = [], {}
     for start in range(0, len(m), step):
-        chunk = m[start:start + step], s[start:start + step]
+        chunk = m[start:start + step].astype(np.float64), s[start:start + step]
         score, undefined = row_fn(*chunk, size)
         parts.append(score)
         for why, flags in undefined.items():
