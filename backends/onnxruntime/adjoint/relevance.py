@@ -182,18 +182,42 @@ class RelevancePlan:
             return em.op("Sub", [total, mul(high, layer.adjoint(em, s, wn))])
         raise ValueError(f"Unknown LRP rule {name!r} for layer {layer.name!r}.")
 
+    def _nonnegative(self, name, depth=0):
+        """Whether tensor ``name`` is >= 0 by construction: a ReLU's (or a Clip from 0's, a sigmoid's)
+        output, possibly through max or average pools, reshapes, slices and concatenations of such."""
+        graph = self.graph
+        index = graph.producer.get(name)
+        if index is None or depth > 32:
+            return False
+        node = graph.nodes[index]
+        op = node.op_type
+        if op in ("Relu", "Sigmoid", "HardSigmoid", "Softplus"):
+            return True
+        if op == "Clip" and len(node.input) > 1 and node.input[1] in graph.constants:
+            return float(np.asarray(graph.constants[node.input[1]]).reshape(-1)[0]) >= 0
+        if op in ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
+                  "Unsqueeze", "Transpose", "Identity", "Dropout", "Slice", "Concat", "Split", "Pad", "Resize"):
+            data = [i for i in node.input[:1 if op != "Concat" else None] if i]
+            if op == "Pad" and len(node.input) > 2 and node.input[2]:
+                return False  # a constant value that may be negative
+            return bool(data) and all(self._nonnegative(i, depth + 1) for i in data)
+        return False
+
     def _alpha_beta(self, em, layer, r, w, b, alpha, beta, stab):
         """alpha [a+ W+ and a- W- part] - beta [a+ W- and a- W+ part], each over its own z'."""
         a = layer.x
-        pos = em.op("Relu", [a])
-        neg = em.op("Sub", [a, pos])
+        signed = not self._nonnegative(a)  # after a ReLU the a- terms vanish: not emitted
+        pos = em.op("Relu", [a]) if signed else a
+        neg = em.op("Sub", [a, pos]) if signed else None
         wp, wn = np.maximum(w, 0), np.minimum(w, 0)
 
         def part(w1, w2, bias):
-            z = em.op("Add", [layer.apply(em, pos, w1, bias), layer.apply(em, neg, w2)])
+            z = layer.apply(em, pos, w1, bias)
+            if signed:
+                z = em.op("Add", [z, layer.apply(em, neg, w2)])
             s = _ratio(em, r, z, stab)
-            return em.op("Add", [em.op("Mul", [pos, layer.adjoint(em, s, w1)]),
-                                 em.op("Mul", [neg, layer.adjoint(em, s, w2)])])
+            out = em.op("Mul", [pos, layer.adjoint(em, s, w1)])
+            return em.op("Add", [out, em.op("Mul", [neg, layer.adjoint(em, s, w2)])]) if signed else out
 
         out = part(wp, wn, np.maximum(b, 0))
         if alpha != 1.0:
