@@ -153,6 +153,8 @@ def test_random_logit_matches_quantus(similarity):
     theirs = metric(model=model, x_batch=X, y_batch=y, a_batch=a, channel_first=True, explain_func=explain, device="cpu")
     ours = random_logit(model, X, explain, y, similarity=similarity, seed=7)
     np.testing.assert_allclose(ours.scores, theirs, atol=1e-6)
+    given = random_logit(model, X, explain, None, maps=saliency(model, X, y), similarity=similarity, seed=7)
+    np.testing.assert_allclose(given.scores, theirs, atol=1e-6)  # the maps' own target
     assert not ours.higher_is_better and (ours.info["other"] != y).all()
 
 

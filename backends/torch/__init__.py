@@ -366,4 +366,6 @@ class TorchBackend(BackendBase):
         """A backend over a deep copy of the module with ``weights`` replaced (:mod:`._weights`)."""
         with self._lock:
             twin = module_with_weights(self._torch, self.module, self._named, weights)
-        return TorchBackend(twin, input_shape=self._input_shape, output=self.output, select=self.select)
+        new = TorchBackend(twin, input_shape=self._input_shape, output=self.output, select=self.select)
+        new._adopt_state(self._share_state())  # the same architecture: its probes, final softmax and lock hold
+        return new

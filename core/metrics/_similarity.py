@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["HOG_MIN", "SIMILARITIES", "spearman", "ssim", "hog_similarity", "pearson", "prepared", "similarity"]
+__all__ = ["HOG_MIN", "SIMILARITIES", "spearman", "ssim", "hog_similarity", "pearson", "prepared", "similarity", "similarity_to"]
 
 
 def prepared(maps, absolute: bool = True) -> np.ndarray:
@@ -47,7 +47,7 @@ def pearson(a, b) -> np.ndarray:
 def _ranks(v) -> np.ndarray:
     """Row-wise ranks (1-based) of (N, D) values, ties averaged."""
     n, d = v.shape
-    order = np.argsort(v, axis=1, kind="stable")
+    order = np.argsort(v, axis=1)  # ties are averaged below, so their order does not matter
     s = np.take_along_axis(v, order, axis=1)
     new = np.ones((n, d), bool)
     new[:, 1:] = s[:, 1:] != s[:, :-1]
@@ -130,3 +130,16 @@ SIMILARITIES = {"spearman": spearman, "ssim": ssim, "hog": hog_similarity}
 def similarity(name: str, a, b, *, absolute: bool = True) -> np.ndarray:
     """``SIMILARITIES[name]`` of the :func:`prepared` maps ``a`` and ``b``."""
     return SIMILARITIES[name](prepared(a, absolute), prepared(b, absolute))
+
+
+def similarity_to(name: str, reference, others, *, absolute: bool = True) -> np.ndarray:
+    """(len(others), N): :func:`similarity` of each (N, H, W) batch in ``others`` to ``reference``;
+    the reference's ranks (Spearman) and descriptors (HOG) are computed once."""
+    ref = prepared(reference, absolute)
+    if name == "spearman":
+        r = _ranks(ref.reshape(len(ref), -1))
+        return np.stack([pearson(r, _ranks(prepared(o, absolute).reshape(len(ref), -1))) for o in others])
+    if name == "hog":
+        h = _hog(ref)
+        return np.stack([pearson(h, _hog(prepared(o, absolute))) for o in others])
+    return np.stack([SIMILARITIES[name](ref, prepared(o, absolute)) for o in others])

@@ -23,8 +23,9 @@ from .._targets import check_target, entry_images, index_per_sample, with_choice
 from .._validate import check_choice, check_int, describe, param_error
 from ..backend import unchecked
 from ..render import Renderable
-from ._similarity import HOG_MIN, SIMILARITIES, similarity as _similarity
+from ._similarity import HOG_MIN, SIMILARITIES, similarity as _similarity, similarity_to
 from .registry import as_method, register_metric
+from .pointing import as_maps
 from .result import MetricScores
 
 __all__ = ["model_randomisation", "random_logit", "RandomisationResult", "normal_like"]
@@ -200,8 +201,7 @@ def model_randomisation(model, x, method, target=None, *, order: str = "cascadin
         replaced = dict(drawn) if order == "cascading" else {name: drawn[name]}
         all_maps.append(_maps(explain, unchecked(backend.with_weights(replaced)), x, target, batch_size)[0])
     all_maps = np.stack(all_maps)
-    scores = {m: np.stack([_similarity(m, trained, step, absolute=absolute) for step in all_maps[1:]])
-              for m in measures}
+    scores = {m: similarity_to(m, trained, all_maps[1:], absolute=absolute) for m in measures}
     info = {"order": order, "absolute": absolute, "seed": seed,
             "randomize": getattr(randomize, "__name__", repr(randomize))}
     if chosen and target is not None:
@@ -209,8 +209,8 @@ def model_randomisation(model, x, method, target=None, *, order: str = "cascadin
     return RandomisationResult(order, steps, scores, all_maps, x, target, with_choices(info, backend))
 
 
-def random_logit(model, x, method, target=None, *, num_classes: int | None = None, similarity: str = "ssim",
-                 absolute: bool = False, seed: int = 0) -> MetricScores:
+def random_logit(model, x, method, target=None, *, maps=None, num_classes: int | None = None,
+                 similarity: str = "ssim", absolute: bool = False, seed: int = 0) -> MetricScores:
     """Random-logit test (Sixt et al. 2020; Quantus's RandomLogit): the similarity of the map of
     the explained class to that of a random other class; lower is better (a map that does not
     change with the class explains the image, not the decision).
@@ -220,7 +220,9 @@ def random_logit(model, x, method, target=None, *, num_classes: int | None = Non
     ``K - 1`` classes other than the target in increasing order. ``num_classes`` K: default the
     model's number of outputs. ``similarity``: "ssim" (as Quantus), "spearman" or "hog"; maps
     are divided by their max |value| first (Quantus does so over the whole batch by default;
-    here per map, so an image's score does not depend on the others).
+    here per map, so an image's score does not depend on the others). ``maps``: the explained
+    class's maps when already made ((N, H, W) or an AttributionMaps, whose target is used when
+    ``target`` is None), as Quantus's ``a_batch``; else ``method`` makes them.
     """
     owner = "random_logit"
     backend = load(model)
@@ -239,6 +241,14 @@ def random_logit(model, x, method, target=None, *, num_classes: int | None = Non
     k = num_classes or k
     if k < 2:
         raise param_error("model", owner, "a model with two or more classes", f"{k} output")
+    if maps is not None:
+        if target is None and getattr(maps, "target", None) is not None:
+            target = maps.target
+        maps = as_maps(maps, owner, x.shape[2:])
+        if len(maps) != n:
+            raise param_error("maps", owner, f"one map per image ({n})", f"{len(maps)} maps")
+        if target is None:
+            raise param_error("target", owner, "the maps' classes when maps are given", "None")
     target = None if target is None else check_target(target, n, owner)
     if callable(target):
         raise param_error("target", owner, "None, an int or one int per image (classes to swap)", "a callable",
@@ -246,10 +256,11 @@ def random_logit(model, x, method, target=None, *, num_classes: int | None = Non
     if target is not None:
         target = index_per_sample(target, n, k, owner)
     explain = as_method(method, owner)
-    first = explain(run, x, target)
-    maps = np.asarray(getattr(first, "maps", first), np.float32)
     info = {}
-    if target is None:
+    if maps is None:
+        first = explain(run, x, target)
+        maps = np.asarray(getattr(first, "maps", first), np.float32)
+    if target is None:  # the maps were made here
         found = getattr(first, "target", None)
         target = np.asarray(found if found is not None else run.forward(x).argmax(axis=1), np.int64)
         info["choices"] = {"target": "the predicted class of each image"}
