@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._emit import UnsupportedOperatorError, attr, describe_node
+from ._emit import attr
 from .rules_spatial import spatial_size, transposed, window_geometry
 
 __all__ = ["AffineLayer", "affine_layers", "WEIGHTED_OPS"]
@@ -82,13 +82,6 @@ class AffineLayer:
             return em.op("Gemm", [s, em.const(weight)], stem="lrp_gemm_adjoint")
         return em.op("MatMul", [s, em.const(weight)], stem="lrp_matmul_adjoint")
 
-    def broadcast_bias(self, em, bias):
-        """``bias`` shaped to add to z: (C, 1, ...) for a map, (out,) for a vector."""
-        if self.node.op_type in ("Conv", "ConvTranspose"):
-            rank = len(em.shape(self.out))
-            return bias.reshape(-1, *[1] * (rank - 2))
-        return bias
-
 
 def _attributes(node):
     from onnx import helper
@@ -127,9 +120,8 @@ def _dense_weight(em, node):
             return None
         w = np.asarray(w, np.float64)
         return np.ascontiguousarray(w.T), np.zeros(w.shape[1])
-    if int(attr(node, "transA", 0)):
-        raise UnsupportedOperatorError(f"{describe_node(node)} transposes its input (transA=1); LRP has no rule "
-                                       "for it.")
+    if int(attr(node, "transA", 0)):  # not a layer: an active one is named by the relevance plan
+        return None
     w = em.value(node.input[1])
     if w is None:
         return None

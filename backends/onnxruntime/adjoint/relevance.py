@@ -88,7 +88,7 @@ class RelevancePlan:
             return
         data = self._data_inputs(em, node)
         if op in WEIGHTED_OPS:
-            self._unsupported(node, "its weight is computed from the input, not constant")
+            self._unsupported(node, "its weight is not a constant (or a Gemm transposes its input)")
         if op in _SUM_OPS:
             return
         if op in PASS_OPS or op == "BatchNormalization" or op in ROUTE_OPS or op in NORM_OPS or op in _MAX_OPS:
