@@ -123,3 +123,18 @@ def test_deeplift_equals_the_torch_backend(net):
     want = deeplift(torch_backend, x, baseline=base)
     got = deeplift(onnx_backend, x, baseline=base)
     assert relative(got.attributions, want.attributions) < TOL
+
+
+@pytest.mark.parametrize("net", ["vgg", "resnet", "densenet"])
+def test_deeplift_shap_and_gradient_shap_equal_the_torch_backend(net):
+    """The core's DeepLiftShap (a baseline distribution) and GradientShap on ONNX, against the torch backend."""
+    from convscope.attribution import deeplift_shap, gradient_shap
+
+    from lrp_nets import images
+
+    torch_backend, onnx_backend = _torch_and_onnx(net)
+    x, baselines = images(2, 32), images(3, 32, seed=8) * 0.5
+    assert relative(deeplift_shap(onnx_backend, x, baselines=baselines).attributions,
+                    deeplift_shap(torch_backend, x, baselines=baselines).attributions) < TOL
+    assert relative(gradient_shap(onnx_backend, x, baselines=baselines, seed=1).attributions,
+                    gradient_shap(torch_backend, x, baselines=baselines, seed=1).attributions) < TOL
