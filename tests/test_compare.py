@@ -200,6 +200,8 @@ def test_streaming_batches_give_the_table_of_one_array(data, torch_table):
     one = compare(demo_model("torch"), ["grad_cam", "saliency"], METRICS_USED, x, masks=masks, options=FAST)
     stream = compare(demo_model("torch"), ["grad_cam", "saliency"], METRICS_USED,
                      ((x[i:i + 4], masks[i:i + 4]) for i in range(0, 6, 4)), options=FAST)
+    with pytest.raises(ValueError, match=r"'masks' parameter of compare.*boolean masks of shape \(4, 64, 64\)"):
+        compare(demo_model("torch"), ["saliency"], ["pointing_game"], iter([(x[:4], masks[:4, :32])]))
     for table in (stream, torch_table):
         for a, b in zip(one.rows, table.rows):
             assert (a["method"], a["metric"], a["n"]) == (b["method"], b["metric"], b["n"])
