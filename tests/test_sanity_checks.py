@@ -288,3 +288,18 @@ def test_paper_result_on_the_demo_model():
     edge = {k: [np.nanmean(spearman(np.abs(m), edges)) for m in (r.maps[0], r.maps[-1])] for k, r in runs.items()}
     assert edge["guided"][1] > edge["saliency"][1] + 0.04  # after every layer is randomised
     assert edge["guided"][1] > 0.6 * edge["guided"][0]  # as tied to the edges as the trained model's map
+
+
+def test_the_same_check_on_torch_and_onnx_gives_the_same_numbers():
+    pytest.importorskip("onnxruntime")
+    from convscope.data import demo_path
+
+    x = shapes(4, seed=5).images
+    torch_backend, onnx_backend = convscope.load(demo_model("torch")), convscope.load(demo_path("onnx"))
+    kwargs = dict(layers=["fc", "conv4", "bn4"], similarity=("spearman", "ssim"), seed=3)
+    a = model_randomisation(torch_backend, x, "saliency", 1, **kwargs)
+    b = model_randomisation(onnx_backend, x, "saliency", 1, **kwargs)
+    scale = np.abs(a.maps).max()
+    assert np.abs(a.maps - b.maps).max() / scale < 1e-3  # the same draws reach both frameworks
+    for measure in ("spearman", "ssim"):
+        np.testing.assert_allclose(a.similarity[measure], b.similarity[measure], atol=2e-3)
