@@ -249,3 +249,24 @@ def test_bad_arguments_are_refused(demo):
     with pytest.raises(ValueError, match=r"'model' parameter of input_invariance must be a model whose first layer "
                                          r"is a conv or linear layer with a bias"):
         M.input_invariance(Doubler(), np.ones((1, 1, 2, 2), np.float32), "saliency")
+
+
+@pytest.mark.slow
+def test_input_invariance_on_an_onnx_export():
+    """The ONNX backend replaces the first Conv's bias initializer: the same verdicts as torch."""
+    pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    net = unpadded()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), buffer, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+    exported = convscope.load(buffer.getvalue())
+    x = np.random.default_rng(5).random((3, 3, 8, 8), dtype=np.float32)
+    for method, verdict in (("saliency", 1.0), ("input_x_gradient", 0.0)):
+        got = M.input_invariance(exported, x, method)
+        assert got.scores.tolist() == M.input_invariance(net, x, method).scores.tolist() == [verdict] * 3
+        assert got.info["output_difference"].max() < 1e-4
