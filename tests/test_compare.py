@@ -157,6 +157,9 @@ def test_a_method_that_does_not_apply_is_reported_in_its_cells(data):
         assert cells[model, method, "pointing_game"]["error"].startswith("skipped: no masks")
         assert cells[model, method, "deletion"]["error"] == "" and cells[model, method, "deletion"]["n"] == 3
     assert "skipped" in t.table() and "grad_cam on mlp" in t.table()
+    # the failing method left the model as it was
+    assert not mlp.training and all(p.requires_grad for p in mlp.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in mlp.modules())
     assert t.heatmap().shape[0] > 0  # grey cells drawn
 
 

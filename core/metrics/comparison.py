@@ -210,8 +210,11 @@ class Comparison(Renderable):
         if curves is not None:
             report.section("Curves").picture(curves, "mean explained score as pixels are deleted or inserted")
         for metric in self.metrics:
-            rows = [{"rank": i + 1 if not r["error"] else "-", **{k: r[k] for k in COLUMNS if k != "metric"}}
+            rows = [{"rank": i + 1 if not r["error"] and r["n"] else "-", **{k: r[k] for k in COLUMNS if k != "metric"}}
                     for i, r in enumerate(self.ranked(metric))]
+            for r in rows:  # a difference of 3e-7 is not 0.0000
+                d = r["max_map_difference"]
+                r["max_map_difference"] = "" if d is None else f"{d:.2g}"
             report.section(f"{metric} ({'higher' if rows[0]['higher_is_better'] else 'lower'} is better)")
             report.table(rows, digits=4)
         return report.to_html()

@@ -66,7 +66,7 @@ def line_chart(x, series: dict, *, title: str = "", xlabel: str = "", ylabel: st
     legend = 16 * len(names)
     img = Image.new("RGB", (width, height + legend), "white")
     draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 56, width - 14, 30 if title else 10, height - 36
+    left, right, top, bottom = 56, width - 24, 30 if title else 10, height - 36
     if title:
         draw.text((10, 6), title, fill=_INK, font=font(14))
     finite = ys[np.isfinite(ys)]
