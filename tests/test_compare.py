@@ -201,11 +201,12 @@ def test_metric_families_and_all(data):
 def test_streaming_batches_give_the_table_of_one_array(data, torch_table):
     x, masks = data.images, data.object_masks
     one = compare(demo_model("torch"), ["grad_cam", "saliency"], METRICS_USED, x, masks=masks, options=FAST)
+    pair = compare(demo_model("torch"), ["grad_cam", "saliency"], METRICS_USED, (x, masks), options=FAST)
     stream = compare(demo_model("torch"), ["grad_cam", "saliency"], METRICS_USED,
                      ((x[i:i + 4], masks[i:i + 4]) for i in range(0, 6, 4)), options=FAST)
     with pytest.raises(ValueError, match=r"'masks' parameter of compare.*boolean masks of shape \(4, 64, 64\)"):
         compare(demo_model("torch"), ["saliency"], ["pointing_game"], iter([(x[:4], masks[:4, :32])]))
-    for table in (stream, torch_table):
+    for table in (stream, pair, torch_table):
         for a, b in zip(one.rows, table.rows):
             assert (a["method"], a["metric"], a["n"]) == (b["method"], b["metric"], b["n"])
             assert b["mean"] == pytest.approx(a["mean"], rel=1e-6)

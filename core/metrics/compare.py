@@ -167,6 +167,9 @@ def masked_dataset(data, masks):
     and a note on where the masks came from."""
     from ..data.shapes import ConceptDataset
 
+    if masks is None and isinstance(data, tuple) and len(data) == 2 and np.ndim(data[0]) == 4 \
+            and np.ndim(data[1]) == 3:
+        data, masks = data  # one (x, masks) pair
     if isinstance(data, ConceptDataset):
         if masks is None:
             return _ConceptsWithMasks(data), "masks: the dataset's object_masks"
@@ -238,9 +241,9 @@ def compare(models, methods, metrics, data, *, target=None, masks=None, batch_si
     methods : names of attribution functions, ``(name, options)`` pairs, callables
         ``(model, x, target) -> AttributionMaps``, or a dict name -> any of these.
     metrics : registered metric names (:data:`~convscope.metrics.METRICS`), ``"all"`` or a family name.
-    data : (N, C, H, W) array, ``convscope.data.shapes(n)`` (its object masks are used when
-        ``masks`` is None), a folder, or an iterable of batches (arrays or ``(x, masks)`` pairs),
-        streamed batch by batch.
+    data : (N, C, H, W) array (or one ``(x, masks)`` pair), ``convscope.data.shapes(n)`` (its
+        object masks are used when ``masks`` is None), a folder, or an iterable of batches
+        (arrays or ``(x, masks)`` pairs), streamed batch by batch.
     target : None (each model's predicted class), an int, or one int per image.
     masks : (N, H, W) bool ground truth for an array ``data``; metrics that need masks are
         reported as skipped (per cell) when there are none.
