@@ -349,3 +349,25 @@ def test_a_missing_extra_is_named(monkeypatch, case):
         M.road(net, x, maps, y)
     with pytest.raises(ImportError, match=r"pip install 'convscope\[segmentation\]'"):
         M.irof(net, x, maps, y)
+
+
+def test_superpixels_and_user_segments():
+    pytest.importorskip("skimage")
+    from skimage.segmentation import slic
+
+    from convscope.metrics._segments import check_segments, superpixels
+
+    from convscope.data import shapes
+
+    x = shapes(2, seed=1).images
+    labels = superpixels(x, 16, compactness=10.0)
+    assert labels.shape == (2, 64, 64) and labels.dtype == np.int64
+    for i in range(2):  # scikit-image's own labels (already 0..L-1), channels last
+        np.testing.assert_array_equal(labels[i], slic(np.moveaxis(x[i], 0, -1).astype(np.float64), n_segments=16,
+                                                      compactness=10.0, start_label=0))
+    np.testing.assert_array_equal(superpixels(x, 16), superpixels(x, 16))  # SLIC draws nothing at random
+    grey = superpixels(x[:, :1], 9)
+    assert set(np.unique(grey[0])) == set(range(grey[0].max() + 1))
+    np.testing.assert_array_equal(check_segments(np.array([[[5, 9], [9, 5]]]), (1, 3, 2, 2), "irof"), [[[0, 1], [1, 0]]])
+    with pytest.raises(ValueError, match=r"'n_segments' parameter of superpixels must be >= 1"):
+        superpixels(x, 0)
