@@ -256,3 +256,31 @@ def test_dask_client_gives_the_same_table(data, torch_table):
 
 def test_top_level_name():
     assert convscope.metrics.compare is compare and convscope.compare is compare
+
+
+def test_heat_map_colours_by_direction_and_turns_for_many_metrics(monkeypatch):
+    import convscope.render.plots as plots
+
+    def row(method, metric, mean, higher, error=""):
+        return {"model": "m", "framework": "torch", "method": method, "metric": metric, "family": "complexity",
+                "mean": mean, "ci_low": mean, "ci_high": mean, "n": 0 if error or mean != mean else 3,
+                "higher_is_better": higher, "error": error, "max_map_difference": None}
+
+    drawn, draw = {}, plots.score_matrix
+
+    def spy(rows_, cols, colour, texts, **kw):
+        drawn.update(rows=rows_, cols=cols, colour=np.asarray(colour), texts=texts)
+        return draw(rows_, cols, colour, texts, **kw)
+
+    monkeypatch.setattr(plots, "score_matrix", spy)
+    rows = [row("a", "up", 1.0, True), row("b", "up", 3.0, True), row("a", "down", 1.0, False),
+            row("b", "down", 3.0, False), row("a", "nan", float("nan"), True), row("b", "nan", 2.0, True, "skipped: x")]
+    Comparison(rows, {}, {}, {}, 0.95).heatmap()
+    assert drawn["rows"] == ["a", "b"] and drawn["cols"] == ["up", "down", "nan"]
+    np.testing.assert_array_equal(drawn["colour"][:, :2], [[0, 1], [1, 0]])  # 1 = best by the direction
+    assert np.isnan(drawn["colour"][:, 2]).all() and drawn["texts"][0][2] == "undefined"
+    assert drawn["texts"][1][2] == "skipped"
+    many = [row("a", f"k{i}", float(i), True) for i in range(8)]
+    rgb = Comparison(many, {}, {}, {}, 0.95).heatmap()
+    assert drawn["rows"] == [f"k{i}" for i in range(8)] and drawn["cols"] == ["a"]  # eight metrics: the rows
+    assert rgb.shape[0] > rgb.shape[1]

@@ -126,8 +126,9 @@ class Comparison(Renderable):
 
     # ----------------------------------------------------------------- pictures
     def heatmap(self) -> np.ndarray:
-        """Methods (per model) x metrics: each column's means scaled to [0, 1] with 1 the best
-        by the metric's direction (grey: no score), each cell labelled with its mean."""
+        """Methods (per model) x metrics: each metric's means scaled to [0, 1] with 1 the best
+        by its direction (grey: no score), each cell labelled with its mean. With more than six
+        metrics, and more metrics than methods, the metrics are the rows."""
         from ..render.plots import score_matrix
 
         labels = list(dict.fromkeys(self._label(r) for r in self.rows))
@@ -151,8 +152,12 @@ class Comparison(Renderable):
             scaled = np.where(ok, (col - lo) / (hi - lo) if hi > lo else 0.5, np.nan)
             better_high = next(r["higher_is_better"] for r in self.rows if r["metric"] == metric)
             colour[:, j] = scaled if better_high else 1 - scaled
+        note = "cells: the mean over images; grey: no score (see the table)"
+        if len(metrics) > max(len(labels), 6):  # many metrics: one row each, so the picture stays legible
+            return score_matrix(metrics, labels, colour.T, [list(t) for t in zip(*texts)], note=note,
+                                title="metrics x methods (colour: 1 = best in the row)")
         return score_matrix(labels, metrics, colour, texts, title="methods x metrics (colour: 1 = best in the column)",
-                            note="cells: the mean over images; grey: no score (see the table)")
+                            note=note)
 
     def curves_picture(self) -> np.ndarray | None:
         """The mean curve of every curve metric (deletion, insertion), one panel each, one line
