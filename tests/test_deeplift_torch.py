@@ -87,3 +87,17 @@ def test_deeplift_preprocesses_the_baseline_like_the_images():
     ref = deeplift(model, p.apply(x), [0, 4], baseline=p.apply(base))
     assert _rel(got.attributions, ref.attributions[:, ::-1]) < 1e-5
     np.testing.assert_allclose(got.info["delta"], ref.info["delta"], atol=1e-6)
+
+
+def test_deeplift_on_the_demo_model_and_in_place_relus():
+    """The demo model (BatchNorm, ReLU modules, max pools) and a net of in-place ReLUs: the
+    pre-activations the rule needs survive the in-place ReLU (summation-to-delta holds)."""
+    from convscope.data import demo_model, shapes
+
+    import torch_models
+
+    got = deeplift(demo_model("torch"), shapes(2, seed=0).images, baseline=0.5)
+    assert np.abs(got.info["delta"]).max() < 1e-5 * np.abs(got.outputs).max()
+    net = torch_models.randomise_bn(torch_models.TinyResNet().eval())
+    got = deeplift_shap(net, lrp_nets.images(2, size=32), baselines=lrp_nets.images(2, size=32, seed=3) * 0.2)
+    assert np.abs(got.info["delta"]).max() < 1e-5 * np.abs(got.outputs).max()

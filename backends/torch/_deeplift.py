@@ -35,20 +35,23 @@ def _functions(torch):
         def forward(ctx, u, compute, eps):
             y = compute(u)
             n = len(u) // 2
-            ctx.compute, ctx.eps = compute, eps
-            ctx.save_for_backward(u[:n] - u[n:], y[:n] - y[n:], u[:n])
+            du, dy = u[:n] - u[n:], y[:n] - y[n:]
+            small = du.abs() < eps
+            ctx.compute = compute
+            # the images' own pre-activations only where the plain derivative is needed (a copy:
+            # an in-place activation overwrites u)
+            ctx.ux = u[:n].clone() if bool(small.any()) else None
+            ctx.save_for_backward(du, dy, small)
             return y
 
         @staticmethod
         def backward(ctx, r):
-            du, dy, ux = ctx.saved_tensors
-            n = len(du)
-            rx = r[:n]
-            g = rx * dy / torch.where(du == 0, torch.ones_like(du), du)
-            small = du.abs() < ctx.eps
-            if bool(small.any()):
+            du, dy, small = ctx.saved_tensors
+            rx = r[:len(du)]
+            g = rx * dy / torch.where(small, torch.ones_like(du), du)
+            if ctx.ux is not None:
                 with torch.enable_grad():
-                    u_ = ux.detach().requires_grad_(True)
+                    u_ = ctx.ux.requires_grad_(True)
                     (plain,) = torch.autograd.grad(ctx.compute(u_), u_, rx)
                 g = torch.where(small, plain, g)
             return torch.cat([g, torch.zeros_like(g)]), None, None
@@ -59,7 +62,7 @@ def _functions(torch):
             y, idx = F.max_pool2d_with_indices(u, *args, **kwargs)
             n = len(u) // 2
             ctx.eps = eps
-            ctx.save_for_backward(u[:n] - u[n:], y[:n], y[n:], idx[:n], idx[n:])
+            ctx.save_for_backward(u[:n] - u[n:], y[:n].clone(), y[n:].clone(), idx[:n], idx[n:])
             return y
 
         @staticmethod
