@@ -270,3 +270,17 @@ def test_input_invariance_on_an_onnx_export():
         got = M.input_invariance(exported, x, method)
         assert got.scores.tolist() == M.input_invariance(net, x, method).scores.tolist() == [verdict] * 3
         assert got.info["output_difference"].max() < 1e-4
+
+
+@pytest.mark.slow
+def test_input_invariance_on_a_keras_model():
+    """Keras's with_weights (a clone) shifts a Conv2D whose ReLU is fused into it: the bias is
+    added before the activation, so the verdicts are those of torch's unpadded net."""
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                            keras.layers.Flatten(), keras.layers.Dense(3)])
+    x = np.random.default_rng(5).random((3, 3, 8, 8), dtype=np.float32)
+    for method, verdict in (("saliency", 1.0), ("input_x_gradient", 0.0)):
+        got = M.input_invariance(net, x, method)
+        assert got.scores.tolist() == [verdict] * 3 and got.info["output_difference"].max() < 1e-4
