@@ -25,7 +25,7 @@ from .result import MetricScores
 
 __all__ = ["road", "faithfulness_correlation", "irof", "infidelity"]
 
-#: ROAD's percentages of removed pixels (Rong et al. 2022, Fig. 4 and Table 2)
+#: ROAD's percentages of removed pixels, 10 % to 90 % (Rong et al. 2022)
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PERTURBATIONS = ("noisy-baseline", "gaussian", "square")
 
@@ -90,7 +90,8 @@ def road(model, x, maps, target=None, *, order: str = "morf", fractions=ROAD_FRA
     for Attribution Methods", ICML): remove the top (``order="morf"``, most relevant first) or
     bottom (``"lerf"``) ``fractions`` of each map's pixels and fill them by noisy linear
     imputation (:mod:`convscope.metrics._imputation`: the 8-neighbour weighted mean solved over all
-    removed pixels, plus Gaussian noise of standard deviation ``noise``; the paper's 0.01), so
+    removed pixels, plus Gaussian noise of standard deviation ``noise``: 0.01 as in the authors'
+    code and Quantus), so
     the filled-in pixels do not themselves tell the model where the removal was.
 
     Per image the score is the area (trapezoid rule over ``fractions``) under the curve of
@@ -211,7 +212,7 @@ def irof(model, x, maps, target=None, *, segments=None, n_segments: int = 100, c
     """IROF, Iterative Removal Of Features (Rieger & Hansen 2020, "IROF: a low resource evaluation
     metric for explanation methods", ICLR workshop): superpixels are removed (replaced by
     ``fill``) one more at a time in decreasing order of their mean attribution; the curve is the
-    explained ``output`` (softmax probability by default, as the paper) after l removals divided
+    explained ``output`` (softmax probability by default, as Quantus) after l removals divided
     by that of the clean image, l = 0..L; the score is the area over it, ``1 - AUC`` with the
     x-axis the fraction l / L of superpixels removed. Higher is better; in [0, 1] while the
     score stays between 0 and the clean one.
@@ -291,7 +292,7 @@ def infidelity(model, x, maps, target=None, *, perturbation="noisy-baseline", sa
                noise: float = 0.1, square_size: int = 8, normalize: bool = False, output: str = "score",
                seed: int = 0, batch_size: int | None = None) -> MetricScores:
     """Infidelity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations",
-    NeurIPS, Definition 2.1): ``E_I[(I^T phi - (f(x) - f(x - I)))^2]`` over ``samples``
+    NeurIPS): ``E_I[(I^T phi - (f(x) - f(x - I)))^2]`` over ``samples``
     perturbations I, with phi the map broadcast over the channels and f the explained
     ``output``. Lower is better.
 
@@ -300,8 +301,8 @@ def infidelity(model, x, maps, target=None, *, perturbation="noisy-baseline", sa
     example), ``"square"`` (a random ``square_size`` square of each image set to 0), or a callable
     ``(x, rng) -> I`` (N, C, H, W) called once per sample with a ``numpy.random.Generator``.
     ``normalize=True`` first scales ``I^T phi`` by the least-squares
-    ``beta = sum(I^T phi * df) / sum((I^T phi)^2)`` per image, as Captum's ``normalize`` and the
-    authors' code, so that the value does not depend on the map's scale. Quantus's
+    ``beta = sum(I^T phi * df) / sum((I^T phi)^2)`` per image, as Captum's ``normalize``, so
+    that the value does not depend on the map's scale. Quantus's
     ``Infidelity`` removes patches cumulatively in raster order (a deterministic sequence):
     that is a callable perturbation here.
     """
