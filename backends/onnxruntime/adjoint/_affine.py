@@ -39,6 +39,7 @@ class AffineLayer:
     bias: np.ndarray
     out: str
     merged: list = field(default_factory=list)
+    _emitted: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self):
@@ -49,10 +50,17 @@ class AffineLayer:
         return self.node.input[0]
 
     # ----------------------------------------------------------- emitting the map
+    def const(self, em, array):
+        """``array`` as a constant, emitted once however often a rule uses it (a VGG's dense W+ is
+        hundreds of MB); the arrays are kept, so their ids stay theirs."""
+        if id(array) not in self._emitted:
+            self._emitted[id(array)] = (array, em.const(array))
+        return self._emitted[id(array)][1]
+
     def apply(self, em, a, weight, bias=None):
         """``weight`` (same layout as :attr:`weight`) applied to tensor ``a``, plus ``bias`` (or none)."""
         node, op = self.node, self.node.op_type
-        w = em.const(weight)
+        w = self.const(em, weight)
         if op in ("Conv", "ConvTranspose"):
             attrs = _attributes(node)
             attrs.setdefault("kernel_shape", list(weight.shape[2:]))
@@ -76,11 +84,11 @@ class AffineLayer:
 
             attrs = _attributes(node)
             attrs["kernel_shape"] = list(weight.shape[2:])
-            fake = helper.make_node("ConvTranspose", [node.input[0], em.const(weight)], [node.output[0]], **attrs)
+            fake = helper.make_node("ConvTranspose", [node.input[0], self.const(em, weight)], [node.output[0]], **attrs)
             return RULES["ConvTranspose"](em, fake, [s])[0]
         if op == "Gemm":
-            return em.op("Gemm", [s, em.const(weight)], stem="lrp_gemm_adjoint")
-        return em.op("MatMul", [s, em.const(weight)], stem="lrp_matmul_adjoint")
+            return em.op("Gemm", [s, self.const(em, weight)], stem="lrp_gemm_adjoint")
+        return em.op("MatMul", [s, self.const(em, weight)], stem="lrp_matmul_adjoint")
 
 
 def _attributes(node):
