@@ -148,7 +148,8 @@ def reference_lrp(p, x, seed, rules, bn=True):
 ALL_RULES = {
     "epsilon": Rule("epsilon", epsilon=0.05), "zero": Rule("zero"), "gamma": Rule("gamma", gamma=0.5),
     "zplus": Rule("zplus"), "alpha2beta1": Rule("alphabeta", alpha=2.0, beta=1.0), "wsquare": Rule("wsquare"),
-    "flat": Rule("flat"), "zbox": Rule("zbox", low=-1.0, high=1.0), "epsilon_zero_bias": Rule("epsilon", zero_bias=True),
+    "flat": Rule("flat"), "zbox": Rule("zbox", low=-1.0, high=1.0),
+    "epsilon_zero_bias": Rule("epsilon", zero_bias=True),
 }
 
 
