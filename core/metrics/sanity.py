@@ -111,6 +111,15 @@ def _maps(method, backend, x, target, batch_size):
     return maps, (None if any(t is None for t in found) else np.concatenate(found))
 
 
+def _say_undefined(info, scores):
+    """``info`` with why some scores are NaN, when some are."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        info = {**info, "undefined": f"images {bad.tolist()[:8]}: a constant map (a CAM clipped to zero "
+                                     "everywhere, say) has no ranks or structure to compare"}
+    return info
+
+
 def _layers_with_weights(backend):
     found = []
     for r in backend.layers():
@@ -271,7 +280,7 @@ def random_logit(model, x, method, target=None, *, maps=None, num_classes: int |
     scores = _similarity(similarity, maps, second, absolute=absolute)
     info = {**info, "target": target, "other": other, "similarity": similarity, "absolute": absolute, "seed": seed,
             "num_classes": k}
-    return MetricScores("random_logit", scores, False, with_choices(info, backend))
+    return MetricScores("random_logit", scores, False, with_choices(_say_undefined(info, scores), backend))
 
 
 register_metric("random_logit", "randomisation", higher_is_better=False,
@@ -284,5 +293,6 @@ def _model_randomisation_scores(model, x, method, target=None, *, similarity: st
     """Model-parameter randomisation: the similarity after the last cascading step (lower is better)."""
     result = model_randomisation(model, x, method, target, similarity=similarity, **options)
     measure = _measures(similarity, "model_randomisation")[0]
-    return MetricScores("model_randomisation", result.final(measure).astype(np.float64), False,
-                        {**result.info, "similarity": measure, "layers": result.layers, "result": result})
+    scores = result.final(measure).astype(np.float64)
+    return MetricScores("model_randomisation", scores, False, _say_undefined(
+        {**result.info, "similarity": measure, "layers": result.layers, "result": result}, scores))
