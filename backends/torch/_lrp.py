@@ -129,7 +129,6 @@ class _Spec:
 def _mode_class(torch):
     from torch.overrides import TorchFunctionMode
 
-    F = torch.nn.functional
     Pass, Layer, Norm, Sum = _functions(torch)
     Tensor = torch.Tensor
 

@@ -132,8 +132,9 @@ def gradient_shap(model, x, target=None, *, baselines, samples=5, stdev=0.0, see
     n = len(x)
     rng = np.random.default_rng(check_int(seed, "seed", owner))
     draws = {}
-    for param, given, make, kind in (("baseline_index", baseline_index, lambda: rng.integers(0, len(refs), (n, samples)), "i"),
-                                     ("alphas", alphas, lambda: rng.uniform(0.0, 1.0, (n, samples)), "f")):
+    makers = (("baseline_index", baseline_index, lambda: rng.integers(0, len(refs), (n, samples)), "i"),
+              ("alphas", alphas, lambda: rng.uniform(0.0, 1.0, (n, samples)), "f"))
+    for param, given, make, kind in makers:
         v = make() if given is None else np.asarray(given)
         if v.shape != (n, samples) or v.dtype.kind not in ("iu" if kind == "i" else "fiu"):
             raise param_error(param, owner, f"an array ({n}, {samples}) of {'ints' if kind == 'i' else 'numbers'}",
