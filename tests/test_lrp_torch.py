@@ -271,3 +271,23 @@ def test_torch_idioms_in_place_relus_augmented_addition_scales():
         net = _bias_free(torch_models.randomise_bn(net.eval()))
         got = lrp(net, lrp_nets.images(2, size=size), composite="epsilon", epsilon=1e-12, sum_stabilizer=1e-12)
         np.testing.assert_allclose(got.info["conservation"]["relevance"], got.info["conservation"]["scores"], rtol=1e-4)
+
+
+def test_rule_objects_and_layer_relevance_through_the_backend():
+    """A Rule in ``rules`` is used as given; ``gradient(..., rule=RelevanceRules)`` returns the
+    relevance of an inner layer, which for LRP-0 on a bias-free net sums to the score."""
+    import convscope
+    from convscope._relevance import RelevanceRules, Rule
+
+    model, x = _bias_free(lrp_nets.build("vgg")), lrp_nets.images(1)
+    got = lrp(model, x, 0, composite="epsilon", rules={"features.0": Rule("zbox", low=-1.0, high=2.0)})
+    assert got.info["rules"]["features.0"] == "zbox(low=-1.0, high=2.0, stabilizer=1e-06)"
+    assert "zbox bounds" not in got.info.get("choices", {})  # given, not chosen
+    backend = convscope.load(model)
+    out = backend.forward(x)
+    seeds = np.zeros_like(out)
+    seeds[0, 0] = out[0, 0]
+    g = backend.gradient(x, {"output": seeds}, wrt=["input", "features.5"],
+                         rule=RelevanceRules(default=Rule("zero"), sum_stabilizer=0.0))
+    np.testing.assert_allclose(g.grads["features.5"].sum(), out[0, 0], rtol=1e-5)
+    np.testing.assert_allclose(g.grads["input"].sum(), out[0, 0], rtol=1e-5)

@@ -158,7 +158,7 @@ def lrp(model, x, target=None, *, composite="EpsilonPlus", rules=None, epsilon=1
 
 def _needs_box(composite, rules):
     named = [composite, *(dict(rules).values() if isinstance(rules, Mapping) else ())]
-    return any(getattr(r, "name", r) == "zbox" or r == "EpsilonGammaBox" for r in named)
+    return any(r in ("zbox", "EpsilonGammaBox") for r in named if isinstance(r, str))  # a Rule has its own
 
 
 def _describe(rule):
