@@ -244,12 +244,9 @@ def random_logit(model, x, method, target=None, *, maps=None, num_classes: int |
     seed = check_int(seed, "seed", owner, low=0)
     n = len(x)
     run = unchecked(backend)
-    k = run.forward(x[:1]).shape[1]
+    explain = as_method(method, owner)
     if num_classes is not None:
-        num_classes = check_int(num_classes, "num_classes", owner, low=2, high=k)
-    k = num_classes or k
-    if k < 2:
-        raise param_error("model", owner, "a model with two or more classes", f"{k} output")
+        num_classes = check_int(num_classes, "num_classes", owner, low=2)
     if maps is not None:
         if target is None and getattr(maps, "target", None) is not None:
             target = maps.target
@@ -262,9 +259,14 @@ def random_logit(model, x, method, target=None, *, maps=None, num_classes: int |
     if callable(target):
         raise param_error("target", owner, "None, an int or one int per image (classes to swap)", "a callable",
                           TypeError)
+    k = run.forward(x[:1]).shape[1]  # the arguments are checked; the number of outputs needs a pass
+    if num_classes is not None and num_classes > k:
+        raise param_error("num_classes", owner, f"<= {k}, the model's outputs", str(num_classes))
+    k = num_classes or k
+    if k < 2:
+        raise param_error("model", owner, "a model with two or more classes", f"{k} output")
     if target is not None:
         target = index_per_sample(target, n, k, owner)
-    explain = as_method(method, owner)
     info = {}
     if maps is None:
         first = explain(run, x, target)
