@@ -188,3 +188,11 @@ def test_a_backend_without_the_capability_says_so():
 
     with pytest.raises(NotImplementedError, match="'bare' backend .* cannot run with replaced weights"):
         Bare().with_weights({})
+
+
+def test_check_backend_checks_with_weights(torch_demo):
+    from convscope.testing import check_backend
+
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)  # as test_torch_backend
+    report = check_backend(convscope.load(torch_demo), x)
+    assert report["with_weights"] == "conv1"  # the first layer with weights was replaced, zeroed, and refused bad ones
