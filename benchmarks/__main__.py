@@ -17,7 +17,9 @@ Sections:
 4. features: the top-patches scan against bare activations, the t-SNE adapter against
    openTSNE, openTSNE against scikit-learn (:mod:`benchmarks.features_speed`);
 5. dissection throughput against bare activations (:mod:`benchmarks.dissection_speed`);
-6. the cross-framework table (:mod:`benchmarks.crossframework`).
+6. the cross-framework table (:mod:`benchmarks.crossframework`);
+7. the scripts of :data:`SCRIPTS` (metrics against Quantus, LRP/DeepLift against Captum, the
+   sampling family), each run as it is and its table copied in.
 
 A section that fails is reported in the file and the others still run.
 """
@@ -179,6 +181,33 @@ def cross_framework(quick: bool) -> str:
         crossframework.compare(quick))
 
 
+#: benchmark scripts that print their own tables, run as one section each (in a fresh process,
+#: so one framework's threads or memory do not colour the next)
+SCRIPTS = {
+    "metrics": ("Metrics against Quantus (and Captum), the comparison table",
+                ["metrics_speed", "faithfulness_speed", "robustness_speed", "sanity_speed", "compare_speed"]),
+    "rules": ("LRP and the DeepLift family against Captum, on every backend",
+              ["lrp_speed", "lrp_onnx_speed", "lrp_keras_speed"]),
+    "sampling": ("Noise tunnels, perturbation and sampling methods, more CAMs, TCAV",
+                 ["perturbation_speed", "cam_variants_speed"]),
+}
+
+
+def scripts(key: str, threads: int) -> str:
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or os.cpu_count())}
+    parts = []
+    for name in SCRIPTS[key][1]:
+        if not Path(__file__).with_name(f"{name}.py").exists():
+            continue
+        done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], capture_output=True, text=True, env=env,
+                              cwd=Path(__file__).parent.parent)
+        out = done.stdout.strip() if done.returncode == 0 else f"(failed: {done.stderr.strip()[-800:]})"
+        parts.append(f"### `python -m benchmarks.{name}`\n\n{out}")
+    return "\n\n".join(parts)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="demo model only, fewer repeats (about 3 minutes)")
@@ -186,8 +215,8 @@ def main(argv=None):
     parser.add_argument("--extra-path", action="append", default=[],
                         help="a folder put first on sys.path (e.g. a private --target install of tf-keras-vis)")
     parser.add_argument("--out", default=str(RESULTS), help=f"where to write the results (default {RESULTS})")
-    parser.add_argument("--only", action="append", choices=("demo", "large", "overheads", "features", "dissection",
-                                                            "cross"), help="run only these sections (repeatable)")
+    parser.add_argument("--only", action="append", help="run only these sections (repeatable)",
+                        choices=("demo", "large", "overheads", "features", "dissection", "cross", *SCRIPTS))
     args = parser.parse_args(argv)
     for path in reversed(args.extra_path):
         sys.path.insert(0, os.path.abspath(path))
@@ -203,6 +232,7 @@ def main(argv=None):
                 ("dissection", "Dissection throughput", lambda: dissection(args.quick)),
                 ("cross", "Cross-framework agreement: the demo model's weights in torch, ONNX and Keras",
                  lambda: cross_framework(args.quick))]
+    sections += [(key, title, lambda key=key: scripts(key, args.threads)) for key, (title, _) in SCRIPTS.items()]
     if args.quick:
         sections = [s for s in sections if s[0] != "large"]
     if args.only:
