@@ -16,7 +16,9 @@ input, targets and baselines, medians of interleaved repeats in this one run:
 * convscope's ``lrp`` on the ResNet-style net of the tests (Captum's LRP refuses its residual
   additions): time alone, next to a plain input gradient on it.
 
-Target: convscope / Captum <= 1.0 on torch. The ONNX figure is ``benchmarks.lrp_onnx_speed``.
+Target: convscope / Captum <= 1.0 on torch. Two rows run the same calls on the ONNX export of
+the net (ONNX Runtime, one thread) against Captum on torch; ``benchmarks.lrp_onnx_speed`` has
+more ONNX figures.
 """
 from __future__ import annotations
 
@@ -40,12 +42,13 @@ def main(argv=None):
     import convscope
     from convscope.attribution import deeplift, deeplift_shap, gradient_shap, lrp, saliency
 
-    from .lrp_onnx_speed import vgg_style
+    from .lrp_onnx_speed import _export, vgg_style
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     net = vgg_style(torch)
     backend = convscope.load(net)
+    onnx_backend = convscope.load(_export(torch, net, args.size), threads=1)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)
     base = (x * 0.1).astype(np.float32)
@@ -62,6 +65,11 @@ def main(argv=None):
                      lambda: captum.DeepLift(net).attribute(xt, baselines=bt, target=tt)),
         "deeplift_shap (4 baselines)": (lambda: deeplift_shap(backend, x, target, baselines=refs),
                                         lambda: captum.DeepLiftShap(net).attribute(xt, baselines=rt, target=tt)),
+        "ONNX Runtime: lrp EpsilonPlus (vs Captum's default LRP on torch)": (
+            lambda: lrp(onnx_backend, x, target), lambda: captum.LRP(net).attribute(xt, target=tt)),
+        "ONNX Runtime: deeplift (vs Captum's DeepLift on torch)": (
+            lambda: deeplift(onnx_backend, x, target, baseline=base),
+            lambda: captum.DeepLift(net).attribute(xt, baselines=bt, target=tt)),
         "gradient_shap (5 samples)": (lambda: gradient_shap(backend, x, target, baselines=refs, samples=5),
                                       lambda: captum.GradientShap(net).attribute(xt, baselines=rt, target=tt,
                                                                                  n_samples=5)),

@@ -94,20 +94,25 @@ def deeplift_shap(model, x, target=None, *, baselines, eps=1e-10, batch_size=Non
     refs = _baselines(baselines, x, owner)
     _check_backend(backend, owner)
     n = len(x)
-    total, delta, index, outputs = np.zeros(x.shape, np.float64), np.zeros(n), None, None
+    total, delta, index, outputs = np.zeros(x.shape, np.float64), np.zeros(n), [], []
     per_call = batch_size_for(batch_size, x.shape[2:], owner)
-    for start in range(0, n, per_call):  # images in chunks, every baseline per chunk
-        xs = x[start:start + per_call]
-        t = target if target is None or callable(target) or np.ndim(target) == 0 else target[start:start + per_call]
-        for ref in refs:
-            base = np.broadcast_to(ref, xs.shape)
-            m, idx, seeds, out = _multipliers(backend, xs, base, t, eps, owner)
-            a = (xs - base) * m
-            total[start:start + len(xs)] += a
-            delta[start:start + len(xs)] += a.sum(axis=(1, 2, 3)) - ((out - backend.forward(np.ascontiguousarray(base)))
-                                                                     * seeds).sum(axis=1)
-        index = idx if index is None else np.concatenate([index, idx]) if idx is not None else None
-        outputs = out if outputs is None else np.concatenate([outputs, out])
+    ref_scores = np.concatenate([backend.forward(refs[i:i + per_call]) for i in range(0, len(refs), per_call)])
+    for start in range(0, n, per_call):  # images in chunks: their classes once, then every baseline
+        sl = slice(start, start + per_call)
+        xs = x[sl]
+        t = target if target is None or callable(target) or np.ndim(target) == 0 else target[sl]
+        out = backend.forward(xs)
+        seeds, idx = output_seeds(t, out, owner)
+        for ref, ref_score in zip(refs, ref_scores):
+            base = np.ascontiguousarray(np.broadcast_to(ref, xs.shape))
+            g = backend.gradient(xs, {OUTPUT: seeds}, wrt=[INPUT], rule=DeepLiftRules(baseline=base, eps=eps))
+            a = (xs - base) * g.grads[INPUT]
+            total[sl] += a
+            delta[sl] += a.sum(axis=(1, 2, 3)) - ((out - ref_score) * seeds).sum(axis=1)
+        index.append(idx)
+        outputs.append(out)
+    index = None if any(i is None for i in index) else np.concatenate(index)
+    outputs = np.concatenate(outputs)
     a = (total / len(refs)).astype(np.float32)
     return AttributionMaps(a.sum(axis=1), x, owner, index, signed=True, attributions=a, outputs=outputs,
                            info=with_choices({"delta": (delta / len(refs)).astype(np.float32)}, backend))
