@@ -122,7 +122,6 @@ def port(name, torch_model, size=64):
         elif kind == "Dense":
             w = state[f"{prefix}.weight"]
             if name == "vgg" and layer.name == "classifier_0":  # torch flattens (C, H, W), Keras (H, W, C)
-                side = size // 16
-                w = w.reshape(len(w), 16, side, side).transpose(0, 2, 3, 1).reshape(len(w), -1)
+                w = w.reshape(len(w), 16, 4, 4).transpose(0, 2, 3, 1).reshape(len(w), -1)
             layer.set_weights([w.T, state[f"{prefix}.bias"]])
     return model

@@ -45,9 +45,19 @@ def _neg(tf, t):
     return None if t is None else tf.minimum(t, 0.0)
 
 
-def linear_relevance(tf, rule, lin, a, R, W, b, z=None):
+def _bound(tf, value, a, channels_last):
+    """z^B's bound like ``a``: a number, or one per channel (the core's bounds through preprocessing)."""
+    v = tf.constant(value, a.dtype)
+    if v.shape.rank == 1 and len(a.shape) > 2 and not channels_last:
+        v = tf.reshape(v, [1, -1] + [1] * (len(a.shape) - 2))
+    return v * tf.ones_like(a)
+
+
+def linear_relevance(tf, rule, lin, a, R, W, b, z=None, channels_last=True, support=None):
     """Relevance at the input ``a`` of ``z = lin(a, W, b)`` for an LRP ``rule`` (:class:`Rule`);
-    ``z``, when given, is that output from the forward pass (not computed again)."""
+    ``z``, when given, is that output from the forward pass (not computed again). ``support``:
+    1 where ``a`` holds data, 0 on the zeros a ``ZeroPadding2D`` added before the layer (the
+    padding of the conv, as torch's ``padding=``), where flat, wsquare and z^B put no input."""
     if rule.zero_bias:
         b, z = None, None
     name = rule.name
@@ -68,13 +78,14 @@ def linear_relevance(tf, rule, lin, a, R, W, b, z=None):
             out = out - beta * _part(tf, lin, R, ap, an, Wn, Wp, _neg(tf, b), rule.stabilizer)
         return out
     if name in ("wsquare", "flat"):
-        Wm = tf.square(W) if name == "wsquare" else tf.ones_like(W)
-        bm = None if (b is None or name == "flat") else tf.square(b)
-        ones = tf.ones_like(a)
-        s = _divide(tf, R, lin(ones, Wm, bm), rule.stabilizer)
+        Wm = tf.square(W) if name == "wsquare" else tf.ones_like(W)  # no bias in either (the spec's formula)
+        ones = tf.ones_like(a) if support is None else support
+        s = _divide(tf, R, lin(ones, Wm, None), rule.stabilizer)
         return vjp(tf, lambda u: lin(u, Wm, None), [ones], s)[0]
     if name == "zbox":
-        low, high = rule.low * tf.ones_like(a), rule.high * tf.ones_like(a)
+        low, high = _bound(tf, rule.low, a, channels_last), _bound(tf, rule.high, a, channels_last)
+        if support is not None:
+            low, high = low * support, high * support
         Wp, Wn = tf.maximum(W, 0.0), tf.minimum(W, 0.0)
         z = lin(a, W, b) - lin(low, Wp, _pos(tf, b)) - lin(high, Wn, _neg(tf, b))
         s = _divide(tf, R, z, rule.stabilizer)

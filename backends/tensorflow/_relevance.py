@@ -11,12 +11,15 @@ of the ordinary ``GradientTape``, traced once per rule set. What each layer gets
   replaced; a fused ``activation=`` is split off and passes. A ``BatchNormalization`` that is
   the only consumer of such a layer's output is merged into it when ``canonize``
   (W' = W gamma / sigma, b' = (b - mu) gamma / sigma + beta) and then passes; any other gets
-  the epsilon rule (epsilon 1e-6, or the rule named for it) on its affine map;
+  the epsilon rule with ``sum_stabilizer`` (as torch's), or a rule named for it, on its affine map;
 * average pools, global or not: Zennit's Norm (``sum_stabilizer``); max pools: the gradient
   (winner takes all);
 * ``Add`` layers and ``+`` nodes of two data tensors: R_i = x_i R / sum_j x_j (Norm);
 * concatenation, flatten, reshape, permute, padding, cropping, upsampling, resizing, dropout:
-  the plain gradient (relevance routed);
+  the plain gradient (relevance routed); a ``ZeroPadding2D`` right before a conv is taken as
+  that conv's padding by the rules that put an input of their own (flat, wsquare, z^B: no ones
+  or bounds on the padded zeros), so a torch conv with ``padding=1`` and its Keras port (padding
+  layer and ``'valid'`` conv) get the same relevance;
 * activations (ReLU and kin, sigmoid, ...), ``Rescaling``, ``Normalization`` and elementwise
   ops of one data tensor with constants: relevance passes;
 * anything else raises ``ValueError`` naming the layer and its operator, when the backward
@@ -50,7 +53,6 @@ _OP_ACTIVATIONS = {"Relu", "Relu6", "Sigmoid", "HardSigmoid", "Tanh", "Gelu", "S
 _OP_ELEMENTWISE = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide"}
 #: graph operators that may stand between two layers (Keras's own input handling)
 _BENIGN = {"Identity", "Cast", "Placeholder", "IdentityN"}
-_EPSILON = Rule("epsilon")
 
 
 def _types(keras):
@@ -86,6 +88,7 @@ class RelevanceRun(LayerRun):
         self._prefix = None
         self._made = {}    # id -> tensor: what the walked layers produced (and the input)
         self._linear = {}  # id(linear output) -> its record, for BatchNorm merging
+        self._padded = {}  # id(ZeroPadding output) -> its support (1 on data, 0 on padding)
 
     def run(self, model, x, input_name):
         self._made[id(x)] = x
@@ -142,6 +145,10 @@ class RelevanceRun(LayerRun):
         if isinstance(layer, K.layers.Add) or (type(layer).__name__ == "Add" and not isinstance(layer, K.layers.Layer)
                                                and len(inputs) > 1):
             return call() if self.deeplift else self._norm(layer, inputs, call(), _sum)
+        if isinstance(layer, (K.layers.ZeroPadding1D, K.layers.ZeroPadding2D, K.layers.ZeroPadding3D)):
+            out = call()  # routed; a conv right after it sees its zeros as its own padding
+            self._padded[id(out)] = lambda: type(layer).call(layer, self.tf.ones_like(inputs[0]))
+            return out
         if isinstance(layer, kinds["route"]) or self._op_kind(layer) == "route":
             return call()
         fn = self._activation_of(layer)
@@ -222,6 +229,8 @@ class RelevanceRun(LayerRun):
             return type(layer).call(twin, a)
 
         z = lin(x, W, b)
+        last = getattr(layer, "data_format", "channels_last") != "channels_first"
+        support = self._padded.get(id(x))
         if not self.deeplift:
             record = {"layer": layer, "bn": None, "consumers": 0}
 
@@ -232,8 +241,10 @@ class RelevanceRun(LayerRun):
                                      "rule for it and no default.")
                 if record["bn"] is not None and record["consumers"] == 1:
                     w, bias = _merged(tf, layer, W, b, *record["bn"], self.keras)
-                    return [linear_relevance(tf, rule, lin, x, R, w, bias)]
-                return [linear_relevance(tf, rule, lin, x, R, W, b, z=z)]
+                    return [linear_relevance(tf, rule, lin, x, R, w, bias, channels_last=last,
+                                             support=support and support())]
+                return [linear_relevance(tf, rule, lin, x, R, W, b, z=z, channels_last=last,
+                                         support=support and support())]
             z = self._tag([x], z, backward)
         activation = vars(layer).get("activation")
         if activation is None or activation is K.activations.linear:
@@ -262,7 +273,7 @@ class RelevanceRun(LayerRun):
         def backward(R):
             if mergeable and record["consumers"] == 1:
                 return [R]  # merged into the layer before it
-            rule = dict(self.rules.layers).get(name, _EPSILON)
+            rule = dict(self.rules.layers).get(name) or Rule("epsilon", epsilon=self.rules.sum_stabilizer)
             shape = [1] * len(x.shape)
             shape[_bn_axis(layer, x)] = -1
             s, t = tf.reshape(scale, shape), tf.reshape(shift, shape)
