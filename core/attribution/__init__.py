@@ -16,8 +16,9 @@ from .cam import cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, layer_c
 from .gradients import deconvnet, guided_backprop, input_x_gradient, integrated_gradients, saliency, smoothgrad
 from .occlusion import occlusion
 from .result import AttributionMaps
-from . import deeplift, noise_tunnel, perturbation, relevance
-_families = (deeplift, noise_tunnel, perturbation, relevance)  # before ``deeplift`` the function shadows the module
+from . import cam_variants, deeplift, noise_tunnel, perturbation, relevance
+_families = (cam_variants, deeplift, noise_tunnel, perturbation, relevance)  # before ``deeplift`` the function shadows the module
+from .cam_variants import *  # noqa: F401,F403
 from .deeplift import *  # noqa: F401,F403
 from .noise_tunnel import *  # noqa: F401,F403
 from .perturbation import *  # noqa: F401,F403

@@ -9,6 +9,10 @@ passes, so they run on any backend.
 
 ``clip`` (default True) keeps the final ReLU; ``clip=False``
 returns the signed map (the argument was called ``relu`` before; that name still works).
+Every variant over the shared base takes pytorch-grad-cam's test-time smoothing:
+``eigen_smooth=True`` (the first principal component of ``w_c A_c`` instead of their sum) and
+``aug_smooth=True`` (the mean of the maps of the flipped and scaled images, mapped back).
+New variants: :func:`convscope.attribution.make_cam` (module ``cam_variants``).
 
 The default layer is the last channels-first map on the data path into the outputs (before
 global pooling), the same logical tensor on every backend; ``maps.info["layer"]`` names it.
@@ -149,19 +153,79 @@ def _choices(p: LayerPass) -> dict:
     return with_choices({"choices": {"layer": p.choice}} if p.choice is not None else {}, p.backend)
 
 
-def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, reshape=None, **info):
+#: pytorch-grad-cam's test-time augmentations: (horizontal flip, factor) for flips x [0.9, 1, 1.1]
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
+
+
+def first_component(weighted: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``eigen_smooth``: the projection of the centred (h w, C) matrix of ``weighted`` (N, C, h, w)
+    on its first principal component, (N, h, w), as pytorch-grad-cam's ``get_2d_projection``;
+    its sign (arbitrary in an SVD) is chosen to correlate positively with ``reference`` (N, h, w)."""
+    n, c, h, w = weighted.shape
+    m = np.nan_to_num(weighted.astype(np.float64)).reshape(n, c, h * w).transpose(0, 2, 1)
+    m = m - m.mean(axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(m, full_matrices=False)
+    proj = np.einsum("npc,nc->np", m, vt[:, 0])
+    ref = reference.reshape(n, h * w).astype(np.float64)
+    sign = np.sign(np.einsum("np,np->n", proj, ref - ref.mean(axis=1, keepdims=True)))
+    return (proj * np.where(sign == 0, 1, sign)[:, None]).reshape(n, h, w).astype(np.float32)
+
+
+def _layer_map(p: LayerPass, weights: np.ndarray, clip: bool, eigen_smooth: bool) -> np.ndarray:
+    if not eigen_smooth:
+        return _combine(p, weights, clip)
+    weighted = weights * p.acts if weights.ndim == 4 else weights[:, :, None, None] * p.acts
+    m = first_component(weighted, weighted.sum(axis=1))
+    return np.maximum(m, 0) if clip else m
+
+
+def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, reshape=None,
+         aug_smooth=False, eigen_smooth=False, **info):
+    """The shared base: one pass, ``weights_fn(p)`` (N, C) or (N, C, h, w), the combined map.
+    ``eigen_smooth`` replaces ``sum_c w_c A_c`` by the first principal component of ``w_c A_c``;
+    ``aug_smooth`` averages the layer maps of the images flipped and scaled as pytorch-grad-cam
+    does (:data:`AUGMENTATIONS`), each mapped back, all explaining the classes of the images themselves."""
+    aug_smooth = _check_flag(aug_smooth, "aug_smooth", owner)
+    eigen_smooth = _check_flag(eigen_smooth, "eigen_smooth", owner)
     p = _layer_pass(owner, model, x, target, layer, mode, precheck, reshape)
-    return _result(p, _combine(p, weights_fn(p), clip), clip, **info)
+    layer_maps = _layer_map(p, weights_fn(p), clip, eigen_smooth)
+    if eigen_smooth:
+        info["eigen_smooth"] = True
+    if aug_smooth:
+        layer_maps = _augmented(p, target, weights_fn, mode, clip, eigen_smooth, reshape, layer_maps)
+        info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+    return _result(p, layer_maps, clip, **info)
+
+
+def _check_flag(value, param, owner):
+    if not isinstance(value, (bool, np.bool_)):
+        raise param_error(param, owner, "True or False", describe(value), TypeError)
+    return bool(value)
+
+
+def _augmented(p: LayerPass, target, weights_fn, mode, clip, eigen_smooth, reshape, plain):
+    fixed = target if callable(target) or p.classes is None else p.classes
+    maps = []
+    for flip, factor in AUGMENTATIONS:
+        if not flip and factor == 1.0:
+            maps.append(plain)
+            continue
+        xa = p.x[..., ::-1] if flip else p.x
+        q = _pass(p.backend, np.ascontiguousarray(xa * np.float32(factor)), fixed, p.layer, mode, p.records,
+                  p.owner, reshape)
+        m = _layer_map(q, weights_fn(q), clip, eigen_smooth)
+        maps.append(m[..., ::-1] if flip else m)
+    return np.mean(maps, axis=0, dtype=np.float64).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- gradient variants
 @renamed(relu="clip")
 def grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
-             reshape=None) -> AttributionMaps:
+             reshape=None, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij dS/dA_cij``,
     ``cam = ReLU(sum_c w_c A_c)``. Any layer with a spatial output; default the last one."""
     return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", clip,
-                reshape=reshape)
+                reshape=reshape, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
 def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
@@ -174,21 +238,21 @@ def _grad_cam_pp_weights(p: LayerPass) -> np.ndarray:
 
 @renamed(relu="clip")
 def grad_cam_pp(model, x, target=None, *, layer: str | None = None, clip: bool = True,
-             reshape=None) -> AttributionMaps:
+             reshape=None, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """Grad-CAM++ (Chattopadhay et al. 2018), with the usual exp(score) closed form:
     ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)``, ``w_c = sum_ij alpha_cij ReLU(g_cij)``,
     where ``g = dS/dA`` (alpha = 0 where g = 0)."""
     return _run("grad_cam_pp", model, x, target, layer, _grad_cam_pp_weights, "gradient", clip,
-                reshape=reshape)
+                reshape=reshape, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
 @renamed(relu="clip")
 def layer_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
-             reshape=None) -> AttributionMaps:
+             reshape=None, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """LayerCAM (Jiang et al. 2021): a weight per channel and position,
     ``cam = ReLU(sum_c ReLU(dS/dA_c) * A_c)``; works on early layers too."""
     return _run("layer_cam", model, x, target, layer, lambda p: np.maximum(p.grads, 0), "gradient", clip,
-                reshape=reshape)
+                reshape=reshape, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
 def guided_grad_cam(model, x, target=None, *, layer: str | None = None, reshape=None) -> AttributionMaps:
@@ -208,7 +272,7 @@ def guided_grad_cam(model, x, target=None, *, layer: str | None = None, reshape=
 # --------------------------------------------------------------------------- gradient-free variants
 @renamed(relu="clip")
 def cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
-             reshape=None) -> AttributionMaps:
+             reshape=None, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """CAM (Zhou et al. 2016): ``cam = ReLU(sum_c W_kc A_c)`` with ``W`` the weights of the
     linear layer that follows global average pooling of ``layer``, k the explained class.
 
@@ -229,7 +293,8 @@ def cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
         return p.seeds @ w
 
     return _run("cam", model, x, target, layer, weights, "activations", clip,
-                precheck=lambda recs, name: gap_linear_head(recs, name, "cam"), reshape=reshape)
+                precheck=lambda recs, name: gap_linear_head(recs, name, "cam"), reshape=reshape,
+                aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
 def _score_cam_weights(p: LayerPass, output: str, batch_size: int) -> np.ndarray:
@@ -257,7 +322,8 @@ def _score_cam_weights(p: LayerPass, output: str, batch_size: int) -> np.ndarray
 
 @renamed(relu="clip")
 def score_cam(model, x, target=None, *, layer: str | None = None, output: str = "score",
-              batch_size: int | None = None, clip: bool = True, reshape=None) -> AttributionMaps:
+              batch_size: int | None = None, clip: bool = True, reshape=None, aug_smooth: bool = False,
+              eigen_smooth: bool = False) -> AttributionMaps:
     """Score-CAM (Wang et al. 2020): ``w_c = f(x * H_c)``, where ``H_c`` is channel c upsampled to
     the input and scaled to [0, 1], f the explained class's score (the default, as every method
     explains the scores) or its softmax probability (``output="probability"``, as in the
@@ -274,7 +340,8 @@ def score_cam(model, x, target=None, *, layer: str | None = None, output: str = 
         return _score_cam_weights(p, output, batch_size or auto_batch_size(*p.x.shape[2:]))
 
     return _run("score_cam", model, x, target, layer, weights,
-                "activations", clip, reshape=reshape, output=output)
+                "activations", clip, reshape=reshape, output=output, aug_smooth=aug_smooth,
+                eigen_smooth=eigen_smooth)
 
 
 @renamed(relu="clip")

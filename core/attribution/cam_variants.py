@@ -1,0 +1,225 @@
+"""More class activation maps over the shared base of :mod:`.cam`, and the extension point.
+
+A variant is one weight function ``weights_fn(p) -> (N, C) or (N, C, h, w)`` of a
+:class:`~convscope.attribution.cam.LayerPass` (activations ``p.acts``, gradients ``p.grads``);
+:func:`make_cam` turns it into a CAM function with the shared signature
+``NAME(model, x, target=None, *, layer=None, clip=True, reshape=None, aug_smooth=False,
+eigen_smooth=False)`` and registers it by name, so :func:`multi_layer_cam` can use it. The
+built-in variants below are made the same way (definitions as in pytorch-grad-cam):
+
+- HiResCAM (Draelos & Carin 2020): ``cam = ReLU(sum_c dS/dA_c * A_c)``;
+- XGrad-CAM (Fu et al. 2020): ``w_c = sum_ij (A_cij / sum_ab A_cab) dS/dA_cij``;
+- Eigen-Grad-CAM: the first principal component of ``dS/dA * A``;
+- FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus the bias-gradients of every
+  conv and norm layer, each ``|.|``, min-max scaled and upsampled, summed and scaled again.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._layers import check_layers, check_spatial, default_layer, records
+from .._targets import check_target, output_seeds, prepare, with_choices
+from .._validate import check_choice, describe, param_error
+from ..backend import INPUT, OUTPUT
+from ._layer_maps import check_reshape, to_maps
+from .cam import LayerPass, _check_flag, _grad_cam_pp_weights, _layer_map, _output_seeds, _run
+from .result import AttributionMaps, upsample
+
+__all__ = ["make_cam", "registered_cams", "hires_cam", "xgrad_cam", "eigen_grad_cam", "full_grad",
+           "multi_layer_cam"]
+
+_MODES = ("gradient", "activations")
+_REGISTRY: dict = {}
+
+
+def make_cam(name: str, weights_fn, *, mode: str = "gradient", doc: str | None = None):
+    """A CAM function from a weight function, registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The variant's name (the result's owner, and its key in :func:`registered_cams` and
+        ``multi_layer_cam(method=...)``).
+    weights_fn : callable
+        ``weights_fn(p) -> array``: (N, C) channel weights or (N, C, h, w) weights per channel
+        and position, from the :class:`~convscope.attribution.cam.LayerPass` ``p``
+        (``p.acts``, ``p.grads``, ``p.outputs``, ``p.seeds``, ``p.backend``).
+    mode : {"gradient", "activations"}
+        ``"gradient"``: ``p.grads`` holds dS/dA (one forward and backward pass);
+        ``"activations"``: forward passes only, ``p.grads`` is None (any backend).
+    doc : str, optional
+        The docstring of the returned function.
+
+    Returns
+    -------
+    callable
+        ``f(model, x, target=None, *, layer=None, clip=True, reshape=None, aug_smooth=False,
+        eigen_smooth=False) -> AttributionMaps`` computing ``ReLU(sum_c w_c A_c)`` at the layer,
+        upsampled to the input.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise param_error("name", "make_cam", "a name that is a Python identifier", describe(name))
+    if not callable(weights_fn):
+        raise param_error("weights_fn", "make_cam", "a function of a LayerPass", describe(weights_fn), TypeError)
+    check_choice(mode, _MODES, "mode", "make_cam")
+
+    def variant(model, x, target=None, *, layer: str | None = None, clip: bool = True, reshape=None,
+                aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
+        return _run(name, model, x, target, layer, weights_fn, mode, clip, reshape=reshape,
+                    aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = doc
+    _REGISTRY[name] = (weights_fn, mode)
+    return variant
+
+
+def registered_cams() -> list:
+    """The names :func:`multi_layer_cam` accepts: the built-ins and every :func:`make_cam` variant."""
+    return sorted(_REGISTRY)
+
+
+def _xgrad_weights(p: LayerPass) -> np.ndarray:
+    a, g = p.acts.astype(np.float64), p.grads.astype(np.float64)
+    total = a.sum(axis=(2, 3), keepdims=True)
+    return (g * a / (total + 1e-7)).sum(axis=(2, 3)).astype(np.float32)
+
+
+# the built-ins of cam.py, registered for multi_layer_cam
+_REGISTRY.update({"grad_cam": (lambda p: p.grads.mean(axis=(2, 3)), "gradient"),
+                  "grad_cam_pp": (_grad_cam_pp_weights, "gradient"),
+                  "layer_cam": (lambda p: np.maximum(p.grads, 0), "gradient")})
+
+hires_cam = make_cam("hires_cam", lambda p: p.grads, doc="""HiResCAM (Draelos & Carin 2020):
+    ``cam = ReLU(sum_c dS/dA_c * A_c)``, the element-wise product of the gradient and the
+    activations summed over channels (for a model ending in GAP and a linear layer it is exactly
+    what the score sums). ``eigen_smooth`` voids that guarantee.""")
+
+xgrad_cam = make_cam("xgrad_cam", _xgrad_weights, doc="""XGrad-CAM (Fu et al. 2020):
+    ``w_c = sum_ij (A_cij / sum_ab A_cab) dS/dA_cij`` (1e-7 added to the sum, as pytorch-grad-cam),
+    ``cam = ReLU(sum_c w_c A_c)``.""")
+
+
+def eigen_grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True, reshape=None,
+                   aug_smooth: bool = False) -> AttributionMaps:
+    """Eigen-Grad-CAM (pytorch-grad-cam's class-discriminative Eigen-CAM): the projection of the
+    centred ``dS/dA * A`` on its first principal component (always "eigen-smoothed"). The sign,
+    arbitrary in an SVD, is chosen so that the map correlates with ``sum_c dS/dA_c A_c``."""
+    return _run("eigen_grad_cam", model, x, target, layer, lambda p: p.grads, "gradient", clip, reshape=reshape,
+                aug_smooth=aug_smooth, eigen_smooth=True)
+
+
+_REGISTRY.update({"hires_cam": (lambda p: p.grads, "gradient"), "xgrad_cam": (_xgrad_weights, "gradient")})
+
+
+# --------------------------------------------------------------------------- several layers
+def _scaled(maps: np.ndarray, size=None) -> np.ndarray:
+    """pytorch-grad-cam's ``scale_cam_image``: each map minus its min, over (1e-7 + its max),
+    then (optionally) resized bilinearly."""
+    m = maps.astype(np.float64) - maps.min(axis=(-2, -1), keepdims=True)
+    m = (m / (1e-7 + m.max(axis=(-2, -1), keepdims=True))).astype(np.float32)
+    return m if size is None or tuple(m.shape[-2:]) == tuple(size) else upsample(m, size)
+
+
+def multi_layer_cam(model, x, target=None, *, method: str = "grad_cam", layers=None, reduce: str = "mean",
+                    eigen_smooth: bool = False, reshape=None) -> AttributionMaps:
+    """A CAM over several layers, aggregated as pytorch-grad-cam's ``aggregate_multi_layers``:
+    each layer's ``ReLU`` map upsampled to the input and min-max scaled, then their mean (or
+    ``reduce="max"``), scaled to [0, 1] again. One gradient pass serves every layer.
+
+    ``method`` is a name of :func:`registered_cams`; ``layers`` a list of layer names (None: the
+    default CAM layer alone, and ``info["choices"]`` says so).
+    ``info["per_layer"]`` holds each layer's scaled map.
+    """
+    owner = "multi_layer_cam"
+    check_choice(method, registered_cams(), "method", owner)
+    check_choice(reduce, ("mean", "max"), "reduce", owner)
+    eigen_smooth = _check_flag(eigen_smooth, "eigen_smooth", owner)
+    backend, x = prepare(model, x, owner)
+    target = check_target(target, len(x), owner)
+    reshape = check_reshape(reshape, owner)
+    recs = records(backend, x)
+    chosen = {}
+    if layers is None:
+        layers = [default_layer(recs, owner)]
+        chosen = {"choices": {"layers": f"{layers[0]}: the default CAM layer (pass layers=[...] for several)"}}
+    elif isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not len(layers):
+        raise param_error("layers", owner, "a non-empty list of layer names", describe(layers))
+    layers = check_layers(list(layers), backend, owner)
+    weights_fn, mode = _REGISTRY[method]
+    by = {r.name: r for r in recs}
+    box: dict = {}
+    if mode == "gradient":
+        g = backend.gradient(x, _output_seeds(target, owner, box), at=[OUTPUT], wrt=layers)
+        acts, grads, outputs = g.activations, g.grads, g.outputs
+    else:
+        acts = backend.activations(x, [*layers, OUTPUT])
+        grads, outputs = None, acts[OUTPUT]
+        box["seeds"], box["classes"] = output_seeds(target, outputs, owner)
+    per_layer = []
+    for name in layers:
+        a = check_spatial(to_maps(acts[name], by.get(name), reshape, recs, owner), name, owner)
+        gr = None if grads is None else to_maps(grads[name], by.get(name), reshape, recs, owner)
+        p = LayerPass(backend, x, name, a, gr, box["seeds"], box["classes"], outputs, recs, owner)
+        per_layer.append(_scaled(_layer_map(p, weights_fn(p), True, eigen_smooth), x.shape[2:]))
+    stack = np.stack(per_layer, axis=1)
+    maps = _scaled(stack.mean(axis=1) if reduce == "mean" else stack.max(axis=1))
+    return AttributionMaps(maps, x, owner, box["classes"], outputs=outputs,
+                           info={"layers": layers, "method": method, "reduce": reduce,
+                                 "per_layer": dict(zip(layers, per_layer)), **with_choices(chosen, backend)})
+
+
+# --------------------------------------------------------------------------- FullGrad
+def _bias_layers(recs) -> list:
+    return [r for r in recs if r.kind in ("conv", "norm") and r.spatial]
+
+
+def _effective_bias(backend, record, acts, owner) -> np.ndarray | None:
+    """The per-channel bias of a conv (its parameter) or of a norm layer in inference mode,
+    ``y = s x + b``: ``b`` fitted exactly from the layer's input and output of the same pass
+    (a least-squares line per channel), which needs no running statistics or eps."""
+    if record.kind == "conv":
+        b = backend.weights(record.name).get("bias")
+        return None if b is None else np.asarray(b, np.float64).reshape(-1)
+    src = [i for i in record.inputs if i in acts]
+    if len(src) != 1:
+        return None
+    xin = acts[src[0]].astype(np.float64).transpose(1, 0, 2, 3).reshape(acts[src[0]].shape[1], -1)
+    y = acts[record.name].astype(np.float64).transpose(1, 0, 2, 3).reshape(xin.shape[0], -1)
+    xm, ym = xin.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
+    s = ((xin - xm) * (y - ym)).sum(axis=1) / np.maximum(((xin - xm) ** 2).sum(axis=1), 1e-30)
+    return (ym[:, 0] - s * xm[:, 0])
+
+
+def full_grad(model, x, target=None) -> AttributionMaps:
+    """FullGrad (Srinivas & Fleuret 2019), as pytorch-grad-cam's ``FullGrad``:
+    ``scale(sum_k scale(|dS/dx_k x_k|) + sum_l sum_c up(scale(|b_lc dS/dz_lc|)))`` over the
+    input channels k and every conv and norm layer l with a bias, ``z_l`` its output, ``scale``
+    the min-max scaling of each map. A norm layer's bias is its inference-mode offset
+    ``beta - mean gamma / sqrt(var + eps)``, read from its input and output. One forward and
+    backward pass. The map is in [0, 1]; ``info["layers"]`` names the bias layers used.
+    """
+    owner = "full_grad"
+    backend, x = prepare(model, x, owner)
+    target = check_target(target, len(x), owner)
+    recs = records(backend, x)
+    layers = _bias_layers(recs)
+    names = [r.name for r in layers]
+    extra = sorted({i for r in layers if r.kind == "norm" for i in r.inputs} - set(names))
+    box: dict = {}
+    g = backend.gradient(x, _output_seeds(target, owner, box), at=[OUTPUT], wrt=[INPUT, *names, *extra])
+    acts = dict(g.activations)
+    total = _scaled(np.abs(g.grads[INPUT] * x)).sum(axis=1, dtype=np.float64)
+    used = []
+    for r in layers:
+        b = _effective_bias(backend, r, acts, owner)
+        if b is None:
+            continue
+        bias_grad = np.abs(b[None, :, None, None] * g.grads[r.name])
+        n, c, h, w = bias_grad.shape
+        total += _scaled(bias_grad.reshape(n * c, h, w).astype(np.float32), x.shape[2:]).reshape(
+            n, c, *x.shape[2:]).sum(axis=1, dtype=np.float64)
+        used.append(r.name)
+    maps = _scaled(total.astype(np.float32))
+    return AttributionMaps(maps, x, owner, box["classes"], outputs=g.outputs,
+                           info={"layers": used, **with_choices({}, backend)})
