@@ -118,9 +118,10 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
         if a.shape[2:] != x.shape[1:]:  # a method with one map per pixel: per-channel sums of the map
             sums[0], sums[1] = sums[0][:, :1], sums[1][:, :1]
         sums[0] = sums[0] + a.sum(axis=0)
-        sums[1] = sums[1] + (a ** 2).sum(axis=0)
         map_sums[0] += m.sum(axis=0)
-        map_sums[1] += (m ** 2).sum(axis=0)
+        if kind != "smoothgrad":
+            sums[1] = sums[1] + (a ** 2).sum(axis=0)
+            map_sums[1] += (m ** 2).sum(axis=0)
         signed = result.signed
     attributions, maps = (_reduce(s, kind, samples) for s in (sums, map_sums))
     info = {"method": name, "kind": kind, "samples": samples, "stdev": stdev if noise is None else "given noise",

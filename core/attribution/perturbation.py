@@ -1,2 +1,197 @@
-"""(being written)"""
-__all__ = []
+"""Black-box perturbation: RISE, feature ablation, Shapley value sampling, KernelSHAP and LIME.
+
+Forward passes only, so every method runs on every backend (an ONNX file with no framework).
+Perturbed images are made a bounded number at a time (``batch_size`` or
+``perturbations_per_eval``) and only their scores are kept: memory does not grow with the
+number of masks, features or samples. The explained class is fixed on the clean images
+(their pass comes first and checks ``target``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._batching import auto_batch_size
+from .._imageops import resize_matrix
+from .._targets import OUTPUT_MODES, check_target, prepare, with_choices
+from .._validate import check_choice, check_int, check_number, describe, param_error
+from ._sampling import Scorer, check_baseline, feature_counts, per_call, resolve_features, spread
+from ._surrogates import kernel_shap, lime
+from .result import AttributionMaps
+
+__all__ = ["rise", "feature_ablation", "shapley_sampling", "kernel_shap", "lime", "rise_masks"]
+
+
+def rise_masks(count, size, *, cell=7, p=0.5, seed=0):
+    """(count, H, W) float32 RISE masks (Petsiuk et al. 2018): a ``cell`` x ``cell`` grid of
+    Bernoulli(p) cells, bilinearly upsampled to ``(cell + 1) * ceil(H / cell)`` (align-corners
+    False, edges clamped) and cropped at a random shift in ``[0, ceil(H / cell))`` per axis.
+    The grids and shifts come from ``numpy.random.default_rng(seed)``, drawn all at once
+    (``count * cell^2`` bits), so mask i depends on (seed, i, count) only."""
+    return _mask_chunk(count, size, cell, p, seed, 0, count)
+
+
+def _check_masks(masks, size, owner):
+    if isinstance(masks, (int, np.integer)) and not isinstance(masks, bool):
+        return check_int(masks, "masks", owner, low=1), None
+    m = np.asarray(masks) if isinstance(masks, np.ndarray) else None
+    if m is None or m.ndim != 3 or m.shape[1:] != tuple(size) or m.dtype.kind not in "fbiu":
+        raise param_error("masks", owner, f"a number of masks or an (M, {size[0]}, {size[1]}) array of masks "
+                          "in [0, 1] at the images' size", describe(masks))
+    m = m.astype(np.float32)
+    if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+        raise param_error("masks", owner, "values in [0, 1]", f"values in [{m.min()}, {m.max()}]")
+    return len(m), m
+
+
+def rise(model, x, target=None, *, masks=4000, cell: int = 7, p: float = 0.5, seed: int = 0,
+         batch_size: int | None = None, output: str = "score") -> AttributionMaps:
+    """RISE (Petsiuk et al. 2018): ``S(x) = 1 / (M E[m]) sum_i f(x * m_i) m_i``, the masks'
+    average weighted by the explained output of the masked image.
+
+    ``masks`` is the number M of random masks (:func:`rise_masks` with ``cell``, ``p``,
+    ``seed``; E[m] = p) or an (M, H, W) array of your own in [0, 1] (E[m] is then their mean).
+    ``output``: ``"score"`` (the project's default) or ``"probability"``, the softmax, which the
+    paper uses. ``batch_size`` masked images per backend call (None: 2^18 pixels' worth);
+    masks are made ``batch_size`` at a time, never all at once.
+    """
+    owner = "rise"
+    backend, x = prepare(model, x, owner)
+    n, _, h, w = x.shape
+    count, given = _check_masks(masks, (h, w), owner)
+    cell = check_int(cell, "cell", owner, low=1, high=min(h, w) if given is None else None)
+    p = check_number(p, "p", owner, low=0, strict=True)
+    if p > 1:
+        raise param_error("p", owner, "a probability in (0, 1]", str(p))
+    seed = check_int(seed, "seed", owner, low=0)
+    check_choice(output, OUTPUT_MODES, "output", owner)
+    size = max(n, auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1))
+    target = check_target(target, n, owner)
+    scorer = Scorer(backend, x, target, output, owner, size)
+    per = max(1, size // n)  # masks per call
+    total = np.zeros((n, h * w), np.float64)
+    mean = float(given.mean()) if given is not None else p
+    for start in range(0, count, per):
+        stop = min(start + per, count)
+        m = given[start:stop] if given is not None else _mask_chunk(count, (h, w), cell, p, seed, start, stop)
+        images = (x[None] * m[:, None, None]).reshape(-1, *x.shape[1:])  # mask-major, then sample
+        samples = np.tile(np.arange(n), stop - start)
+        scores = scorer.score(images, samples).reshape(stop - start, n)
+        total += scores.T @ m.reshape(stop - start, -1).astype(np.float64)
+    maps = (total / (count * mean)).reshape(n, h, w)
+    info = {"masks": count if given is None else "given", "cell": cell, "p": p, "seed": seed, "output": output,
+            "batch_size": size}
+    return AttributionMaps(maps.astype(np.float32), x, owner, scorer.classes, signed=output == "score",
+                           outputs=scorer.outputs,
+                           info=with_choices(info, backend))
+
+
+def _mask_chunk(count, size, cell, p, seed, start, stop):
+    """Masks start:stop of :func:`rise_masks` (the grids and shifts are tiny: draw them all, upsample a chunk)."""
+    h, w = size
+    ch, cw = -(-h // cell), -(-w // cell)
+    rng = np.random.default_rng(seed)
+    grids = (rng.random((count, cell, cell)) < p).astype(np.float32)[start:stop]
+    dy, dx = rng.integers(0, ch, count)[start:stop], rng.integers(0, cw, count)[start:stop]
+    ry, rx = resize_matrix(cell, (cell + 1) * ch), resize_matrix(cell, (cell + 1) * cw)
+    rows, cols = ry[dy[:, None] + np.arange(h)], rx[dx[:, None] + np.arange(w)]
+    return np.einsum("nHi,nij,nWj->nHW", rows, grids, cols, optimize=True).astype(np.float32)
+
+
+def _setup(owner, model, x, target, features, baseline, output):
+    backend, x = prepare(model, x, owner)
+    check_choice(output, OUTPUT_MODES, "output", owner)
+    target = check_target(target, len(x), owner)
+    base = check_baseline(baseline, x, owner)
+    labels, used = resolve_features(features, x, owner)
+    return backend, x, target, base, labels, used
+
+
+def _result(owner, x, maps, scorer, backend, info):
+    return AttributionMaps(maps, x, owner, scorer.classes, signed=True,
+                           attributions=np.ascontiguousarray(np.broadcast_to(maps[:, None], x.shape)),
+                           outputs=scorer.outputs, info=with_choices(info, backend))
+
+
+def feature_ablation(model, x, target=None, *, features=None, baseline=0.0, output: str = "score",
+                     perturbations_per_eval: int | None = None) -> AttributionMaps:
+    """Feature ablation: ``a_l = f(x) - f(x with feature l set to the baseline)`` for every
+    feature l, given to each of its pixels (all channels), as Captum's ``FeatureAblation``.
+
+    ``features``: None or ``"slic"`` (SLIC superpixels, 50 segments, scikit-image), an int
+    (that many SLIC segments), or your integer label map, (H, W) or (N, H, W).
+    ``baseline``: a number, one value per channel, or an array broadcasting to ``x``.
+    ``perturbations_per_eval`` ablated copies of each image per backend call (None: 2^18
+    pixels' worth of images a call).
+    """
+    owner = "feature_ablation"
+    backend, x, target, base, labels, used = _setup(owner, model, x, target, features, baseline, output)
+    n, _, h, w = x.shape
+    count = feature_counts(labels)
+    size = per_call(perturbations_per_eval, n, owner, auto_batch_size(h, w))
+    scorer = Scorer(backend, x, target, output, owner, size)
+    pairs = np.argwhere(np.arange(count.max())[:, None] < count[None])  # (feature, sample), feature-major
+    samples, feats = pairs[:, 1], pairs[:, 0]
+
+    def keep_of(start, stop):
+        return np.arange(count.max())[None] != feats[start:stop, None]
+
+    scores = scorer.rows(x, base, labels, samples, keep_of)
+    values = np.zeros((n, count.max()), np.float64)
+    values[samples, feats] = scorer.clean[samples] - scores
+    info = {**used, "baseline": _baseline_name(baseline), "output": output, "evaluated": len(pairs)}
+    return _result(owner, x, spread(values, labels), scorer, backend, info)
+
+
+def _baseline_name(baseline):
+    return float(baseline) if isinstance(baseline, (int, float, np.integer, np.floating)) else "given"
+
+
+def shapley_sampling(model, x, target=None, *, features=None, baseline=0.0, samples: int = 25, seed: int = 0,
+                     permutations=None, output: str = "score",
+                     perturbations_per_eval: int | None = None) -> AttributionMaps:
+    """Shapley value sampling (Castro et al. 2009; Strumbelj and Kononenko 2010), as Captum's
+    ``ShapleyValueSampling``: for each of ``samples`` random orders of the features, start from
+    the baseline, add the features of ``x`` one at a time and credit each with the change of
+    the output; ``a_l`` is the mean credit over the orders.
+
+    Orders are ``numpy.random.default_rng(seed).permutation(L)`` over L = the largest feature
+    count of the batch (a feature an image lacks changes nothing), shared by the images;
+    ``permutations`` (S, L) gives them instead (e.g. Captum's, from ``torch.randperm``).
+    ``features``, ``baseline`` and ``perturbations_per_eval`` as in :func:`feature_ablation`.
+    Costs ``1 + samples * L`` evaluations per image.
+    """
+    owner = "shapley_sampling"
+    backend, x, target, base, labels, used = _setup(owner, model, x, target, features, baseline, output)
+    n, _, h, w = x.shape
+    top = int(feature_counts(labels).max())
+    if permutations is None:
+        samples = check_int(samples, "samples", owner, low=1)
+        seed = check_int(seed, "seed", owner, low=0)
+        rng = np.random.default_rng(seed)
+        orders = np.stack([rng.permutation(top) for _ in range(samples)])
+    else:
+        orders = np.asarray(permutations)
+        if (orders.ndim != 2 or orders.shape[1] != top or orders.dtype.kind not in "iu"
+                or not (np.sort(orders, axis=1) == np.arange(top)).all()):
+            raise param_error("permutations", owner, f"(S, {top}) integer rows, each a permutation of the "
+                              f"{top} features", describe(permutations))
+        samples, seed = len(orders), None
+    size = per_call(perturbations_per_eval, n, owner, auto_batch_size(h, w))
+    scorer = Scorer(backend, x, target, output, owner, size)
+    rank = np.argsort(orders, axis=1)  # rank[k, l]: the step at which order k adds feature l
+    rows = np.arange(samples * top * n)
+    draw, rest = np.divmod(rows, top * n)
+    step, sample = np.divmod(rest, n)
+
+    def keep_of(start, stop):
+        return rank[draw[start:stop]] <= step[start:stop, None]
+
+    start_score = scorer.score(base, np.arange(n))  # every order starts from the baseline
+    scores = scorer.rows(x, base, labels, sample, keep_of).reshape(samples, top, n)
+    before = np.concatenate([np.broadcast_to(start_score, (samples, 1, n)), scores[:, :-1]], axis=1)
+    credit = scores - before  # credit[k, t, s]: feature orders[k, t] added at step t
+    values = np.zeros((n, top), np.float64)
+    for k in range(samples):
+        values[:, orders[k]] += credit[k].T
+    info = {**used, "baseline": _baseline_name(baseline), "samples": samples, "seed": seed, "output": output}
+    return _result(owner, x, spread(values / samples, labels), scorer, backend, info)
