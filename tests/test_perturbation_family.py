@@ -221,3 +221,30 @@ def test_slic_is_the_default_and_says_so(setup):
     got = feature_ablation(net, x, target)
     assert "SLIC" in got.info["choices"]["features"]
     assert got.info["evaluated"] >= 3
+
+
+def test_results_do_not_depend_on_the_batching(setup):
+    net, x, target, blocks = setup
+    a, b = (rise(net, x, target, masks=30, batch_size=s) for s in (3, None))
+    np.testing.assert_allclose(a.maps, b.maps, rtol=1e-6, atol=1e-6)
+    masks = rise_masks(30, (12, 12))
+    by_hand = sum(scores(net, x * m, target).diagonal()[:, None, None] * m for m in masks) / (30 * 0.5)
+    assert_close(a.maps, by_hand, 1e-5)
+    for f, kw in [(kernel_shap, {"samples": 20}), (lime, {"samples": 25})]:
+        c, d = (f(net, x, target, features=blocks, perturbations_per_eval=p, **kw) for p in (1, 3))
+        np.testing.assert_allclose(c.maps, d.maps, rtol=1e-6, atol=1e-6)
+
+
+def test_model_left_as_it_was(setup):
+    net, x, target, blocks = setup
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    try:
+        for f in (feature_ablation, lime):
+            f(net, x, target, features=blocks)
+        with pytest.raises(ValueError):
+            kernel_shap(net, x, 99, features=blocks)
+        assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+        assert not net._forward_hooks and all(p.requires_grad for p in net.parameters())
+    finally:
+        net.eval()

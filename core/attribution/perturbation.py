@@ -27,7 +27,7 @@ def rise_masks(count, size, *, cell=7, p=0.5, seed=0):
     False, edges clamped) and cropped at a random shift in ``[0, ceil(H / cell))`` per axis.
     The grids and shifts come from ``numpy.random.default_rng(seed)``, drawn all at once
     (``count * cell^2`` bits), so mask i depends on (seed, i, count) only."""
-    return _mask_chunk(count, size, cell, p, seed, 0, count)
+    return _mask_chunk(_mask_draws(count, size, cell, p, seed), size, cell, 0, count)
 
 
 def _check_masks(masks, size, owner):
@@ -70,9 +70,10 @@ def rise(model, x, target=None, *, masks=4000, cell: int = 7, p: float = 0.5, se
     per = max(1, size // n)  # masks per call
     total = np.zeros((n, h * w), np.float64)
     mean = float(given.mean()) if given is not None else p
+    draws = None if given is not None else _mask_draws(count, (h, w), cell, p, seed)
     for start in range(0, count, per):
         stop = min(start + per, count)
-        m = given[start:stop] if given is not None else _mask_chunk(count, (h, w), cell, p, seed, start, stop)
+        m = given[start:stop] if given is not None else _mask_chunk(draws, (h, w), cell, start, stop)
         images = (x[None] * m[:, None, None]).reshape(-1, *x.shape[1:])  # mask-major, then sample
         samples = np.tile(np.arange(n), stop - start)
         scores = scorer.score(images, samples).reshape(stop - start, n)
@@ -85,16 +86,21 @@ def rise(model, x, target=None, *, masks=4000, cell: int = 7, p: float = 0.5, se
                            info=with_choices(info, backend))
 
 
-def _mask_chunk(count, size, cell, p, seed, start, stop):
-    """Masks start:stop of :func:`rise_masks` (the grids and shifts are tiny: draw them all, upsample a chunk)."""
-    h, w = size
-    ch, cw = -(-h // cell), -(-w // cell)
+def _mask_draws(count, size, cell, p, seed):
+    """The random part of :func:`rise_masks`: grids (count, cell, cell) and shifts, all drawn at once (small)."""
+    ch, cw = -(-size[0] // cell), -(-size[1] // cell)
     rng = np.random.default_rng(seed)
-    grids = (rng.random((count, cell, cell)) < p).astype(np.float32)[start:stop]
-    dy, dx = rng.integers(0, ch, count)[start:stop], rng.integers(0, cw, count)[start:stop]
+    grids = (rng.random((count, cell, cell)) < p).astype(np.float32)
+    return grids, rng.integers(0, ch, count), rng.integers(0, cw, count)
+
+
+def _mask_chunk(draws, size, cell, start, stop):
+    """Masks start:stop of :func:`rise_masks`, upsampled and cropped from their draws."""
+    (h, w), (grids, dy, dx) = size, draws
+    ch, cw = -(-h // cell), -(-w // cell)
     ry, rx = resize_matrix(cell, (cell + 1) * ch), resize_matrix(cell, (cell + 1) * cw)
-    rows, cols = ry[dy[:, None] + np.arange(h)], rx[dx[:, None] + np.arange(w)]
-    return np.einsum("nHi,nij,nWj->nHW", rows, grids, cols, optimize=True).astype(np.float32)
+    rows, cols = ry[dy[start:stop, None] + np.arange(h)], rx[dx[start:stop, None] + np.arange(w)]
+    return np.einsum("nHi,nij,nWj->nHW", rows, grids[start:stop], cols, optimize=True).astype(np.float32)
 
 
 def _setup(owner, model, x, target, features, baseline, output):
