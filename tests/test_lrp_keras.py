@@ -419,8 +419,7 @@ def test_every_rule_and_composite_equals_the_torch_backend(net):
     assert max(worst.values()) <= 1e-4, worst
 
 
-# (the demo model's in-place ReLUs make the torch backend's DeepLift raise: reported, not ours)
-@pytest.mark.parametrize("net", ["vgg", pytest.param("resnet", marks=pytest.mark.slow),
+@pytest.mark.parametrize("net", ["demo", "vgg", pytest.param("resnet", marks=pytest.mark.slow),
                                  pytest.param("densenet", marks=pytest.mark.slow)])
 def test_deeplift_equals_the_torch_backend(net):
     from convscope.attribution import deeplift
