@@ -19,7 +19,7 @@ GOOD = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
 #: values for the other required arguments, by name
 FILL = {"layer": "relu3", "layers": ["relu3"], "maps": np.ones((2, 64, 64), np.float32), "style": GOOD[:1],
         "content": GOOD[:1], "exemplar": GOOD[:1], "images": GOOD, "x": GOOD, "method": "saliency",
-        "baselines": GOOD[:1]}
+        "baselines": GOOD[:1], "concept": "stripes", "target": 0}
 BAD = {
     "rank": (np.ones((64, 64, 3, 1, 1), np.float32), ValueError),
     "channels": (np.ones((2, 2, 64, 64), np.float32), ValueError),
@@ -102,14 +102,15 @@ def test_an_unknown_layer_is_refused_with_close_matches(backend, name, f, image_
     FILL_LAYER = dict(FILL, layer="relu9")
     with pytest.raises(ValueError, match=r"'layer' parameter of .* must be a known layer name\. Got 'relu9' instead; "
                                          r"closest: relu"):
-        f(backend, GOOD, **{k: v for k, v in FILL_LAYER.items() if k == "layer"},
+        f(backend, GOOD, **{k: v for k, v in FILL_LAYER.items()
+                            if k == "layer" or (k == "concept" and k in inspect.signature(f).parameters)},
           **({"progress": False} if "progress" in inspect.signature(f).parameters else {}))
 
 
 @pytest.mark.parametrize("name, f, image_param", _with_param("target"), ids=[n for n, _, _ in _with_param("target")])
 def test_a_target_out_of_range_is_refused(backend, name, f, image_param):
     extra = {k: FILL[k] for k, p in inspect.signature(f).parameters.items()
-             if k in ("maps", "baselines") or (k == "method" and p.default is inspect.Parameter.empty)}
+             if k in ("maps", "baselines", "concept") or (k == "method" and p.default is inspect.Parameter.empty)}
     if "progress" in inspect.signature(f).parameters:
         extra["progress"] = False
     if name == "attribution.eigen_cam":  # class-agnostic: a target is ignored, and it says so

@@ -7,6 +7,8 @@ and accept ``client=`` to run on Dask distributed. Results render themselves
 (``.save(path)``, ``.to_rgb()``, notebook display).
 """
 from ._common import SCALES
+from . import concept_vectors
+from .concept_vectors import *  # noqa: F401,F403
 from .embedding import TSNE, Embedding, embed, grid_assignment, pca
 from .filters import Filters, filters
 from .maps import ActivationMaps, activation_maps
@@ -16,4 +18,4 @@ from .top_patches import TopPatches, top_patches
 
 __all__ = ["filters", "Filters", "activation_maps", "ActivationMaps", "receptive_field", "ReceptiveField",
            "top_patches", "TopPatches", "layer_features", "Features", "nearest_neighbors", "Neighbors",
-           "embed", "Embedding", "TSNE", "pca", "grid_assignment", "SCALES"]
+           "embed", "Embedding", "TSNE", "pca", "grid_assignment", "SCALES", *concept_vectors.__all__]
