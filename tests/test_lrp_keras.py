@@ -430,3 +430,26 @@ def test_deeplift_equals_the_torch_backend(net):
     want = deeplift(convscope.load(tm), x, target=[1, 2], baseline=base)
     got = deeplift(convscope.load(km), x, target=[1, 2], baseline=base)
     _close(got.attributions, want.attributions, 1e-4)
+
+
+def test_a_separable_conv_is_its_depthwise_and_pointwise_parts():
+    def build(separable):
+        inp = keras.Input((12, 12, 3))
+        if separable:
+            h = L.SeparableConv2D(6, 3, padding="same", depth_multiplier=2, activation="relu", name="sep")(inp)
+        else:
+            h = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=False, name="dw")(inp)
+            h = L.Conv2D(6, 1, activation="relu", name="pw")(h)
+        return keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(h)))
+    rng = np.random.default_rng(0)
+    parts, whole = build(False), build(True)
+    dk, pk, bias = [rng.normal(size=w.shape).astype(np.float32) * 0.3 for w in whole.get_layer("sep").get_weights()]
+    whole.get_layer("sep").set_weights([dk, pk, bias])
+    parts.get_layer("dw").set_weights([dk])
+    parts.get_layer("pw").set_weights([pk, bias])
+    parts.get_layer("fc").set_weights(whole.get_layer("fc").get_weights())
+    x = rng.random((2, 3, 12, 12)).astype(np.float32)
+    seeds = {"output": np.eye(3, dtype=np.float32)[:2]}
+    for rule in (RelevanceRules(default=Rule("zplus")), RelevanceRules(default=Rule("flat")), DeepLiftRules(x * 0.2)):
+        want = convscope.load(parts).gradient(x, seeds, rule=rule).grads["input"]
+        _close(convscope.load(whole).gradient(x, seeds, rule=rule).grads["input"], want, 1e-5)

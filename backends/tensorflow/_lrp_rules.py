@@ -13,7 +13,8 @@ the images and then their baselines: ``u[:n]`` and ``u[n:]``.
 """
 from __future__ import annotations
 
-__all__ = ["stabilize", "linear_relevance", "norm_relevance", "rescale_multiplier", "maxpool_multiplier", "vjp"]
+__all__ = ["stabilize", "linear_relevance", "norm_relevance", "rescale_multiplier", "maxpool_multiplier", "vjp",
+           "bn_affine", "bn_axis", "conv_channels_last", "merged", "sum_of"]
 
 
 def stabilize(tf, z, epsilon):
@@ -137,3 +138,44 @@ def maxpool_multiplier(tf, fn, u, y, g, eps):
     du = _both(tf, ux - ur)
     plain = vjp(tf, fn, [u], g)[0]
     return tf.where(tf.abs(du) < eps, plain, tf.math.divide_no_nan(_both(tf, rx + rr), du))
+
+
+# ----------------------------------------------------------------- layer parameters
+def sum_of(*tensors):
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out
+
+
+def bn_axis(layer, x):
+    axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) and len(layer.axis) == 1 else layer.axis
+    return axis % len(x.shape) if isinstance(axis, int) else None
+
+
+def conv_channels_last(bn, record):
+    layer = None if record is None else record["layer"]
+    return getattr(layer, "data_format", "channels_last") != "channels_first"
+
+
+def bn_affine(tf, layer, x):
+    """(scale, shift) of a BatchNormalization in inference: y = scale * x + shift."""
+    var = tf.convert_to_tensor(layer.moving_variance)
+    scale = tf.math.rsqrt(var + layer.epsilon)
+    if layer.scale:
+        scale = scale * tf.convert_to_tensor(layer.gamma)
+    shift = -tf.convert_to_tensor(layer.moving_mean) * scale
+    if layer.center:
+        shift = shift + tf.convert_to_tensor(layer.beta)
+    return scale, shift
+
+
+def merged(tf, layer, W, b, scale, shift, keras):
+    """The weights of a conv or dense layer with the BatchNorm after it folded in."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        w = W * tf.reshape(scale, W.shape[-2:])
+    elif isinstance(layer, keras.layers.Conv2DTranspose):
+        w = W * scale[:, None]
+    else:
+        w = W * scale
+    return w, shift if b is None else b * scale + shift

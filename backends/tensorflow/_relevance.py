@@ -6,8 +6,9 @@ passed through an identity whose ``tf.custom_gradient`` is the rule (the plain p
 is cut with ``stop_gradient``), so one call stays one forward and one modified backward pass
 of the ordinary ``GradientTape``, traced once per rule set. What each layer gets:
 
-* ``Conv1D/2D/3D``, ``Conv2DTranspose``, ``DepthwiseConv2D``, ``Dense``: its rule (the layer's
-  own, else ``default``) on its linear part, run as the layer's own ``call`` with the weights
+* ``Conv1D/2D/3D``, ``Conv2DTranspose``, ``DepthwiseConv2D``, ``Dense``, ``SeparableConv2D``
+  (as its parts, depthwise then pointwise with the bias, each with the layer's rule): its rule
+  (the layer's own, else ``default``) on its linear part, run as the layer's own ``call`` with the weights
   replaced; a fused ``activation=`` is split off and passes. A ``BatchNormalization`` that is
   the only consumer of such a layer's output is merged into it when ``canonize``
   (W' = W gamma / sigma, b' = (b - mu) gamma / sigma + beta) and then passes; any other gets
@@ -40,7 +41,8 @@ from convscope._relevance import DeepLiftRules, Rule
 from convscope._validate import param_error
 from convscope.backend import INPUT, OUTPUT
 
-from ._lrp_rules import linear_relevance, maxpool_multiplier, norm_relevance, rescale_multiplier
+from ._lrp_rules import (bn_affine, bn_axis, conv_channels_last, linear_relevance, maxpool_multiplier, merged,
+                         norm_relevance, rescale_multiplier, sum_of)
 from ._model import pick_output
 from ._run import LayerRun, _bare_twin, softmax_site
 
@@ -58,7 +60,7 @@ _BENIGN = {"Identity", "Cast", "Placeholder", "IdentityN"}
 def _types(keras):
     L = keras.layers
     return dict(
-        linear=(L.Conv1D, L.Conv2D, L.Conv3D, L.Conv2DTranspose, L.DepthwiseConv2D, L.Dense),
+        linear=(L.Conv1D, L.Conv2D, L.Conv3D, L.Conv2DTranspose, L.DepthwiseConv2D, L.SeparableConv2D, L.Dense),
         avgpool=(L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D, L.GlobalAveragePooling1D,
                  L.GlobalAveragePooling2D, L.GlobalAveragePooling3D),
         maxpool=(L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D,
@@ -144,7 +146,7 @@ class RelevanceRun(LayerRun):
             return self._multiplier(inputs[0], call(), lambda u: type(layer).call(layer, u), maxpool_multiplier)
         if isinstance(layer, K.layers.Add) or (type(layer).__name__ == "Add" and not isinstance(layer, K.layers.Layer)
                                                and len(inputs) > 1):
-            return call() if self.deeplift else self._norm(layer, inputs, call(), _sum)
+            return call() if self.deeplift else self._norm(layer, inputs, call(), sum_of)
         if isinstance(layer, (K.layers.ZeroPadding1D, K.layers.ZeroPadding2D, K.layers.ZeroPadding3D)):
             out = call()  # routed; a conv right after it sees its zeros as its own padding
             self._padded[id(out)] = lambda: type(layer).call(layer, self.tf.ones_like(inputs[0]))
@@ -219,7 +221,9 @@ class RelevanceRun(LayerRun):
         return self._tag(inputs, y, backward) if inputs else y
 
     def _linear_layer(self, name, layer, x):
-        tf, K = self.tf, self.keras
+        K = self.keras
+        if isinstance(layer, K.layers.SeparableConv2D):  # its parts: depthwise, then pointwise with the bias
+            return self._separable(name, layer, x)
         key = "_kernel" if "_kernel" in vars(layer) else "kernel"
         W = K.ops.convert_to_tensor(vars(layer)[key])
         b = K.ops.convert_to_tensor(layer.bias) if getattr(layer, "use_bias", False) and layer.bias is not None else None
@@ -227,29 +231,57 @@ class RelevanceRun(LayerRun):
         def lin(a, w, bias):
             twin = _bare_twin(layer, {key: w, "bias": bias, "use_bias": bias is not None, "activation": None})
             return type(layer).call(twin, a)
+        return self._activate(name, layer, self._ruled(name, layer, x, lin, W, b))
 
+    def _separable(self, name, layer, x):
+        ops = self.keras.ops
+        first = layer.data_format == "channels_first"
+
+        def depthwise(a, w, bias):
+            return ops.depthwise_conv(a, w, strides=layer.strides, padding=layer.padding,
+                                      data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
+        def pointwise(h, w, bias):
+            out = ops.conv(h, w, strides=1, padding="valid", data_format=layer.data_format)
+            if bias is None:
+                return out
+            return out + ops.reshape(bias, (1, -1, 1, 1) if first else (1, 1, 1, -1))
+        b = ops.convert_to_tensor(layer.bias) if layer.use_bias else None
+        h = self._ruled(name, layer, x, depthwise, ops.convert_to_tensor(layer.depthwise_kernel), None, merge=False)
+        return self._activate(name, layer, self._ruled(name, layer, h, pointwise,
+                                                       ops.convert_to_tensor(layer.pointwise_kernel), b))
+
+    def _ruled(self, name, layer, x, lin, W, b, merge=True):
+        """``lin(x, W, b)`` whose backward is the layer's LRP rule (DeepLift: its plain gradient)."""
+        tf = self.tf
         z = lin(x, W, b)
+        if self.deeplift:
+            return z
         last = getattr(layer, "data_format", "channels_last") != "channels_first"
         support = self._padded.get(id(x))
-        if not self.deeplift:
-            record = {"layer": layer, "bn": None, "consumers": 0}
+        record = {"layer": layer, "bn": None, "consumers": 0}
 
-            def backward(R):
-                rule = self.rules.rule_for(name)
-                if rule is None:
-                    raise ValueError(f"No LRP rule for layer {name!r} ({type(layer).__name__}): the rule set has no "
-                                     "rule for it and no default.")
-                if record["bn"] is not None and record["consumers"] == 1:
-                    w, bias = _merged(tf, layer, W, b, *record["bn"], self.keras)
-                    return [linear_relevance(tf, rule, lin, x, R, w, bias, channels_last=last,
-                                             support=support and support())]
-                return [linear_relevance(tf, rule, lin, x, R, W, b, z=z, channels_last=last,
-                                         support=support and support())]
-            z = self._tag([x], z, backward)
+        def backward(R):
+            rule = self.rules.rule_for(name)
+            if rule is None:
+                raise ValueError(f"No LRP rule for layer {name!r} ({type(layer).__name__}): the rule set has no "
+                                 "rule for it and no default.")
+            w, bias, known = W, b, z
+            if record["bn"] is not None and record["consumers"] == 1:
+                (w, bias), known = merged(tf, layer, W, b, *record["bn"], self.keras), None
+            return [linear_relevance(tf, rule, lin, x, R, w, bias, z=known, channels_last=last,
+                                     support=support and support())]
+        z = self._tag([x], z, backward)
+        activation = vars(layer).get("activation")
+        if merge and (activation is None or activation is self.keras.activations.linear):
+            self._linear[id(z)] = record
+        return z
+
+    def _activate(self, name, layer, z):
+        """The layer's fused activation on its linear part ``z`` (split off: it passes)."""
+        K = self.keras
         activation = vars(layer).get("activation")
         if activation is None or activation is K.activations.linear:
-            if not self.deeplift:
-                self._linear[id(z)] = record
             return z
         if self.keep_scores and softmax_site(layer, K) == "fused":
             self._pending = z
@@ -263,10 +295,10 @@ class RelevanceRun(LayerRun):
         if self.deeplift:
             return y
         tf = self.tf
-        scale, shift = _bn_affine(tf, layer, x)
+        scale, shift = bn_affine(tf, layer, x)
         record = self._linear.get(id(x))
-        channel_axis = -1 if _channels_last(layer, record) else 1
-        mergeable = self.rules.canonize and record is not None and _bn_axis(layer, x) == channel_axis % len(x.shape)
+        channel_axis = -1 if conv_channels_last(layer, record) else 1
+        mergeable = self.rules.canonize and record is not None and bn_axis(layer, x) == channel_axis % len(x.shape)
         if mergeable:
             record["bn"] = (scale, shift)
 
@@ -275,51 +307,11 @@ class RelevanceRun(LayerRun):
                 return [R]  # merged into the layer before it
             rule = dict(self.rules.layers).get(name) or Rule("epsilon", epsilon=self.rules.sum_stabilizer)
             shape = [1] * len(x.shape)
-            shape[_bn_axis(layer, x)] = -1
+            shape[bn_axis(layer, x)] = -1
             s, t = tf.reshape(scale, shape), tf.reshape(shift, shape)
             return [linear_relevance(tf, rule, lambda a, w, bias: a * w + (0.0 if bias is None else bias),
                                      x, R, s, t, z=y)]
         return self._tag([x], y, backward)
-
-
-def _sum(*tensors):
-    out = tensors[0]
-    for t in tensors[1:]:
-        out = out + t
-    return out
-
-
-def _bn_axis(layer, x):
-    axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) and len(layer.axis) == 1 else layer.axis
-    return axis % len(x.shape) if isinstance(axis, int) else None
-
-
-def _channels_last(bn, record):
-    layer = None if record is None else record["layer"]
-    return getattr(layer, "data_format", "channels_last") != "channels_first"
-
-
-def _bn_affine(tf, layer, x):
-    """(scale, shift) of a BatchNormalization in inference: y = scale * x + shift."""
-    var = tf.convert_to_tensor(layer.moving_variance)
-    scale = tf.math.rsqrt(var + layer.epsilon)
-    if layer.scale:
-        scale = scale * tf.convert_to_tensor(layer.gamma)
-    shift = -tf.convert_to_tensor(layer.moving_mean) * scale
-    if layer.center:
-        shift = shift + tf.convert_to_tensor(layer.beta)
-    return scale, shift
-
-
-def _merged(tf, layer, W, b, scale, shift, keras):
-    """The weights of a conv or dense layer with the BatchNorm after it folded in."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        w = W * tf.reshape(scale, W.shape[-2:])
-    elif isinstance(layer, keras.layers.Conv2DTranspose):
-        w = W * scale[:, None]
-    else:
-        w = W * scale
-    return w, shift if b is None else b * scale + shift
 
 
 # ----------------------------------------------------------------- the backend's entry
