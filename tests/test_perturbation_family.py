@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import convscope as cs
-from convscope.attribution import feature_ablation, kernel_shap, lime, rise, rise_masks, shapley_sampling
+from convscope.attribution import feature_ablation, kernel_shap, lime, noise_tunnel, rise, rise_masks, shapley_sampling
 
 torch = pytest.importorskip("torch")
 
@@ -189,7 +189,8 @@ def test_other_backends_agree_with_torch(framework, module):
     torch_model = cs.data.demo_model("torch")
     grid = (np.arange(64)[:, None] // 16) * 4 + np.arange(64)[None] // 16
     for f, kw in [(rise, {"masks": 40}), (feature_ablation, {"features": grid}),
-                  (kernel_shap, {"features": grid, "samples": 64})]:
+                  (kernel_shap, {"features": grid, "samples": 64}), 
+                  (noise_tunnel, {"samples": 2, "method": ("occlusion", {"window": 16, "stride": 16})})]:
         ref = f(torch_model, data.images, data.labels, **kw).maps
         assert_close(f(other, data.images, data.labels, **kw).maps, ref, 1e-4)
 
