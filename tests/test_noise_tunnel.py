@@ -135,6 +135,26 @@ def test_smoothgrad_kept_and_equal_to_tunnel_of_raw_gradient(setup):
     assert_close(nt.attributions, sg.attributions, 1e-6)
 
 
+def test_callable_and_forward_only_methods(setup):
+    """A callable method gets the noisy batch; occlusion (forward only) inside the tunnel equals
+    occlusion of each noisy copy averaged by hand."""
+    net, x, target = setup
+    noise = np.random.default_rng(5).normal(0, 0.1, (3, *x.shape)).astype(np.float32)
+    seen = []
+
+    def method(model, images, t):
+        seen.append(len(images))
+        return saliency(model, images, t)
+
+    got = noise_tunnel(net, x, target, method=method, noise=noise, perturbations_per_eval=2)
+    assert seen == [6, 3] and got.info["method"] == "method"
+    assert_close(got.maps, noise_tunnel(net, x, target, noise=noise).maps, 1e-6)
+    from convscope.attribution import occlusion
+    occ = noise_tunnel(net, x, target, method=("occlusion", {"window": 4}), noise=noise, kind="smoothgrad_sq")
+    by_hand = np.mean([occlusion(net, x + e, target, window=4).maps.astype(np.float64) ** 2 for e in noise], axis=0)
+    assert_close(occ.maps, by_hand, 1e-6)
+
+
 def test_model_left_as_it_was(setup):
     net, x, target = setup
     net.train()
@@ -148,7 +168,8 @@ def test_model_left_as_it_was(setup):
 @pytest.mark.parametrize("kwargs, param", [
     ({"kind": "smoothgrad_squared"}, "kind"), ({"method": "no_such_method"}, "method"), ({"method": 3}, "method"),
     ({"samples": 0}, "samples"), ({"stdev": -1.0}, "stdev"), ({"perturbations_per_eval": 0}, "perturbations_per_eval"),
-    ({"noise": np.zeros((2, 1, 3, 12, 12), np.float32)}, "noise"), ({"target": 9}, "target")])
+    ({"noise": np.zeros((2, 1, 3, 12, 12), np.float32)}, "noise"), ({"target": 9}, "target"),
+    ({"method": lambda model, x, target: x}, "method")])
 def test_bad_input_names_the_argument(setup, kwargs, param):
     net, x, _ = setup
     with pytest.raises((ValueError, TypeError), match=f"'{param}' parameter of noise_tunnel"):

@@ -104,24 +104,24 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
             return noise[i]
         return np.random.default_rng([seed, int(i)]).standard_normal(x.shape, dtype=np.float32) * sigma
 
-    sums = [np.zeros(x.shape, np.float64), np.zeros(x.shape, np.float64)]
-    map_sums = [np.zeros((n,) + x.shape[2:], np.float64), np.zeros((n,) + x.shape[2:], np.float64)]
+    sums, map_sums = [0.0, 0.0], [0.0, 0.0]  # sum and sum of squares, float64
     signed = False
     for start in range(0, samples, per):
         draws = range(start, min(start + per, samples))
         images = np.concatenate([x + draw(i) for i in draws])  # draw-major: (draw, image)
         chunk_target = classes if callable(classes) else np.tile(classes, len(draws))
         result = function(backend, images, chunk_target, **options)
+        if not isinstance(result, AttributionMaps) or result.maps.shape != (len(images),) + x.shape[2:]:
+            raise param_error("method", owner, f"a method returning AttributionMaps with one map per image, "
+                              f"{(len(images),) + x.shape[2:]}", f"{name} returning {describe(result)}", TypeError)
         a = result.attributions if result.attributions is not None else result.maps[:, None]
         a = a.astype(np.float64).reshape((len(draws), n) + a.shape[1:])
         m = result.maps.astype(np.float64).reshape((len(draws), n) + result.maps.shape[1:])
-        if a.shape[2:] != x.shape[1:]:  # a method with one map per pixel: per-channel sums of the map
-            sums[0], sums[1] = sums[0][:, :1], sums[1][:, :1]
         sums[0] = sums[0] + a.sum(axis=0)
-        map_sums[0] += m.sum(axis=0)
+        map_sums[0] = map_sums[0] + m.sum(axis=0)
         if kind != "smoothgrad":
             sums[1] = sums[1] + (a ** 2).sum(axis=0)
-            map_sums[1] += (m ** 2).sum(axis=0)
+            map_sums[1] = map_sums[1] + (m ** 2).sum(axis=0)
         signed = result.signed
     attributions, maps = (_reduce(s, kind, samples) for s in (sums, map_sums))
     info = {"method": name, "kind": kind, "samples": samples, "stdev": stdev if noise is None else "given noise",
