@@ -249,3 +249,50 @@ def test_model_left_as_it_was(setup):
         assert not net._forward_hooks and all(p.requires_grad for p in net.parameters())
     finally:
         net.eval()
+
+
+def test_kernel_shap_exact_equals_the_shapley_formula(setup):
+    """phi_l = sum_S |S|! (M - |S| - 1)! / M! (v(S + l) - v(S)) over every coalition, written out."""
+    from itertools import combinations
+    from math import factorial
+
+    net, x, target, blocks = setup
+    got = kernel_shap(net, x[:1], target[:1], features=blocks, baseline=0.5)
+
+    def v(subset):
+        keep = np.isin(blocks, list(subset))[None]
+        return scores(net, np.where(keep, x[:1], 0.5), target[0])[0]
+
+    phi = np.zeros(6)
+    for l in range(6):
+        others = [k for k in range(6) if k != l]
+        for size in range(6):
+            for s in combinations(others, size):
+                phi[l] += factorial(size) * factorial(5 - size) / factorial(6) * (v(s + (l,)) - v(s))
+    assert_close(got.maps[0, ::4, ::6].reshape(-1), phi, 1e-5)
+
+
+def test_images_with_different_feature_counts(setup):
+    """Per-image label maps with 2 and 6 features: each image gets what it gets alone, and the
+    orders' extra features change nothing for the image that lacks them."""
+    net, x, target, blocks = setup
+    halves = np.where(np.arange(12)[None] < 6, 0, 1).repeat(12, axis=0)
+    labels = np.stack([halves, blocks, blocks])
+    for f, kw in [(feature_ablation, {}), (shapley_sampling, {"samples": 3}), (lime, {"samples": 40})]:
+        together = f(net, x, target, features=labels, **kw).maps
+        alone = f(net, x[:1], target[:1], features=halves, **kw).maps
+        if f is not shapley_sampling:  # the orders are drawn over the batch's largest count
+            np.testing.assert_allclose(together[:1], alone, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(together[1:], f(net, x[1:], target[1:], features=blocks, **kw).maps,
+                                   rtol=1e-5, atol=1e-5)
+    ablated = feature_ablation(net, x, target, features=labels)
+    assert len(np.unique(ablated.maps[0])) <= 2
+
+
+def test_default_segmentation_is_slic_50(setup):
+    pytest.importorskip("skimage")
+    from convscope.metrics._segments import superpixels
+
+    net, x, target, _ = setup
+    np.testing.assert_array_equal(feature_ablation(net, x, target).maps,
+                                  feature_ablation(net, x, target, features=superpixels(x, 50)).maps)
