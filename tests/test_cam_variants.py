@@ -87,6 +87,49 @@ def test_variant_equals_the_written_out_formula(net, name):
     np.testing.assert_allclose(got.maps, up(ref), rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
+def ablated_scores(net, x, layer, classes):
+    """(N, C): the class score with channel c of ``layer`` zeroed by a forward hook (the paper's ablation)."""
+    mod = dict(net.named_modules())[layer]
+    state = {}
+
+    def zero(module, inputs, output):
+        output = output.clone()
+        output[:, state["c"]] = 0
+        return output
+
+    h = mod.register_forward_hook(zero)
+    try:
+        cols = []
+        with torch.no_grad():
+            for c in range(64):
+                state["c"] = c
+                cols.append(net(torch.tensor(x))[np.arange(len(x)), classes].double().numpy())
+    finally:
+        h.remove()
+    return np.stack(cols, axis=1)
+
+
+def test_ablation_cam_equals_the_papers_formula_and_captums_layer_ablation(net):
+    from captum.attr import LayerFeatureAblation
+
+    acts, _, _, classes = autograd(net, X, ["relu4"])
+    with torch.no_grad():
+        y = net(torch.tensor(X))[np.arange(len(X)), classes].double().numpy()
+    w = (y[:, None] - ablated_scores(net, X, "relu4", classes)) / y[:, None]
+    ref = np.maximum(np.einsum("nc,nchw->nhw", w, acts["relu4"]), 0)
+    got = A.ablation_cam(net, X, layer="relu4", batch_size=2)
+    np.testing.assert_allclose(got.info["layer_maps"], ref, rtol=1e-4, atol=1e-5 * ref.max())
+    # Captum: the score drop of each channel ablated to the baseline 0 (one group per channel)
+    mask = torch.arange(64).reshape(1, 64, 1, 1).expand(1, 64, 8, 8)
+    drop = LayerFeatureAblation(net, net.relu4).attribute(torch.tensor(X), target=torch.tensor(classes),
+                                                          layer_mask=mask, layer_baselines=0.0)
+    w_captum = drop.detach().double().numpy()[:, :, 0, 0] / y[:, None]
+    ref_captum = np.maximum(np.einsum("nc,nchw->nhw", w_captum, acts["relu4"]), 0)
+    np.testing.assert_allclose(got.info["layer_maps"], ref_captum, rtol=1e-4, atol=1e-5 * ref.max())
+    with pytest.raises(ValueError, match="ablation_cam: channel c of 'pool3' can be zeroed only"):
+        A.ablation_cam(net, X, layer="pool3")
+
+
 def test_eigen_smooth_is_the_first_component_of_the_weighted_activations(net):
     acts, grads, _, _ = autograd(net, X, ["relu4"])
     a, g = acts["relu4"], grads["relu4"]
@@ -155,7 +198,7 @@ def test_full_grad_equals_pytorch_grad_cams_definition(net):
 def test_other_backends_give_torchs_maps(net, kind):
     other = convscope.load(demo_model("keras") if kind == "keras" else demo_path("onnx"))
     for f, kw in [(A.hires_cam, {}), (A.xgrad_cam, {}), (A.eigen_grad_cam, {}), (A.grad_cam, {"aug_smooth": True}),
-                  (A.grad_cam, {"eigen_smooth": True}), (A.full_grad, {}),
+                  (A.grad_cam, {"eigen_smooth": True}), (A.full_grad, {}), (A.ablation_cam, {}),
                   (A.multi_layer_cam, {"layers": LAYERS})]:
         a, b = f(net, X, **kw).maps, f(other, X, **kw).maps
         np.testing.assert_allclose(b, a, atol=1e-4 * max(1.0, np.abs(a).max()), err_msg=f.__name__)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import numpy as np
 
 from .._layers import check_layers, check_spatial, default_layer, records
-from .._targets import check_target, output_seeds, prepare, with_choices
-from .._validate import check_choice, describe, param_error
+from .._targets import check_target, objective, output_seeds, prepare, with_choices
+from .._batching import auto_batch_size
+from .._validate import check_choice, check_int, describe, param_error
+from ..backend import unchecked
 from ..backend import INPUT, OUTPUT
 from ._layer_maps import check_reshape, to_maps
 from .cam import LayerPass, _check_flag, _grad_cam_pp_weights, _layer_map, _output_seeds, _run
 from .result import AttributionMaps, upsample
 
-__all__ = ["make_cam", "registered_cams", "hires_cam", "xgrad_cam", "eigen_grad_cam", "full_grad",
+__all__ = ["make_cam", "registered_cams", "hires_cam", "xgrad_cam", "eigen_grad_cam", "ablation_cam", "full_grad",
            "multi_layer_cam"]
 
 _MODES = ("gradient", "activations")
@@ -110,6 +112,66 @@ def eigen_grad_cam(model, x, target=None, *, layer: str | None = None, clip: boo
 
 
 _REGISTRY.update({"hires_cam": (lambda p: p.grads, "gradient"), "xgrad_cam": (_xgrad_weights, "gradient")})
+
+
+# --------------------------------------------------------------------------- Ablation-CAM
+def _ablated_producer(recs, layer: str) -> str:
+    """The conv or norm layer whose parameters of channel c, zeroed, make channel c of ``layer``
+    exactly zero: the layer itself, or the one a ReLU reads when nothing else reads it."""
+    by = {r.name: r for r in recs}
+    record = by[layer]
+    producer = record
+    if record.kind == "relu" and len(record.inputs) == 1 and record.inputs[0] in by:
+        producer = by[record.inputs[0]]
+        if [r.name for r in recs if producer.name in r.inputs] != [layer]:
+            producer = None
+    if producer is None or producer.kind not in ("conv", "norm"):
+        raise ValueError(f"ablation_cam: channel c of {layer!r} can be zeroed only as the output of a conv or "
+                         "norm layer (or of a ReLU that alone reads one), by zeroing that layer's filter c and "
+                         f"bias c; {layer!r} ({record.kind}) is not. Pass layer=<such a layer>.")
+    return producer.name
+
+
+def _ablation_weights(p: LayerPass, batch_size: int) -> np.ndarray:
+    """``w_c = (y - y_c) / y``: y the explained score, y_c the score with channel c zeroed (a copy
+    of the model per channel, :meth:`Backend.with_weights`; the images in batches)."""
+    producer = _ablated_producer(p.records, p.layer)
+    params = {k: np.asarray(v) for k, v in p.backend.weights(producer).items() if k in ("weight", "kernel", "bias")}
+    if not params:
+        raise ValueError(f"ablation_cam: {producer!r} has no weight or bias to zero (a norm layer without "
+                         "affine parameters); pass another layer.")
+    n, c = p.acts.shape[:2]
+    base = objective(p.outputs, p.seeds, "score")
+    weights = np.zeros((n, c), np.float64)
+    for ch in range(c):
+        zeroed = {}
+        for k, v in params.items():
+            z = v.copy()
+            z[ch] = 0  # filters, biases and norm scales are channel-first on every backend
+            zeroed[k] = z
+        ablated = unchecked(p.backend.with_weights({producer: zeroed}))
+        scores = [objective(ablated.forward(p.x[s:s + batch_size]), p.seeds[s:s + batch_size], "score")
+                  for s in range(0, n, batch_size)]
+        weights[:, ch] = base - np.concatenate(scores)
+    return np.divide(weights, base[:, None], out=np.zeros_like(weights), where=base[:, None] != 0).astype(np.float32)
+
+
+def ablation_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True, reshape=None,
+                 aug_smooth: bool = False, eigen_smooth: bool = False, batch_size: int | None = None) -> AttributionMaps:
+    """Ablation-CAM (Desai & Ramaswamy 2020): ``w_c = (y - y_c) / y``, y the explained class
+    score and y_c the score with channel c of ``layer`` set to zero; ``cam = ReLU(sum_c w_c A_c)``.
+    Forward passes only (any backend). Channel c is zeroed through the parameters, exactly: the
+    filter and bias c of the conv (or the scale and offset c of the norm layer) producing ``layer``,
+    directly or through a ReLU. One model copy per channel; ``batch_size`` images per call
+    (None: sized to the images). A zero score gives zero weights."""
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", "ablation_cam", low=1)
+
+    def weights(p: LayerPass) -> np.ndarray:
+        return _ablation_weights(p, batch_size or auto_batch_size(*p.x.shape[2:]))
+
+    return _run("ablation_cam", model, x, target, layer, weights, "activations", clip, reshape=reshape,
+                aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, precheck=_ablated_producer)
 
 
 # --------------------------------------------------------------------------- several layers
