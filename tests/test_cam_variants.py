@@ -231,3 +231,16 @@ def test_bad_arguments_name_the_argument(net):
         A.make_cam("x_cam", lambda p: p.grads, mode="magic")
     with pytest.raises(TypeError, match="'weights_fn' parameter of make_cam"):
         A.make_cam("x_cam", 3)
+
+
+def test_the_docs_examples_run(capsys, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+    monkeypatch.chdir(tmp_path)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cam.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/cam.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("relu4 6 (4, 64, 64) 1.0\n(4, 64, 64)\n(4, 64, 64)\n"), out
