@@ -147,3 +147,15 @@ def test_bad_input_names_the_argument(net):
         learn_cav(net, "pool", striped(8, 0), cv.random_examples(8), classifier="svm")
     with pytest.raises(ValueError, match="'concept' parameter of concept_examples"):
         cv.concept_examples("nope")
+
+
+@pytest.mark.slow
+def test_the_docs_example_runs(capsys):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    exec(compile(block, "docs/concepts.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert "class 0: 0.71 (p=0.0198, significant)" in out[0] and "class 0: 0.56 (p=0.213)" in out[1], out
+    assert out[2] == "3 circle detectors at relu3", out
