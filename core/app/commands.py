@@ -16,9 +16,40 @@ from .outputs import check_output, staged, write_result
 
 __all__ = ["COMMANDS", "LAYER_METHODS", "METHODS", "note"]
 
-LAYER_METHODS = {"cam", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "eigen_cam", "guided_grad_cam"}
-METHODS = sorted(LAYER_METHODS | {"saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet",
-                                   "guided_backprop", "occlusion"})
+def _attribution_methods():
+    """Every attribution function ``NAME(model, x, target, ...)``, and the CAMs (``--layer``)."""
+    import inspect
+
+    from .. import attribution
+
+    names, layered = [], set()
+    for name in attribution.__all__:
+        fn = getattr(attribution, name)
+        params = list(inspect.signature(fn).parameters) if inspect.isfunction(fn) else []
+        if params[:3] == ["model", "x", "target"]:
+            names.append(name)
+            if "layer" in params and fn.__module__.split(".")[-1].startswith("cam"):  # the CAM family
+                layered.add(name)
+    return sorted(names), layered
+
+
+METHODS, LAYER_METHODS = _attribution_methods()
+#: what the command gives a method for a required argument the command line has no option for
+BASELINES_NOTE = ("baselines: a black image and 7 uniform-noise images in the model's input range (seed 0), "
+                  "as a small reference distribution")
+
+
+def _required(backend, x, method) -> dict:
+    import inspect
+
+    from .. import attribution
+
+    params = inspect.signature(getattr(attribution, method)).parameters
+    if "baselines" in params and params["baselines"].default is inspect.Parameter.empty:
+        low, high = getattr(backend, "value_range", (0.0, 1.0))
+        noise = np.random.default_rng(0).uniform(low, high, (7, *x.shape[1:])).astype(np.float32)
+        return {"baselines": np.concatenate([np.full((1, *x.shape[1:]), low, np.float32), noise])}
+    return {}
 
 
 def note(args, text):
@@ -126,6 +157,9 @@ def cmd_explain(args):
     _names(args, backend, x)
     target = class_index(args.target, args.names, args.n_classes)
     kwargs = {"layer": args.layer} if args.layer and args.method in LAYER_METHODS else {}
+    kwargs.update(_required(backend, x, args.method))
+    if "baselines" in kwargs:
+        note(args, BASELINES_NOTE)
     result = getattr(attribution, args.method)(backend, x, target, **kwargs)
     explained = result.target if result.target is not None else (
         np.full(len(x), target) if target is not None else args.scores.argmax(1))
