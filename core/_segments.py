@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_int, check_number, describe, param_error
+from ._validate import check_int, check_number, describe, param_error
 
 __all__ = ["superpixels", "check_segments"]
 

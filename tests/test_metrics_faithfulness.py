@@ -355,7 +355,7 @@ def test_superpixels_and_user_segments():
     pytest.importorskip("skimage")
     from skimage.segmentation import slic
 
-    from convscope.metrics._segments import check_segments, superpixels
+    from convscope._segments import check_segments, superpixels
 
     from convscope.data import shapes
 

@@ -291,7 +291,7 @@ def test_images_with_different_feature_counts(setup):
 
 def test_default_segmentation_is_slic_50(setup):
     pytest.importorskip("skimage")
-    from convscope.metrics._segments import superpixels
+    from convscope._segments import superpixels
 
     net, x, target, _ = setup
     np.testing.assert_array_equal(feature_ablation(net, x, target).maps,

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._validate import check_int, describe, param_error
 from .._targets import objective, output_seeds
-from ..metrics._segments import check_segments, superpixels
+from .._segments import check_segments, superpixels
 
 #: The segmentation used when ``features`` is left open: SLIC with this many segments.
 DEFAULT_SEGMENTS = 50

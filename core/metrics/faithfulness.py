@@ -18,7 +18,7 @@ from .._imageops import fill_images
 from .._targets import OUTPUT_MODES, check_target, entry_images, objective, output_seeds, with_choices
 from .._validate import check_choice, check_int, check_number, describe, param_error
 from ._imputation import _sparse, noisy_linear_imputation
-from ._segments import check_segments, superpixels
+from .._segments import check_segments, superpixels
 from .pointing import as_maps
 from .registry import register_metric
 from .result import MetricScores
