@@ -82,6 +82,57 @@ def _reference_ablation(model, module, x, classes, batch=64):
     return _resize(np.maximum(np.einsum("nc,nchw->nhw", w, a), 0), x.shape[2:])
 
 
+def _projection(wa):
+    """pytorch-grad-cam's get_2d_projection, one image at a time."""
+    out = []
+    for a in wa:
+        r = a.reshape(a.shape[0], -1).T
+        r = r - r.mean(axis=0)
+        _, _, vt = np.linalg.svd(r, full_matrices=True)
+        out.append((r @ vt[0]).reshape(a.shape[1:]))
+    return np.float32(out)
+
+
+def _reference_eigen_grad(model, module, x, classes):
+    a, g = _hooked(model, module, x, classes)
+    return _resize(np.maximum(_projection(g * a), 0), x.shape[2:])
+
+
+def _scale(m):
+    m = m - m.min(axis=(-2, -1), keepdims=True)
+    return m / (1e-7 + m.max(axis=(-2, -1), keepdims=True))
+
+
+def _reference_full_grad(model, x, classes):
+    """pytorch-grad-cam's FullGrad: hooks on every conv and batch norm, the input gradient."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))
+              and m.bias is not None]
+    grads = {}
+
+    def keep(mod, inputs, output):
+        output.register_hook(lambda g: grads.__setitem__(mod, g))
+
+    hooks = [m.register_forward_hook(keep) for m in layers]
+    try:
+        xt = torch.from_numpy(x).requires_grad_()
+        out = model(xt)
+        model.zero_grad()
+        out[np.arange(len(x)), classes].sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    total = _scale(np.abs(xt.grad.numpy() * x)).sum(1)
+    for m in layers:
+        b = m.bias if isinstance(m, torch.nn.Conv2d) else m.bias - m.running_mean * m.weight / torch.sqrt(
+            m.running_var + m.eps)
+        bg = np.abs(b.detach().numpy()[None, :, None, None] * grads[m].numpy())
+        n, c, h, w = bg.shape
+        total += _resize(_scale(bg.reshape(n * c, h, w)), x.shape[2:]).reshape(n, c, *x.shape[2:]).sum(1)
+    return _scale(total)
+
+
 def cam_cases(model, x, layer):
     import torch
 
@@ -98,6 +149,10 @@ def cam_cases(model, x, layer):
                       lambda: _reference_cam(lambda a, g: g)(model, module, x, classes)),
         "xgrad_cam": (lambda: A.xgrad_cam(backend, x, classes, layer=layer),
                       lambda: _reference_cam(xgrad)(model, module, x, classes)),
+        "eigen_grad_cam": (lambda: A.eigen_grad_cam(backend, x, classes, layer=layer),
+                           lambda: _reference_eigen_grad(model, module, x, classes)),
+        "full_grad": (lambda: A.full_grad(backend, x, classes),
+                      lambda: _reference_full_grad(model, x, classes)),
         "ablation_cam": (lambda: A.ablation_cam(backend, x, classes, layer=layer),
                          lambda: _reference_ablation(model, module, x, classes)),
     }

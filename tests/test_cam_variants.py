@@ -191,6 +191,22 @@ def test_full_grad_equals_pytorch_grad_cams_definition(net):
     got = A.full_grad(net, X)
     assert got.info["layers"] == layers
     np.testing.assert_allclose(got.maps, ref, atol=2e-4)
+    # the same from Captum's pieces: InputXGradient, and the layer gradients dS/dz of
+    # LayerGradientXActivation(multiply_by_inputs=False), times the biases
+    from captum.attr import InputXGradient, LayerGradientXActivation
+
+    xt, tt = torch.tensor(X), torch.tensor(got.target)
+    total = scale(np.abs(InputXGradient(ref_net).attribute(xt.clone().requires_grad_(), target=tt)
+                         .detach().double().numpy())).sum(1)
+    for n in layers:
+        m = mods[n]
+        dz = LayerGradientXActivation(ref_net, m, multiply_by_inputs=False).attribute(xt, target=tt)
+        b = (m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+             if isinstance(m, torch.nn.BatchNorm2d) else m.bias).detach().double().numpy()
+        bg = np.abs(b[None, :, None, None] * dz.detach().double().numpy())
+        s = scale(bg.reshape(-1, *bg.shape[2:]))
+        total += (up(s) if s.shape[-1] != 64 else s).reshape(len(X), -1, 64, 64).sum(1)
+    np.testing.assert_allclose(got.maps, scale(total), atol=2e-4)
 
 
 @pytest.mark.slow

@@ -278,9 +278,9 @@ def full_grad(model, x, target=None) -> AttributionMaps:
         if b is None:
             continue
         bias_grad = np.abs(b[None, :, None, None] * g.grads[r.name])
-        n, c, h, w = bias_grad.shape
-        total += _scaled(bias_grad.reshape(n * c, h, w).astype(np.float32), x.shape[2:]).reshape(
-            n, c, *x.shape[2:]).sum(axis=1, dtype=np.float64)
+        # the upsampling is linear: the channels' scaled maps are summed first, upsampled once
+        summed = _scaled(bias_grad).sum(axis=1, dtype=np.float64).astype(np.float32)
+        total += summed if summed.shape[1:] == x.shape[2:] else upsample(summed, x.shape[2:])
         used.append(r.name)
     maps = _scaled(total.astype(np.float32))
     return AttributionMaps(maps, x, owner, box["classes"], outputs=g.outputs,
