@@ -10,7 +10,7 @@ from convscope.app.cli import main
 pytest.importorskip("torch")
 
 SECTIONS = ["Layers", "Filters and activation maps", "Top activating patches", "Embedding", "Saliency family",
-            "CAM family", "Methods compared", "Activation maximisation", "DeepDream, inversion, texture, style, fooling",
+            "CAM family", "More CAMs", "Rule-based family (LRP, DeepLift)", "Methods compared", "Activation maximisation", "DeepDream, inversion, texture, style, fooling",
             "Network Dissection", "Timing"]
 LOG = {}
 
@@ -39,7 +39,7 @@ def test_progress_per_section_with_elapsed_time(report):
 def test_one_section_per_subject_and_timing_apart(report):
     page = report.read_text()
     headings = re.findall(r"<h2>(.*?)</h2>", page)
-    assert headings == SECTIONS  # Network Dissection once, Timing its own section, last
+    assert headings == SECTIONS  # Network Dissection once, Timing its own section, last; no perturbation in --quick
     assert "demo_weights.npz" in page.split("<header>")[1].split("</header>")[0]  # the model file is named
 
 

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from .inputs import (UsageError, class_index, class_names, load_model, open_backend, read_folder, read_images,
-                     resize_mode, target_size)
+from .inputs import (BASELINES_NOTE, UsageError, class_index, class_names, load_model, open_backend, read_folder,
+                     read_images, required_arguments, resize_mode, target_size)
 from .outputs import check_output, staged, write_result
 
 __all__ = ["COMMANDS", "LAYER_METHODS", "METHODS", "note"]
@@ -34,24 +34,6 @@ def _attribution_methods():
 
 
 METHODS, LAYER_METHODS = _attribution_methods()
-#: what the command gives a method for a required argument the command line has no option for
-BASELINES_NOTE = ("baselines: a black image and 7 uniform-noise images in the model's input range (seed 0), "
-                  "as a small reference distribution")
-
-
-def _required(backend, x, method) -> dict:
-    import inspect
-
-    from .. import attribution
-
-    params = inspect.signature(getattr(attribution, method)).parameters
-    if "baselines" in params and params["baselines"].default is inspect.Parameter.empty:
-        low, high = getattr(backend, "value_range", (0.0, 1.0))
-        noise = np.random.default_rng(0).uniform(low, high, (7, *x.shape[1:])).astype(np.float32)
-        return {"baselines": np.concatenate([np.full((1, *x.shape[1:]), low, np.float32), noise])}
-    return {}
-
-
 def note(args, text):
     """A one-line note on stderr (what was done to the input)."""
     print(f"convscope {args.command}: note: {text}", file=sys.stderr)
@@ -157,7 +139,7 @@ def cmd_explain(args):
     _names(args, backend, x)
     target = class_index(args.target, args.names, args.n_classes)
     kwargs = {"layer": args.layer} if args.layer and args.method in LAYER_METHODS else {}
-    kwargs.update(_required(backend, x, args.method))
+    kwargs.update(required_arguments(backend, x, args.method))
     if "baselines" in kwargs:
         note(args, BASELINES_NOTE)
     result = getattr(attribution, args.method)(backend, x, target, **kwargs)

@@ -19,7 +19,7 @@ import numpy as np
 from ..preprocess import RESIZE_MODES
 
 __all__ = ["UsageError", "load_model", "open_backend", "model_size", "read_images", "read_folder", "class_names",
-           "class_index", "MODEL_FORMATS", "RESIZE_MODES"]
+           "class_index", "MODEL_FORMATS", "RESIZE_MODES", "BASELINES_NOTE", "required_arguments"]
 
 MODEL_FORMATS = "an .onnx file, a .keras (or .h5) file, a torch model as package.module:factory, or 'demo' / demo:torch|onnx|keras"
 
@@ -269,3 +269,23 @@ def class_index(value, names, k=None, option="--target"):
     hint = f"; close matches: {', '.join(close)}" if close else f"; the classes are {', '.join(names[:12])}" + (
         ", ..." if len(names) > 12 else "")
     raise UsageError(f"{option} {text!r} is not a class name{hint}")
+
+
+#: what the command gives a method for a required argument the command line has no option for
+BASELINES_NOTE = ("baselines: a black image and 7 uniform-noise images in the model's input range (seed 0), "
+                  "as a small reference distribution")
+
+
+def required_arguments(backend, x, method) -> dict:
+    """Values for a method's required arguments the command line has no option for (DeepLiftShap's and
+    GradientShap's ``baselines``: :data:`BASELINES_NOTE`)."""
+    import inspect
+
+    from .. import attribution
+
+    params = inspect.signature(getattr(attribution, method)).parameters
+    if "baselines" in params and params["baselines"].default is inspect.Parameter.empty:
+        low, high = getattr(backend, "value_range", (0.0, 1.0))
+        noise = np.random.default_rng(0).uniform(low, high, (7, *x.shape[1:])).astype(np.float32)
+        return {"baselines": np.concatenate([np.full((1, *x.shape[1:]), low, np.float32), noise])}
+    return {}
