@@ -18,7 +18,10 @@ def test_python_blocks_run(capsys, tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "['conv1', 'bn1', 'relu1', 'pool1']" in out and "(4, 3, 64, 64) (4, 64, 8, 8)" in out
-    assert out.strip().endswith("True\nrelu4 (1, 64, 64)") and (tmp_path / "grad_cam.png").exists()
+    assert "True\nrelu4 (1, 64, 64)\n" in out and (tmp_path / "grad_cam.png").exists()
+    assert "EpsilonPlus [" in out and "pointing_game (localisation; higher is better" in out
+    table = out.split("pointing_game (localisation")[1]
+    assert all(f"{fw} / {m}" in table for fw in ("torch", "onnx") for m in ("lrp", "grad_cam"))
 
 
 def test_ci_runs_the_readme_test_command():
