@@ -24,7 +24,7 @@ def by_hand(model, x, masks, *, share_maps=True):
     """Every metric called on its own: on maps computed once per method, or computed anew
     for each metric (``share_maps=False``)."""
     from convscope import attribution
-    from convscope.metrics import METRICS as registered, evaluate
+    from convscope.metrics import METRICS as registered, evaluate_metric
 
     scores = {}
     for method in METHODS:
@@ -34,7 +34,7 @@ def by_hand(model, x, masks, *, share_maps=True):
                 continue
             if not share_maps:
                 maps = getattr(attribution, method)(model, x)
-            scores[method, metric] = evaluate(metric, model=model, x=x, maps=maps, masks=masks,
+            scores[method, metric] = evaluate_metric(metric, model=model, x=x, maps=maps, masks=masks,
                                               options=OPTIONS.get(metric)).scores
     return scores
 

@@ -223,9 +223,9 @@ def test_registered_with_their_directions(demo):
         {"completeness": ("axiomatic", False), "input_invariance": ("axiomatic", True),
          "non_sensitivity": ("axiomatic", False)}
     ig = convscope.integrated_gradients(model, x[:1], steps=4)
-    assert M.evaluate("completeness", model=model, x=x[:1], maps=ig).scores == pytest.approx(
+    assert M.evaluate_metric("completeness", model=model, x=x[:1], maps=ig).scores == pytest.approx(
         np.abs(ig.info["delta"]), abs=1e-5)
-    small = M.evaluate("non_sensitivity", model=model, x=x[:1], maps=ig, options={"features_in_step": 256})
+    small = M.evaluate_metric("non_sensitivity", model=model, x=x[:1], maps=ig, options={"features_in_step": 256})
     assert small.info["features_in_step"] == 256 and 0 <= small.scores[0] <= 64 * 64
 
 

@@ -142,7 +142,7 @@ def test_registered_and_run_by_name(name):
 
     maps = np.random.default_rng(2).random((3, 5, 5)).astype(np.float32)
     result = AttributionMaps(maps, np.zeros((3, 3, 5, 5), np.float32), "x")
-    by_name = M.evaluate(name, maps=result, masks=None, model=None)
+    by_name = M.evaluate_metric(name, maps=result, masks=None, model=None)
     assert by_name.metric == name and by_name.higher_is_better is COMPLEXITY[name]
     np.testing.assert_array_equal(by_name.scores, getattr(M, name)(maps).scores)
 

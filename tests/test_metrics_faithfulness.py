@@ -275,12 +275,12 @@ def test_every_metric_is_registered_and_runs_by_name(case):
     for name, opts in options.items():
         spec = M.get_metric(name)
         assert spec.family == "faithfulness"
-        got = M.evaluate(name, model=net, x=x, maps=maps, target=y, options=opts)
+        got = M.evaluate_metric(name, model=net, x=x, maps=maps, target=y, options=opts)
         assert got.metric == name and got.higher_is_better == spec.higher_is_better and got.scores.shape == (3,)
-    irof = M.evaluate("irof", model=net, x=x, maps=maps, options={"n_segments": 8})
+    irof = M.evaluate_metric("irof", model=net, x=x, maps=maps, options={"n_segments": 8})
     assert "SLIC" in irof.info["choices"]["segments"]  # chosen for the user, so said
     with pytest.raises(TypeError, match=r"'order' parameter of metric 'road_morf'"):
-        M.evaluate("road_morf", model=net, x=x, maps=maps, options={"order": "lerf"})
+        M.evaluate_metric("road_morf", model=net, x=x, maps=maps, options={"order": "lerf"})
 
 
 def test_the_same_numbers_on_the_onnx_backend():

@@ -282,7 +282,7 @@ def test_registered_and_run_by_name(name):
     assert name in M.__all__
     rng = np.random.default_rng(4)
     maps, masks = rng.random((3, 6, 6)), rng.random((3, 6, 6)) < 0.5
-    by_name = M.evaluate(name, maps=maps, masks=masks, x=None, model=None, options=SMALL.get(name))
+    by_name = M.evaluate_metric(name, maps=maps, masks=masks, x=None, model=None, options=SMALL.get(name))
     np.testing.assert_array_equal(by_name.scores, _fn(name)(maps, masks).scores)
     assert by_name.metric == name and by_name.scores.dtype == np.float64
 
@@ -336,6 +336,6 @@ def test_the_docs_localisation_numbers_are_recomputed():
     quoted = _docs_table("Localisation")
     assert set(quoted) == set(maps)
     for name, m in maps.items():
-        ours = [M.evaluate(metric, maps=m, masks=data.object_masks).mean for metric in LOCALISATION]
+        ours = [M.evaluate_metric(metric, maps=m, masks=data.object_masks).mean for metric in LOCALISATION]
         np.testing.assert_allclose(ours, quoted[name], rtol=0.01, atol=0.002, err_msg=name)
     assert data.object_masks.mean() == pytest.approx(0.138, abs=5e-4)  # "objects cover 13.8% of the pixels"

@@ -163,7 +163,7 @@ def test_registered_and_run_by_name(demo):
     for name in ("max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate"):
         spec = M.get_metric(name)
         assert spec.family == "robustness" and not spec.higher_is_better
-        by_name = M.evaluate(name, model=model, x=x[:1], method=("smoothgrad", {"samples": 2}), maps=None,
+        by_name = M.evaluate_metric(name, model=model, x=x[:1], method=("smoothgrad", {"samples": 2}), maps=None,
                              options={"samples": 2})
         direct = getattr(M, name)(model, x[:1], ("smoothgrad", {"samples": 2}), samples=2)
         np.testing.assert_array_equal(by_name.scores, direct.scores)

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 import convscope  # noqa: E402
 from convscope.attribution import saliency  # noqa: E402
 from convscope.data import demo_model, shapes  # noqa: E402
-from convscope.metrics import evaluate, model_randomisation, random_logit  # noqa: E402
+from convscope.metrics import evaluate_metric, model_randomisation, random_logit  # noqa: E402
 from convscope.metrics._similarity import hog_similarity, pearson, spearman, ssim  # noqa: E402
 
 
@@ -223,11 +223,11 @@ def test_same_draws_in_both_orders_batch_invariance_and_model_untouched():
 
 def test_registered_metrics_through_evaluate():
     model = Tiny()
-    got = evaluate("model_randomisation", model=model, x=X, method="saliency", target=0)
+    got = evaluate_metric("model_randomisation", model=model, x=X, method="saliency", target=0)
     want = model_randomisation(model, X, "saliency", 0, similarity="spearman").similarity["spearman"][-1]
     np.testing.assert_allclose(got.scores, want)
     assert not got.higher_is_better and got.info["layers"] == ["fc", "conv2", "conv1"]
-    rl = evaluate("random_logit", model=model, x=X, method="grad_cam", options={"similarity": "spearman"})
+    rl = evaluate_metric("random_logit", model=model, x=X, method="grad_cam", options={"similarity": "spearman"})
     assert rl.scores.shape == (6,) and rl.metric == "random_logit"
 
 

@@ -27,7 +27,21 @@ def rise_masks(count, size, *, cell=7, p=0.5, seed=0):
     False, edges clamped) and cropped at a random shift in ``[0, ceil(H / cell))`` per axis.
     The grids and shifts come from ``numpy.random.default_rng(seed)``, drawn all at once
     (``count * cell^2`` bits), so mask i depends on (seed, i, count) only."""
-    return _mask_chunk(_mask_draws(count, size, cell, p, seed), size, cell, 0, count)
+    owner = "rise_masks"
+    count = check_int(count, "count", owner, low=1)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2):
+        raise param_error("size", owner, "(H, W), two positive ints", describe(size))
+    size = tuple(check_int(v, "size", owner, low=1) for v in size)
+    cell = check_int(cell, "cell", owner, low=1, high=min(size))
+    p = _check_p(p, owner)
+    return _mask_chunk(_mask_draws(count, size, cell, p, check_int(seed, "seed", owner, low=0)), size, cell, 0, count)
+
+
+def _check_p(p, owner):
+    p = check_number(p, "p", owner, low=0, strict=True)
+    if p > 1:
+        raise param_error("p", owner, "a probability in (0, 1]", str(p))
+    return p
 
 
 def _check_masks(masks, size, owner):
@@ -59,9 +73,7 @@ def rise(model, x, target=None, *, masks=4000, cell: int = 7, p: float = 0.5, se
     n, _, h, w = x.shape
     count, given = _check_masks(masks, (h, w), owner)
     cell = check_int(cell, "cell", owner, low=1, high=min(h, w) if given is None else None)
-    p = check_number(p, "p", owner, low=0, strict=True)
-    if p > 1:
-        raise param_error("p", owner, "a probability in (0, 1]", str(p))
+    p = _check_p(p, owner)
     seed = check_int(seed, "seed", owner, low=0)
     check_choice(output, OUTPUT_MODES, "output", owner)
     size = max(n, auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1))

@@ -13,7 +13,7 @@ import numpy as np
 from .._plugins import load
 from .._scan import Summary
 from .._validate import param_error
-from .registry import evaluate
+from .registry import evaluate_metric
 
 __all__ = ["CompareStep", "Tally", "batch_masks", "CELL_ERRORS"]
 
@@ -90,7 +90,7 @@ class CompareStep:
             out["errors"][cell] = "skipped: no masks given (this metric needs ground-truth masks)"
             return
         try:
-            result = evaluate(spec.name, model=backend, x=x, maps=maps, target=target, masks=masks, method=fn,
+            result = evaluate_metric(spec.name, model=backend, x=x, maps=maps, target=target, masks=masks, method=fn,
                               options=self.options.get(spec.name))
             scores = np.asarray(result.scores, np.float64)
             if scores.shape != (len(x),):

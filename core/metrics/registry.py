@@ -6,7 +6,7 @@ function takes the arguments it needs by these keyword names: ``model`` (anythin
 AttributionMaps, ``target`` (N,) classes, ``masks`` (N, H, W) bool ground truth, ``method``
 (the explanation method: an attribution function's name or a callable
 ``method(model, x, target) -> AttributionMaps``), and returns a :class:`MetricScores`.
-:func:`evaluate` calls any metric by name with whatever of these the caller has, passing
+`evaluate_metric` calls any metric by name with whatever of these the caller has, passing
 only what it needs; :func:`convscope.metrics.compare` is built on it.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 
 from .._validate import param_error
 
-__all__ = ["MetricSpec", "METRICS", "FAMILIES", "NEEDS", "register_metric", "get_metric", "evaluate", "as_method"]
+__all__ = ["MetricSpec", "METRICS", "FAMILIES", "NEEDS", "register_metric", "get_metric", "evaluate_metric", "as_method"]
 
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "axiomatic", "randomisation")
 NEEDS = frozenset({"model", "x", "maps", "target", "masks", "method"})
@@ -40,9 +40,10 @@ def register_metric(name: str, family: str, *, higher_is_better: bool, needs):
     """Decorator: list ``fn`` under ``name`` (a metric's public function)."""
     needs = frozenset(needs)
     if family not in FAMILIES:
-        raise ValueError(f"unknown metric family {family!r}; one of {FAMILIES}")
+        raise param_error("family", "register_metric", f"one of {list(FAMILIES)}", repr(family))
     if not needs <= NEEDS:
-        raise ValueError(f"metric {name!r} needs {sorted(needs - NEEDS)}, which evaluate() cannot pass")
+        raise param_error("needs", "register_metric", f"names among {sorted(NEEDS)} (what evaluate_metric passes)",
+                          repr(sorted(needs - NEEDS)))
 
     def wrap(fn):
         METRICS[name] = MetricSpec(name, family, fn, higher_is_better, needs,
@@ -62,10 +63,10 @@ def get_metric(name, owner: str = "compare", param: str = "metrics") -> MetricSp
     return METRICS[name]
 
 
-def evaluate(name, **available):
+def evaluate_metric(name, **available):
     """Run metric ``name`` with the arguments it needs from ``available`` (model, x, maps,
     target, masks, method), plus ``options`` (a dict of its own keyword arguments)."""
-    spec = get_metric(name, "evaluate", "name")
+    spec = get_metric(name, "evaluate_metric", "name")
     options = dict(available.pop("options", None) or {})
     missing = [k for k in spec.needs if available.get(k) is None and k != "target"]
     if missing:
