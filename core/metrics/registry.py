@@ -17,7 +17,8 @@ from typing import Callable
 
 from .._validate import param_error
 
-__all__ = ["MetricSpec", "METRICS", "FAMILIES", "NEEDS", "register_metric", "get_metric", "evaluate_metric", "as_method"]
+__all__ = ["MetricSpec", "METRICS", "FAMILIES", "NEEDS", "register_metric", "get_metric", "evaluate_metric",
+           "as_method"]
 
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "axiomatic", "randomisation")
 NEEDS = frozenset({"model", "x", "maps", "target", "masks", "method"})

@@ -38,8 +38,8 @@ STATISTICS = ("running_mean", "running_var")
 def normal_like(layer: str, weights: dict, rng) -> dict:
     """The default randomisation: each parameter tensor re-drawn from N(0, s^2) with ``s`` that
     tensor's own standard deviation (biases too); batch-norm statistics are kept."""
-    bad = [k for k, v in getattr(weights, "items", lambda: [(None, weights)])() if np.asarray(v).dtype.kind not in "fiu"]
-    if bad:
+    pairs = weights.items() if hasattr(weights, "items") else [(None, weights)]
+    if any(np.asarray(v).dtype.kind not in "fiu" for _, v in pairs):
         raise param_error("weights", "normal_like", "a mapping {parameter name: numeric array}",
                           describe(weights), TypeError)
     return {k: rng.normal(0.0, float(np.std(v)), np.shape(v)).astype(np.float32)
