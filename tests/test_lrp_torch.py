@@ -14,11 +14,13 @@ from convscope.attribution.relevance import COMPOSITES  # noqa: E402
 from convscope._relevance import LRP_RULES  # noqa: E402
 
 
-def _captum(model, x, target, make_rule):
+def _captum(model, x, target, make_rule, relu_rule=None):
     model = copy.deepcopy(model)
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             m.rule = make_rule()
+        if relu_rule is not None and isinstance(m, torch.nn.ReLU):
+            m.rule = relu_rule()
     out = captum_lrp.LRP(model).attribute(torch.from_numpy(x), target=torch.as_tensor(target))
     return out.detach().numpy()
 
@@ -32,7 +34,7 @@ def vgg():
     return lrp_nets.build("vgg"), lrp_nets.images(2), [1, 3]
 
 
-@pytest.mark.parametrize("case", ["epsilon", "gamma", "alpha1beta0", "epsilon-large"])
+@pytest.mark.parametrize("case", ["epsilon", "gamma", "alpha1beta0", "epsilon-large", "identity"])
 def test_lrp_matches_captum_on_vgg(vgg, case):
     """Captum's rules keep the bias unmodified for gamma and alpha1-beta0 (Zennit modifies it
     by sign): both run with zero bias there; Captum's stabiliser is 1e-9 everywhere."""
@@ -43,6 +45,9 @@ def test_lrp_matches_captum_on_vgg(vgg, case):
         got = lrp(model, x, target, composite="epsilon", epsilon=1e-9, **tiny)
     elif case == "epsilon-large":
         ref = _captum(model, x, target, lambda: rules.EpsilonRule(0.1))
+        got = lrp(model, x, target, composite="epsilon", epsilon=0.1, **tiny)
+    elif case == "identity":  # Captum's IdentityRule put on every ReLU: convscope's pass at activations
+        ref = _captum(model, x, target, lambda: rules.EpsilonRule(0.1), relu_rule=rules.IdentityRule)
         got = lrp(model, x, target, composite="epsilon", epsilon=0.1, **tiny)
     elif case == "gamma":
         ref = _captum(model, x, target, lambda: rules.GammaRule(0.25, set_bias_to_zero=True))
