@@ -21,7 +21,7 @@ import numpy as np
 
 from ._validate import describe, param_error
 
-__all__ = ["Preprocess", "PRESETS", "check_preset", "resolve", "keras_mode", "fit_image", "user_images",
+__all__ = ["Preprocess", "PRESETS", "check_preset", "resolve", "keras_mode", "fit_image", "fit_geometry", "user_images",
            "RESIZE_MODES"]
 
 RESIZE_MODES = ("crop", "pad", "stretch")
@@ -217,19 +217,31 @@ def fit_image(image, size, mode: str = "crop"):
         image = Image.alpha_composite(white, rgba)
         notes.append("alpha composited on white")
     image = image.convert("RGB")
-    h, w = int(size[0]), int(size[1])
-    if mode == "stretch" or image.size == (w, h):
-        out = image.resize((w, h), Image.BILINEAR) if image.size != (w, h) else image
-    else:
-        sx, sy = w / image.size[0], h / image.size[1]
-        s = max(sx, sy) if mode == "crop" else min(sx, sy)
-        rw, rh = max(1, round(image.size[0] * s)), max(1, round(image.size[1] * s))
-        resized = image.resize((rw, rh), Image.BILINEAR)
-        if mode == "crop":
-            left, top = (rw - w) // 2, (rh - h) // 2
-            out = resized.crop((left, top, left + w, top + h))
-        else:
-            out = Image.new("RGB", (w, h), (128, 128, 128))
-            out.paste(resized, ((w - rw) // 2, (h - rh) // 2))
+    out = fit_geometry(image, size, mode, Image.BILINEAR, (128, 128, 128))
+    if out is not image:
         notes.append(f"resized from {image.size[0]}x{image.size[1]} ({mode})")
     return np.asarray(out, np.float32).transpose(2, 0, 1) / 255.0, notes
+
+
+def fit_geometry(image, size, mode: str, resample, fill):
+    """A PIL image fitted to ``size`` (H, W) by ``mode``: "stretch"; "crop" (shorter side to
+    the size, then the centre); "pad" (longer side to the size, ``fill`` around). The image
+    itself when it already has the size. Photos and their masks share it (masks with nearest
+    pixels and an empty fill), so a mask lands where its photo does."""
+    from PIL import Image
+
+    h, w = int(size[0]), int(size[1])
+    if image.size == (w, h):
+        return image
+    if mode == "stretch":
+        return image.resize((w, h), resample)
+    sx, sy = w / image.size[0], h / image.size[1]
+    s = max(sx, sy) if mode == "crop" else min(sx, sy)
+    rw, rh = max(1, round(image.size[0] * s)), max(1, round(image.size[1] * s))
+    resized = image.resize((rw, rh), resample)
+    if mode == "crop":
+        left, top = (rw - w) // 2, (rh - h) // 2
+        return resized.crop((left, top, left + w, top + h))
+    out = Image.new(image.mode, (w, h), fill)
+    out.paste(resized, ((w - rw) // 2, (h - rh) // 2))
+    return out

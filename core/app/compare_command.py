@@ -111,21 +111,9 @@ def fit_mask(img, size, mode: str) -> np.ndarray:
     :func:`convscope.preprocess.fit_image` gives its photo, nearest pixels, padding empty."""
     from PIL import Image
 
-    img = img.convert("L")
-    h, w = int(size[0]), int(size[1])
-    if mode == "stretch" or img.size == (w, h):
-        out = img.resize((w, h), Image.NEAREST) if img.size != (w, h) else img
-    else:
-        sx, sy = w / img.size[0], h / img.size[1]
-        s = max(sx, sy) if mode == "crop" else min(sx, sy)
-        rw, rh = max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))
-        resized = img.resize((rw, rh), Image.NEAREST)
-        if mode == "crop":
-            left, top = (rw - w) // 2, (rh - h) // 2
-            out = resized.crop((left, top, left + w, top + h))
-        else:
-            out = Image.new("L", (w, h), 0)
-            out.paste(resized, ((w - rw) // 2, (h - rh) // 2))
+    from ..preprocess import fit_geometry
+
+    out = fit_geometry(img.convert("L"), size, mode, Image.NEAREST, 0)
     return np.asarray(out) > 0
 
 
