@@ -6,6 +6,8 @@ import pytest
 import convscope as cs
 from convscope.attribution import noise_tunnel, saliency, smoothgrad
 
+from _assertions import batch_sizes
+
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -111,18 +113,8 @@ def test_drawn_noise_is_a_fraction_of_the_range_and_seeded(setup):
 def test_gradient_method_is_one_backend_call_per_chunk(setup):
     net, x, target = setup
     backend = cs.load(net)
-    calls = []
-    real = type(backend)._gradient
-
-    def counting(self, images, *args, **kwargs):
-        calls.append(len(images))
-        return real(self, images, *args, **kwargs)
-
-    type(backend)._gradient = counting
-    try:
+    with batch_sizes(backend, "_gradient") as calls:
         noise_tunnel(backend, x, target, samples=7, perturbations_per_eval=3)
-    finally:
-        type(backend)._gradient = real
     assert calls == [9, 9, 3]
 
 

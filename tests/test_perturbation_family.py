@@ -8,6 +8,8 @@ import pytest
 import convscope as cs
 from convscope.attribution import feature_ablation, kernel_shap, lime, noise_tunnel, rise, rise_masks, shapley_sampling
 
+from _assertions import batch_sizes
+
 torch = pytest.importorskip("torch")
 
 
@@ -160,15 +162,7 @@ def test_rise_pointing_game_on_the_demo_data_beats_chance(demo_data):
 def test_forward_batches_are_bounded(setup):
     net, x, target, blocks = setup
     backend = cs.load(net)
-    sizes = []
-    real = type(backend)._forward
-
-    def counting(self, images, *args, **kwargs):
-        sizes.append(len(images))
-        return real(self, images, *args, **kwargs)
-
-    type(backend)._forward = counting
-    try:
+    with batch_sizes(backend, "_forward") as sizes:
         rise(backend, x, target, masks=50, batch_size=8)
         assert max(sizes) <= 8 and sum(sizes) == 3 + 3 * 50
         for f, kw in [(feature_ablation, {}), (shapley_sampling, {"samples": 3}), (kernel_shap, {}),
@@ -176,8 +170,6 @@ def test_forward_batches_are_bounded(setup):
             sizes.clear()
             f(backend, x, target, features=blocks, perturbations_per_eval=2, **kw)
             assert max(sizes) <= 6, (f.__name__, max(sizes))
-    finally:
-        type(backend)._forward = real
 
 
 @pytest.mark.slow
