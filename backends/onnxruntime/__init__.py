@@ -225,6 +225,12 @@ class OnnxBackend(BackendBase):
         """Forward tensors a gradient call reports: its at and wrt layers and the scores."""
         return list(dict.fromkeys([*(self._tensor(n) for n in names if n != INPUT), self.graph.scores]))
 
+    def _incremental_plan(self, image, window, threshold):
+        """Incremental occlusion through a crop-wise graph (:mod:`._incremental`, :mod:`convscope._incremental`)."""
+        from ._incremental import incremental_plan
+
+        return incremental_plan(self, image, window, threshold)
+
     def weights(self, layer):
         check_name(layer, self._names, "layer", "weights")
         node = self.graph.nodes[self.graph.producer[layer]]
