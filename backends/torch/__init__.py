@@ -342,6 +342,12 @@ class TorchBackend(BackendBase):
         outputs = acts[OUTPUT] if OUTPUT in acts else self._numpy(store[OUTPUT])
         return Gradients(grads=grads, activations=acts, outputs=outputs)
 
+    def _incremental_plan(self, image, window, threshold):
+        """Incremental occlusion's plan for one image (:mod:`._incremental`, :mod:`convscope._incremental`)."""
+        from ._incremental import make_plan
+
+        return make_plan(self, image, window, threshold)
+
     def __getstate__(self):  # picklable (Dask workers): the lock and caches are rebuilt
         state = dict(self.__dict__)
         for key in ("_lock", "_torch", "_layers"):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_choice, check_int, describe, param_error
+from .._validate import check_choice, check_int, check_number, describe, param_error
 from .._batching import auto_batch_size
 from .._imageops import fill_images
+from .._incremental import NotIncremental, incremental_plan, window_patches
 from .._targets import OUTPUT_MODES, check_target, objective, output_seeds, prepare, with_choices
 from .result import AttributionMaps
 
@@ -29,8 +30,24 @@ def window_positions(size, window, stride):
     return [(y, x) for y in starts(size[0], window[0], stride[0]) for x in starts(size[1], window[1], stride[1])]
 
 
+def _check_modes(incremental, approximate, owner):
+    if not (incremental is True or incremental is False or (isinstance(incremental, str) and incremental == "auto")):
+        raise param_error("incremental", owner, "'auto', True or False", describe(incremental),
+                          ValueError if isinstance(incremental, str) else TypeError)
+    if approximate is None:
+        return incremental, None
+    threshold = check_number(approximate, "approximate", owner, low=0.0, strict=True)
+    if threshold > 1:
+        raise param_error("approximate", owner, "None or a threshold in (0, 1]", str(approximate))
+    if incremental is False:
+        raise param_error("incremental", owner, "'auto' or True with approximate= (approximate mode is incremental)",
+                          "False")
+    return incremental, threshold
+
+
 def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", output: str = "score",
-              perturbations_per_eval: int | None = None, blur_sigma: float | None = None) -> AttributionMaps:
+              perturbations_per_eval: int | None = None, blur_sigma: float | None = None,
+              incremental="auto", approximate: float | None = None) -> AttributionMaps:
     """Occlusion sensitivity: ``d_w = f(x) - f(x with window w filled)`` for every window
     position w, and for each pixel the mean of ``d_w`` over the windows that cover it
     (pixels no window covers, possible when ``stride > window``, get 0), as Captum's
@@ -49,6 +66,21 @@ def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", outp
     perturbations_per_eval : int or None
         Occluded copies of each image per backend call (None: :func:`auto_batch_size` images
         a call).
+    incremental : "auto", True or False
+        Incremental inference (Nakandala, Kumar and Papakonstantinou, SIGMOD 2019, "Krypton"):
+        the original image runs once and each occluded copy recomputes, layer by layer, only
+        the window's projective field, reading the rest from the original's activations;
+        equal to the plain forward within float rounding. "auto" uses it where the backend
+        has a plan for the model (torch today) and otherwise runs every occluded image
+        through the whole network, with ``info["incremental_why"]`` saying why; True
+        requires it (an error names why it is impossible); False is the plain path.
+    approximate : float in (0, 1] or None
+        Krypton's projective-field thresholding (implies incremental): at each conv or pool
+        the recomputed box is cut to at most ``approximate`` times the map's side, the
+        outputs cut off keeping the original's values. Faster, no longer exact; 1.0 is exact.
+        ``info["approximate_error"]`` gives the error measured on up to 8 windows of the
+        first image, scored both ways: the largest absolute difference of the score drops
+        ``d_w`` and that divided by the largest ``|d_w|`` of exact occlusion there.
 
     Work is saved where it can be: the unoccluded images ride along in the first call, and a
     window whose fill equals the pixels it covers is not evaluated (its change is exactly 0).
@@ -61,10 +93,9 @@ def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", outp
         raise param_error("window", owner, f"no larger than the {height}x{width} image", f"{window[0]}x{window[1]}")
     stride = _pair(stride if stride is not None else (max(1, window[0] // 2), max(1, window[1] // 2)), "stride", owner)
     check_choice(output, OUTPUT_MODES, "output", owner)
-    if perturbations_per_eval is None:
-        per_eval = max(1, auto_batch_size(height, width) // n)
-    else:
-        per_eval = check_int(perturbations_per_eval, "perturbations_per_eval", owner, low=1)
+    incremental, threshold = _check_modes(incremental, approximate, owner)
+    if perturbations_per_eval is not None:
+        perturbations_per_eval = check_int(perturbations_per_eval, "perturbations_per_eval", owner, low=1)
     target = check_target(target, n, owner)
     sigma = blur_sigma if blur_sigma is not None else max(window) / 4
     filled = fill_images(x, fill, owner, sigma=sigma)
@@ -74,6 +105,38 @@ def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", outp
     changed = np.stack([(x[:, :, y:y + wh, c:c + ww] != filled[:, :, y:y + wh, c:c + ww]).reshape(n, -1).any(axis=1)
                         for y, c in corners])
     pairs = np.argwhere(changed)  # (window, sample), window-major as Captum orders them
+    info = {"window": window, "stride": stride, "fill": fill if isinstance(fill, str) else "value", "output": output,
+            "evaluated": int(len(pairs)), "windows": len(corners)}
+    args = (backend, x, filled, corners, window, pairs, target, owner)
+    run = None
+    if incremental is not False:
+        run = _incremental_scores(*args, threshold, perturbations_per_eval, info, required=incremental is True)
+    else:
+        info.update(incremental=False, incremental_why="incremental=False was passed")
+    if run is None:
+        per_eval = perturbations_per_eval or max(1, auto_batch_size(height, width) // n)
+        run = _plain_scores(*args, per_eval)
+    base, seeds, classes, outputs = run
+
+    drop = np.zeros((len(corners), n), np.float64)
+    if len(pairs):
+        drop[pairs[:, 0], pairs[:, 1]] = (objective(base, seeds, output)[pairs[:, 1]]
+                                          - objective(outputs, seeds[pairs[:, 1]], output))
+    if "approximate_error" in info:
+        info["approximate_error"] = _approximate_error(info.pop("approximate_error"), base, seeds, output)
+    total = np.zeros((n, height, width), np.float64)
+    count = np.zeros((height, width), np.float64)
+    for (y, c), d in zip(corners, drop):
+        total[:, y:y + wh, c:c + ww] += d[:, None, None]
+        count[y:y + wh, c:c + ww] += 1
+    maps = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return AttributionMaps(maps, x, owner, classes, signed=True, outputs=base, info=with_choices(info, backend))
+
+
+def _plain_scores(backend, x, filled, corners, window, pairs, target, owner, per_eval):
+    """Every occluded image through the whole network; the clean images ride in the first call."""
+    n = len(x)
+    wh, ww = window
     per_call = n * per_eval
     for start in range(0, max(len(pairs), 1), per_call):
         chunk = pairs[start:start + per_call]
@@ -90,17 +153,51 @@ def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", outp
             seeds, classes = output_seeds(target, base, owner)
             outputs = np.empty((len(pairs), out.shape[1]), np.float32)
         outputs[start:start + len(chunk)] = out
+    return base, seeds, classes, outputs
 
-    drop = np.zeros((len(corners), n), np.float64)
-    if len(pairs):
-        drop[pairs[:, 0], pairs[:, 1]] = (objective(base, seeds, output)[pairs[:, 1]]
-                                          - objective(outputs, seeds[pairs[:, 1]], output))
-    total = np.zeros((n, height, width), np.float64)
-    count = np.zeros((height, width), np.float64)
-    for (y, c), d in zip(corners, drop):
-        total[:, y:y + wh, c:c + ww] += d[:, None, None]
-        count[y:y + wh, c:c + ww] += 1
-    maps = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    info = {"window": window, "stride": stride, "fill": fill if isinstance(fill, str) else "value", "output": output,
-            "evaluated": int(len(pairs)), "windows": len(corners)}
-    return AttributionMaps(maps, x, owner, classes, signed=True, outputs=base, info=with_choices(info, backend))
+
+def _incremental_scores(backend, x, filled, corners, window, pairs, target, owner, threshold, per_eval, info,
+                        required):
+    """The occluded images' scores through the backend's incremental plan, one plan per image
+    (:mod:`convscope._incremental`), or None (with ``info`` saying why) when it has none."""
+    n, _, height, width = x.shape
+    per_eval = per_eval or auto_batch_size(height, width)
+    base = backend.forward(x)  # the clean scores: the target is checked before any further call
+    seeds, classes = output_seeds(target, base, owner)
+    outputs = np.empty((len(pairs), base.shape[1]), np.float32)
+    corners = np.asarray(corners, np.int64)
+    plan = None
+    for s in range(n):
+        rows = np.nonzero(pairs[:, 1] == s)[0]
+        if not len(rows):
+            continue
+        try:
+            plan = incremental_plan(backend, x[s:s + 1], window, threshold)
+        except NotIncremental as err:
+            if required:
+                raise param_error("incremental", owner, "False or 'auto' for this model (it has no incremental "
+                                  "path)", f"True ({err})") from None
+            info.update(incremental=False, incremental_why=f"plain occlusion: {err}")
+            return None
+        for start in range(0, len(rows), per_eval):
+            chunk = rows[start:start + per_eval]
+            patches, starts = window_patches(x[s], filled[s], corners[pairs[chunk, 0]], window)
+            outputs[chunk] = plan.scores(patches, starts)
+        if threshold is not None and "approximate_error" not in info:
+            sample = rows[np.unique(np.linspace(0, len(rows) - 1, min(8, len(rows))).astype(int))]
+            exact = incremental_plan(backend, x[s:s + 1], window, None)
+            patches, starts = window_patches(x[s], filled[s], corners[pairs[sample, 0]], window)
+            info["approximate_error"] = (s, outputs[sample], exact.scores(patches, starts))
+    info.update(incremental=True, plan=plan.info if plan is not None else {})
+    return base, seeds, classes, outputs
+
+
+def _approximate_error(measured, base, seeds, output):
+    """Max absolute and relative error of the approximate score drops on the sampled windows."""
+    s, approximate, exact = measured
+    ref = objective(base[s:s + 1], seeds[s:s + 1], output)
+    d_approx = ref - objective(approximate, np.repeat(seeds[s:s + 1], len(approximate), 0), output)
+    d_exact = ref - objective(exact, np.repeat(seeds[s:s + 1], len(exact), 0), output)
+    err = float(np.abs(d_approx - d_exact).max())
+    scale = float(np.abs(d_exact).max())
+    return {"windows": len(exact), "image": int(s), "max_abs": err, "max_relative": err / scale if scale > 0 else 0.0}

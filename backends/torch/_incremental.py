@@ -1,0 +1,398 @@
+"""Exact (and approximate) incremental occlusion on torch (Nakandala, Kumar and
+Papakonstantinou, SIGMOD 2019): the plan of :mod:`convscope._incremental`.
+
+The module is traced once with ``torch.fx.symbolic_trace`` (a module that does not trace
+has no plan: the tracer's reason is given) and its graph is run node by node. The original
+image's pass keeps every node's output. A batch of patches then enters as a
+:class:`._incremental_ops.Cropped` input, and each conv, pool, elementwise op, channel
+concatenation and upsampling recomputes only its output region (:mod:`._incremental_ops`);
+an operator that needs the whole map (a global pool, flatten, linear, a normalisation over
+the map, anything not known here) gets full maps (copies of the original with the boxes
+pasted) and the rest of the graph runs as usual. The plan checks, on the original image,
+that the traced graph reproduces ``backend.forward``; the model's hooks fire as in any
+pass (on crops for leaf modules), its flags are restored after each call.
+"""
+from __future__ import annotations
+
+import operator
+import weakref
+
+import numpy as np
+
+from convscope._incremental import NotIncremental, window_region
+
+from ._incremental_ops import Cropped, WindowGeometry, concat, elementwise, materialise, upsample, window_op
+
+__all__ = ["make_plan", "IncrementalPlan"]
+
+_TRACED = weakref.WeakKeyDictionary()  # module -> GraphModule or the tracer's error message
+
+
+def _traced(torch, module):
+    got = _TRACED.get(module)
+    if got is None:
+        from ._capture import eval_mode
+
+        try:
+            with eval_mode(module):  # flags such as dropout's ``self.training`` are traced as constants
+                got = torch.fx.symbolic_trace(module)
+        except Exception as err:  # noqa: BLE001 - any tracer failure: no plan, and why
+            got = f"torch.fx could not trace the model ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        _TRACED[module] = got
+    if isinstance(got, str):
+        raise NotIncremental(got)
+    return got
+
+
+def _pair(v):
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(a) for a in v)
+
+
+def _conv_padding(padding, kernel, dilation):
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    p = _pair(padding)
+    return (p[0], p[1], p[0], p[1])
+
+
+class _Ops:
+    """What the interpreter knows, by module class, function and method name."""
+
+    def __init__(self, torch):
+        nn, F = torch.nn, torch.nn.functional
+        self.pointwise_modules = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+                                  nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout,
+                                  nn.Dropout2d, nn.PReLU)
+        self.pointwise_functions = {F.relu, torch.relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid,
+                                    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.silu, F.gelu, F.leaky_relu,
+                                    F.elu, F.mish, F.dropout, F.dropout2d, torch.clamp, torch.relu_, F.relu_,
+                                    operator.neg, torch.exp, torch.abs,
+                                    operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd,
+                                    operator.imul, operator.isub, torch.add, torch.mul, torch.sub, torch.div,
+                                    torch.maximum, torch.minimum}
+        self.pointwise_methods = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "add", "add_",
+                                  "mul", "mul_", "sub", "div", "contiguous", "neg", "exp", "abs"}
+        self.inplace_methods = {m for m in self.pointwise_methods if m.endswith("_")}
+        self.inplace_functions = {operator.iadd, operator.imul, operator.isub, torch.relu_, F.relu_}
+        self.cat = {torch.cat, torch.concat}
+        self.meta_methods = {"size", "dim"}
+
+
+def _flat(value):
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _flat(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _flat(v)
+    else:
+        yield value
+
+
+def _map(value, fn):
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map(v, fn) for k, v in value.items()}
+    return fn(value)
+
+
+class IncrementalPlan:
+    """The plan for one image and one window size (:func:`make_plan`)."""
+
+    def __init__(self, backend, image, window, threshold):
+        torch = self._torch = backend._torch
+        self.backend, self.window, self.threshold = backend, tuple(window), threshold
+        self.graph_module = _traced(torch, backend.module)
+        self.nodes = list(self.graph_module.graph.nodes)
+        self.ops = _Ops(torch)
+        self.modules = dict(self.graph_module.named_modules())
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise NotIncremental(f"the traced model takes {len(placeholders)} inputs; incremental occlusion needs one")
+        self.depends = set()  # nodes computed from the input
+        for n in self.nodes:
+            if n.op == "placeholder" or any(a in self.depends for a in n.all_input_nodes):
+                self.depends.add(n)
+        self.image = backend._tensor(np.ascontiguousarray(image, np.float32))
+        self.geometry = {}
+        self.orig = {}
+        self.conv_flops = {}  # conv node -> multiply-adds of one image's full map
+        self._work = [0.0, 0.0]  # recomputed conv work, conv work of as many full passes
+        self._full_from = {}
+        expected = backend._forward(np.ascontiguousarray(image, np.float32))  # also finds a final softmax to cut
+        got = self._call(self.image, None)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(expected).max())):
+            raise NotIncremental("the model's traced graph does not reproduce its forward on this image "
+                                 f"(largest difference {np.abs(got - expected).max() if got.shape == expected.shape else got.shape})")
+        self.scores_orig = expected
+
+    # ---------------------------------------------------------------- the public face
+    @property
+    def info(self) -> dict:
+        work, full = self._work
+        info = {"method": "incremental (Krypton: recomputes only each window's projective field)",
+                "approximate": self.threshold, "conv_work": round(work / full, 4) if full else None}
+        if self._full_from:
+            info["full_maps_from"] = max(self._full_from, key=self._full_from.get)
+        return info
+
+    def scores(self, patches, corners):
+        """(B, K) float32 scores of the image with ``patches`` (B, C, h, w) pasted at ``corners``."""
+        region = window_region(corners, patches.shape[-2:], tuple(self.image.shape[-2:]))
+        crop = self.backend._tensor(np.ascontiguousarray(patches, np.float32))
+        return self._call(Cropped(self.image, region, crop), region)
+
+    # ---------------------------------------------------------------- the pass
+    def _call(self, value, region):
+        backend, torch = self.backend, self._torch
+        with backend._lock, backend._eval_mode(), torch.inference_mode(), backend._scores():
+            out = self._run(value, first=region is None)
+            if not isinstance(out, torch.Tensor) or backend.select is not None:
+                if backend.select is None:
+                    raise NotIncremental(f"the model returns a {type(out).__name__}")
+                out = out[backend.select]
+            return backend._numpy(out, "the output", "occlusion")
+
+    def _run(self, value, first):
+        env = {}
+        self._batch_full = False
+        for node in self.nodes:
+            if node.op == "output":
+                result = _map(torch_fx_load(node.args[0], env), self._full)
+                return result
+            if not first and node not in self.depends:
+                env[node] = self.orig[node]
+                continue
+            if node.op == "placeholder":
+                env[node] = value
+                if first:
+                    self.orig[node] = value
+                continue
+            if node.op == "get_attr":
+                env[node] = self._attr(node.target)
+            else:
+                args, kwargs = torch_fx_load(node.args, env), torch_fx_load(node.kwargs, env)
+                if first:
+                    env[node] = self._plain(node, args, kwargs)
+                else:  # an operand computed from the input on full maps: the node needs full maps too
+                    full_in = any(a in self.depends and isinstance(env[a], self._torch.Tensor) for a in node.all_input_nodes)
+                    env[node] = self._node(node, args, kwargs, full_in)
+            if first:
+                self.orig[node] = env[node]
+                if node.op == "call_module" and isinstance(self.modules[node.target], self._torch.nn.Conv2d):
+                    self.conv_flops[node] = env[node][0].numel() * self.modules[node.target].weight[0].numel()
+        raise NotIncremental("the traced graph has no output")
+
+    def _attr(self, target):
+        obj = self.graph_module
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def _callable(self, node):
+        if node.op == "call_module":
+            return self.modules[node.target]
+        if node.op == "call_function":
+            return node.target
+        return lambda obj, *a, **k: getattr(obj, node.target)(*a, **k)
+
+    def _inplace(self, node):
+        if node.op == "call_module":
+            return bool(getattr(self.modules[node.target], "inplace", False))
+        if node.op == "call_method":
+            return node.target in self.ops.inplace_methods
+        return node.target in self.ops.inplace_functions or bool(node.kwargs.get("inplace", False))
+
+    def _plain(self, node, args, kwargs):
+        """The node on ordinary tensors (an in-place op on a copy: every value stays as computed)."""
+        if self._inplace(node):
+            args = _map(args, lambda v: v.clone() if isinstance(v, self._torch.Tensor) else v)
+        return self._callable(node)(*args, **kwargs)
+
+    def _full(self, value):
+        return materialise(self._torch, value) if isinstance(value, Cropped) else value
+
+    def _node(self, node, args, kwargs, full_in):
+        """The node on a batch: crop-wise where it can, else on full maps."""
+        cropped = [v for v in _flat((args, kwargs)) if isinstance(v, Cropped)]
+        if cropped:
+            try:
+                got = None if full_in else self._cropwise(node, args, kwargs, cropped)
+            except _Global:
+                got = None
+            if got is not None:
+                return got
+            self._note_full(node, "needs the whole map")
+            args, kwargs = _map(args, self._full), _map(kwargs, self._full)
+        out = self._plain(node, args, kwargs)
+        if node in self.conv_flops:
+            self._count(node, 1.0, len(out))
+        return out
+
+    def _note_full(self, node, why):
+        if not self._batch_full:
+            self._batch_full = True
+            key = f"{node.name} ({why})"
+            self._full_from[key] = self._full_from.get(key, 0) + 1
+
+    # ---------------------------------------------------------------- crop-wise rules
+    def _spatial(self, v):
+        return isinstance(v, self._torch.Tensor) and v.dim() >= 3 and (v.shape[-1] > 1 or v.shape[-2] > 1)
+
+    def _cropwise(self, node, args, kwargs, cropped):
+        torch, ops = self._torch, self.ops
+        out_orig = self.orig[node]
+        fn = self._callable(node)
+        if node.op == "call_method" and node.target in ops.meta_methods and isinstance(args[0], Cropped):
+            meta = torch.empty((args[0].batch, *args[0].orig.shape[1:]), device="meta")
+            return getattr(meta, node.target)(*args[1:], **kwargs)
+        if node.op == "call_function" and node.target is getattr and args[1] == "shape":
+            return torch.Size((args[0].batch, *args[0].orig.shape[1:]))
+        geometry = self._window_geometry(node, args, kwargs)
+        if geometry is not None:
+            if not isinstance(args[0], Cropped) or len(cropped) > 1:
+                raise _Global
+            got = window_op(torch, args[0], geometry, out_orig, self.threshold)
+            if isinstance(got, Cropped):
+                r = got.region
+                self._count(node, r.size[0] * r.size[1] / (r.shape[0] * r.shape[1]), got.batch)
+            else:
+                self._note_full(node, "the region covers the map")
+                self._count(node, 1.0, len(got))
+            return got
+        if self._pointwise(node, args):
+            if not isinstance(out_orig, torch.Tensor) or out_orig.dim() != 4:
+                raise _Global
+            for v in _flat((args, kwargs)):  # another operand with a spatial extent: aligned if the same map
+                if self._spatial(v) and not isinstance(v, Cropped) and tuple(v.shape[-2:]) != tuple(out_orig.shape[-2:]):
+                    raise _Global
+            if any(isinstance(v, Cropped) for v in _flat(kwargs)):
+                raise _Global
+            inplace = self._inplace(node)
+            if any(isinstance(a, Cropped) and a.orig.shape != out_orig.shape for a in args):
+                raise _Global  # broadcast against a larger map
+            def run(*crops):
+                if inplace:
+                    crops = [c.clone() if isinstance(c, torch.Tensor) else c for c in crops]
+                return fn(*crops, **kwargs)
+            return elementwise(torch, run, list(args), out_orig, self._spatial)
+        if node.op == "call_function" and node.target in ops.cat:
+            tensors = args[0]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if dim not in (1, -3) or out_orig.dim() != 4 or any(isinstance(v, Cropped) for v in _flat(args[1:])):
+                raise _Global
+            return concat(torch, list(tensors), 1, out_orig, self._spatial)
+        scale = self._upsampling(node, args, kwargs)
+        if scale is not None:
+            return upsample(torch, args[0], scale[0], scale[1], out_orig)
+        raise _Global
+
+    def _pointwise(self, node, args):
+        ops = self.ops
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            if isinstance(m, self._torch.nn.BatchNorm2d):
+                return m.running_mean is not None and isinstance(args[0], Cropped)
+            return isinstance(m, ops.pointwise_modules)
+        if node.op == "call_method":
+            return node.target in ops.pointwise_methods
+        return node.op == "call_function" and node.target in ops.pointwise_functions
+
+    def _window_geometry(self, node, args, kwargs):
+        """A conv or pool's :class:`WindowGeometry` (padded original made once), or None."""
+        if node.op != "call_module":
+            return None
+        if node.name in self.geometry:
+            return self.geometry[node.name]
+        torch, nn, F = self._torch, self._torch.nn, self._torch.nn.functional
+        m = self.modules[node.target]
+        x = self.orig[node.args[0]] if node.args and node.args[0] in self.orig else None
+        if x is None or not isinstance(x, torch.Tensor) or x.dim() != 4 or kwargs or len(args) != 1:
+            return None
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros":
+                return None
+            kernel, stride, dilation = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+            padding = _conv_padding(m.padding, kernel, dilation)
+            run = lambda c: F.conv2d(c, m.weight, m.bias, stride, 0, dilation, m.groups)  # noqa: E731
+            fill, scale = 0.0, None
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            if getattr(m, "return_indices", False):
+                return None
+            kernel, stride = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
+            p = _pair(m.padding)
+            padding = (p[0], p[1], p[0], p[1])
+            if isinstance(m, nn.MaxPool2d):
+                dilation = _pair(m.dilation)
+                run = lambda c: F.max_pool2d(c, kernel, stride, 0, dilation)  # noqa: E731
+                fill, scale = float("-inf"), None
+            else:
+                dilation = (1, 1)
+                run = lambda c: F.avg_pool2d(c, kernel, stride, 0)  # noqa: E731
+                fill, scale = 0.0, self._avg_scale(m, x, kernel, stride, padding)
+        else:
+            return None
+        out = self.orig[node]
+        extra = [max(0, (out.shape[2 + a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1
+                     - (x.shape[2 + a] + padding[a] + padding[a + 2])) for a in (0, 1)]
+        base = F.pad(x, (padding[1], padding[3] + extra[1], padding[0], padding[2] + extra[0]), value=fill)
+        geometry = WindowGeometry(kernel, stride, padding, dilation, run, base, scale)
+        self.geometry[node.name] = geometry
+        return geometry
+
+    def _avg_scale(self, m, x, kernel, stride, padding):
+        """Average pooling on crops is a window mean over zero padding; the factor map turns it
+        into the module's own (``count_include_pad=False``, ceil mode, ``divisor_override``)."""
+        torch, F = self._torch, self._torch.nn.functional
+        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        exact = m(ones)
+        plain = F.avg_pool2d(F.pad(ones, (padding[1], padding[3] + stride[1] + kernel[1], padding[0],
+                                          padding[2] + stride[0] + kernel[0])), kernel, stride, 0)
+        plain = plain[..., :exact.shape[2], :exact.shape[3]]
+        factor = exact / plain
+        return None if bool((factor == 1).all()) else factor
+
+    def _upsampling(self, node, args, kwargs):
+        """(integer scale (h, w), mode) of an nn.Upsample or F.interpolate that crops, else None."""
+        torch = self._torch
+        if node.op == "call_module" and isinstance(self.modules[node.target], torch.nn.Upsample):
+            m = self.modules[node.target]
+            mode, align = m.mode, m.align_corners
+        elif node.op == "call_function" and node.target is torch.nn.functional.interpolate:
+            mode, align = kwargs.get("mode", args[3] if len(args) > 3 else "nearest"), kwargs.get("align_corners")
+        else:
+            return None
+        x, out = self.orig[node.args[0]], self.orig[node]
+        if mode not in ("nearest", "bilinear") or align or not isinstance(args[0], Cropped) or out.dim() != 4:
+            return None
+        scale = tuple(out.shape[2 + a] // x.shape[2 + a] for a in (0, 1))
+        if any(out.shape[2 + a] != scale[a] * x.shape[2 + a] for a in (0, 1)):
+            return None
+        return scale, mode
+
+    def _count(self, node, fraction, batch):
+        """Adds a conv's work on this batch: ``fraction`` of its map recomputed for each sample."""
+        flops = self.conv_flops.get(node)
+        if flops is not None:
+            self._work[0] += flops * fraction * batch
+            self._work[1] += flops * batch
+
+
+class _Global(Exception):
+    """Raised by a crop-wise rule: this node needs full maps."""
+
+
+def torch_fx_load(value, env):
+    """``value`` with every fx node replaced by its value in ``env``."""
+    import torch.fx
+
+    return torch.fx.node.map_arg(value, lambda n: env[n])
+
+
+def make_plan(backend, image, window, threshold):
+    """The torch backend's ``_incremental_plan`` (:mod:`convscope._incremental`)."""
+    return IncrementalPlan(backend, image, window, threshold)
