@@ -1,0 +1,233 @@
+"""Incremental occlusion on ONNX Runtime (backends/onnxruntime/_incremental.py): the plan's
+scores against the plain forward of the fully occluded images (ONNX Runtime running the
+whole model), and against onnx.reference.ReferenceEvaluator in float64 on a small graph with
+every cropped operator (ceil-mode pools, an AveragePool without its padding, a Pad, a 1x1
+stride-2 conv, a dilated conv, BatchNormalization, HardSwish, Add of two branches, Concat)."""
+import io
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import convscope
+from convscope._incremental import NotIncremental, incremental_plan, window_patches
+from onnx_models import Graph, relative
+
+torch = pytest.importorskip("torch")
+import zoo_models  # noqa: E402  (needs torch)
+
+SIZE = 20
+
+
+def occluded(image, filled, corners, window):
+    """The occluded images written out: ``filled`` in each window, cut at the border."""
+    out = np.repeat(image, len(corners), axis=0)
+    for i, (top, left) in enumerate(corners):
+        rows = slice(max(top, 0), max(top + window[0], 0))
+        cols = slice(max(left, 0), max(left + window[1], 0))
+        out[i, :, rows, cols] = filled[:, rows, cols]
+    return out
+
+
+def fills(image):
+    """The fills occlusion offers, written out: a value, the mean, per channel, a blur."""
+    c = image.shape[1]
+    blurred = image[0].copy()
+    for axis in (1, 2):  # a 3-tap box blur, edges repeated
+        padded = np.pad(blurred, [(0, 0)] + [(1, 1) if a == axis else (0, 0) for a in (1, 2)], mode="edge")
+        blurred = sum(np.take(padded, np.arange(k, k + image.shape[axis + 1]), axis=axis) for k in range(3)) / 3
+    return {"value": np.full(image.shape[1:], 0.25, np.float32),
+            "mean": np.broadcast_to(image[0].mean(axis=(1, 2), keepdims=True), image.shape[1:]).astype(np.float32),
+            "per-channel": np.broadcast_to(np.linspace(-1, 1, c, dtype=np.float32)[:, None, None], image.shape[1:]),
+            "blur": blurred.astype(np.float32)}
+
+
+def border_corners(rng, n, size, window):
+    """Corners anywhere, including windows cut at every border."""
+    corners = rng.integers(-window[0] + 1, size, (n, 2))
+    cut = [[-window[0] + 1, -window[1] + 1], [size - 1, size - 1], [0, size - window[1]], [size - window[0], 3]]
+    corners[:4] = cut[:n]
+    return corners
+
+
+def check_plan(backend, image, window, n, *, seed=0, fill=None, tol=1e-5):
+    rng = np.random.default_rng(seed)
+    plan = incremental_plan(backend, image, window)
+    corners = border_corners(rng, n, image.shape[2], window)
+    filled = fills(image)["value"] if fill is None else fill
+    patches, starts = window_patches(image[0], filled, corners, window)
+    got = plan.scores(patches, starts)
+    want = backend.forward(occluded(image, filled, corners, window))
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert relative(got, want) < tol, relative(got, want)
+    return plan, got
+
+
+# ---------------------------------------------------------------- a small graph, every cropped op
+def every_op_model():
+    g = Graph(seed=3)
+    a = g.op("Relu", [g.conv("x", c_in=3, c_out=4)])
+    b = g.op("MaxPool", [a], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)
+    d0 = g.op("AveragePool", [a], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
+              count_include_pad=1)
+    e0 = g.op("Add", [b, d0])  # 11 x 11, both with an overhanging last window
+    c = g.op("Conv", [e0, g.weight(4, 4, 1, 1), g.weight(4)], strides=[2, 2])  # kernel below the stride
+    d = g.op("AveragePool", [e0], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)
+    bn = [g.const((g.rng.random(4) + 0.5).astype(np.float32)), g.const(g.rng.standard_normal(4).astype(np.float32)),
+          g.const(g.rng.standard_normal(4).astype(np.float32) * 0.1), g.const((g.rng.random(4) + 0.5).astype(np.float32))]
+    e = g.op("HardSwish", [g.op("BatchNormalization", [g.op("Add", [c, d]), *bn])])
+    f = g.op("Pad", [e, g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])  # 8 x 8
+    dilated = g.conv(f, kernel_shape=[3, 3], pads=[0, 0, 0, 0], dilations=[2, 2])  # 4 x 4
+    wide = g.conv(f, kernel_shape=[5, 5], pads=[0, 0, 0, 0])
+    h = g.op("Relu", [g.op("Concat", [dilated, wide], axis=1)])
+    pooled = g.op("GlobalAveragePool", [g.op("Mul", [h, g.const(np.float32([[[2.0]]]))])])
+    return g.model(pooled, shape=(3, SIZE, SIZE))
+
+
+def float64(model):
+    """The same model computing in float64, for the reference evaluator."""
+    m = type(model)()
+    m.CopyFrom(model)
+    for t in m.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for v in [*m.graph.input, *m.graph.output]:
+        v.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return m
+
+
+def test_every_cropped_operator_against_the_float64_reference():
+    from onnx.reference import ReferenceEvaluator
+
+    model = every_op_model()
+    backend = convscope.load(model)
+    image = np.random.default_rng(1).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    window = (5, 5)
+    plan, got = check_plan(backend, image, window, 9)
+    assert plan.info["exact"] and 0 < plan.info["work"] < 1 and plan.info["cropped_nodes"] >= 10
+    rng = np.random.default_rng(0)
+    corners = border_corners(rng, 9, SIZE, window)
+    x = occluded(image, fills(image)["value"], corners, window).astype(np.float64)
+    want = ReferenceEvaluator(float64(model)).run(None, {"x": x})[0]
+    assert relative(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("window", [(3, 3), (4, 7), (SIZE, 2)])
+def test_every_cropped_operator_window_shapes_and_batches(window):
+    backend = convscope.load(every_op_model())
+    image = np.random.default_rng(2).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    for n in (1, 4):
+        check_plan(backend, image, window, n, seed=n)
+
+
+# ---------------------------------------------------------------- exported architectures
+@pytest.fixture(scope="module")
+def exported():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = zoo_models.export(zoo_models.build(name))
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v3", "inception"])
+def test_exported_architectures_equal_the_plain_forward(exported, name):
+    backend = convscope.load(exported(name))
+    image = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    for fill_name, fill in fills(image).items():
+        plan, _ = check_plan(backend, image, (6, 6), 5, fill=fill, seed=len(fill_name))
+    assert plan.info["full_from"]  # every classifier ends on whole maps
+
+
+@pytest.mark.parametrize("name", ["densenet", "efficientnet", "shufflenet_v2", "regnet"])
+def test_more_exported_architectures(exported, name):
+    backend = convscope.load(exported(name))
+    image = np.random.default_rng(4).random((1, 3, 32, 32), dtype=np.float32)
+    for n in (1, 6):
+        check_plan(backend, image, (8, 8), n, seed=n)
+
+
+def test_resnet_work_is_a_fraction_and_grows_with_the_window(exported):
+    backend = convscope.load(exported("resnet"))
+    image = np.zeros((1, 3, 32, 32), np.float32)
+    small, large = (incremental_plan(backend, image, w).info["work"] for w in ((4, 4), (12, 12)))
+    assert 0 < small < large < 1
+
+
+@pytest.mark.parametrize("name", ["vit", "convnext"])
+def test_attention_and_early_transposes_have_no_incremental_path(exported, name):
+    backend = convscope.load(exported(name))
+    with pytest.raises(NotIncremental, match="ONNX model"):
+        incremental_plan(backend, np.zeros((1, 3, 32, 32), np.float32), (6, 6))
+
+
+def test_a_file_that_fixes_batch_one(exported):
+    buffer = io.BytesIO()
+    torch.onnx.export(zoo_models.build("resnet"), torch.zeros(1, 3, 32, 32), buffer, opset_version=17, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    backend = convscope.load(buffer.getvalue())
+    assert backend.graph.fixed_batch == 1
+    image = np.random.default_rng(5).random((1, 3, 32, 32), dtype=np.float32)
+    check_plan(backend, image, (5, 5), 3)
+
+
+def test_probabilities_are_cut_as_the_forward_cuts_them():
+    g = Graph(seed=1)
+    scores = g.op("Flatten", [g.op("GlobalAveragePool", [g.op("Relu", [g.conv("x", c_in=3, c_out=5)])])])
+    g.op("Softmax", [scores], ["y"], axis=1)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])
+    model = helper.make_model(helper.make_graph(g.nodes, "t", [x], [y], g.inits),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    image = np.random.default_rng(6).random((1, 3, 12, 12), dtype=np.float32)
+    for output in ("scores", "probabilities"):
+        backend = convscope.load(model, output=output)
+        _, got = check_plan(backend, image, (3, 3), 4)
+        assert np.allclose(got.sum(axis=1), 1, atol=1e-5) == (output == "probabilities")
+
+
+# ---------------------------------------------------------------- sessions, approximations, bad input
+def test_one_graph_per_window_size_and_batch_size():
+    backend = convscope.load(every_op_model())
+    rng = np.random.default_rng(7)
+    first = rng.random((1, 3, SIZE, SIZE), dtype=np.float32)
+    check_plan(backend, first, (4, 4), 3)
+    built = len(backend._sessions)
+    check_plan(backend, rng.random((1, 3, SIZE, SIZE), dtype=np.float32), (4, 4), 3, seed=1)  # another image
+    assert len(backend._sessions) == built + 0
+    check_plan(backend, first, (4, 4), 5)  # another batch size: one more graph session
+    assert len(backend._sessions) == built + 1
+    check_plan(backend, first, (6, 6), 5)  # another window: one more, and one forward for its originals
+    assert len(backend._sessions) in (built + 2, built + 3)
+
+
+def test_threshold_one_is_exact_and_small_thresholds_do_less_work():
+    backend = convscope.load(every_op_model())
+    image = np.random.default_rng(8).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    exact = incremental_plan(backend, image, (6, 6))
+    loose = incremental_plan(backend, image, (6, 6), 1.0)
+    tight = incremental_plan(backend, image, (6, 6), 0.3)
+    assert not tight.info["exact"] and tight.info["threshold"] == 0.3
+    assert tight.info["work"] < exact.info["work"]
+    patches, starts = window_patches(image[0], fills(image)["value"], border_corners(np.random.default_rng(0), 6, SIZE,
+                                                                                       (6, 6)), (6, 6))
+    assert relative(loose.scores(patches, starts), exact.scores(patches, starts)) < 1e-6
+    assert np.isfinite(tight.scores(patches, starts)).all()
+
+
+def test_bad_patches_corners_and_thresholds_raise_clearly():
+    backend = convscope.load(every_op_model())
+    image = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    plan = incremental_plan(backend, image, (4, 4))
+    patches = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="'patches'.*\\(B, 3, 4, 4\\)"):
+        plan.scores(np.zeros((2, 3, 5, 4), np.float32), np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="'corners'.*\\(2, 2\\) ints"):
+        plan.scores(patches, np.zeros((3, 2), np.int64))
+    with pytest.raises(ValueError, match="'corners'.*\\[0, 16\\]"):
+        plan.scores(patches, np.array([[0, 0], [17, 0]]))
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(ValueError, match="'threshold'"):
+            incremental_plan(backend, image, (4, 4), bad)
