@@ -33,6 +33,12 @@ class _Help(argparse.HelpFormatter):
         return text
 
 
+DEVICE_HELP = ("where the model runs: cpu, cuda, cuda:1 (torch: the model is moved there; ONNX: ONNX Runtime's CUDA "
+               "provider; Keras: tf.device), an ONNX Runtime provider name such as TensorrtExecutionProvider, or a "
+               "TensorFlow device such as /GPU:0 (default: torch the model's device, ONNX CUDA when onnxruntime-gpu "
+               "sees a GPU else the CPU, Keras TensorFlow's placement)")
+
+
 def _preprocess_options(p):
     g = p.add_argument_group("preprocessing (what the model expects; images are given as they are, in [0, 1])")
     from ..preprocess import PRESETS_HELP as presets
@@ -72,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--layer", required=layer == "required",
                            help="layer name, see `convscope layers MODEL`" + ("" if layer == "required" else
                                                                             " (default: the method's own choice)"))
+        if model:
+            p.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
         if model and name != "layers":
             _preprocess_options(p)
         if output:
@@ -135,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare_command import add_compare_command
 
     add_compare_command(sub, _Help, _preprocess_options)
+    from .serve import add_serve_command
+
+    add_serve_command(sub, _Help, _preprocess_options)
     return parser
 
 
