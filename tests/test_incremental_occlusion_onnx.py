@@ -231,3 +231,27 @@ def test_bad_patches_corners_and_thresholds_raise_clearly():
     for bad in (0, 1.5, "half", True):
         with pytest.raises(ValueError, match="'threshold'"):
             incremental_plan(backend, image, (4, 4), bad)
+
+
+# ---------------------------------------------------------------- through occlusion(...)
+@pytest.mark.parametrize("fill", ["mean", "zero", "blur", 0.3, (0.1, 0.5, 0.9)])
+def test_occlusion_is_incremental_on_onnx_and_equals_the_plain_path(exported, fill):
+    backend = convscope.load(exported("resnet"))
+    x = np.random.default_rng(9).random((2, 3, 32, 32), dtype=np.float32)
+    for output in ("score", "probability"):
+        plain = convscope.occlusion(backend, x, window=6, stride=5, fill=fill, output=output, incremental=False)
+        fast = convscope.occlusion(backend, x, window=6, stride=5, fill=fill, output=output, incremental=True,
+                                   perturbations_per_eval=7)
+        assert fast.info["incremental"] is True and fast.info["plan"]["backend"] == "onnxruntime"
+        assert relative(fast.maps, plain.maps) < 1e-5
+        assert relative(fast.outputs, plain.outputs) == 0
+
+
+def test_occlusion_falls_back_on_attention_saying_why(exported):
+    backend = convscope.load(exported("vit"))
+    x = np.random.default_rng(10).random((1, 3, 32, 32), dtype=np.float32)
+    maps = convscope.occlusion(backend, x, window=8, stride=8)
+    assert maps.info["incremental"] is False and "plain occlusion" in maps.info["incremental_why"]
+    assert "ONNX model" in maps.info["incremental_why"]
+    with pytest.raises(ValueError, match="'incremental'"):
+        convscope.occlusion(backend, x, window=8, stride=8, incremental=True)
