@@ -243,7 +243,9 @@ def test_occlusion_is_incremental_on_onnx_and_equals_the_plain_path(exported, fi
         fast = convscope.occlusion(backend, x, window=6, stride=5, fill=fill, output=output, incremental=True,
                                    perturbations_per_eval=7)
         assert fast.info["incremental"] is True and fast.info["plan"]["backend"] == "onnxruntime"
-        assert relative(fast.maps, plain.maps) < 1e-5
+        # a drop is a difference of nearly equal scores: probabilities near 0.1 rounded in float32
+        # (6e-9) are 1e-5 of drops near 1e-3, so the probability maps get a looser bound
+        assert relative(fast.maps, plain.maps) < (1e-5 if output == "score" else 5e-5)
         assert relative(fast.outputs, plain.outputs) == 0
 
 
