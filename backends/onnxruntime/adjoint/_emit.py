@@ -196,7 +196,14 @@ class Emitter:
             return self.op("Relu", [dy], stem="deconvnet")
         if self.relu == "guided":
             dy = self.op("Relu", [dy], stem="guided")
-        return self.op("Where", [inside, dy, self.const(0.0)], stem="relu_grad")
+        return self.masked(dy, inside, stem="relu_grad")
+
+    def masked(self, t, mask, stem="masked"):
+        """``t`` where the bool ``mask`` holds, 0 elsewhere: ``t`` times the mask as a number.
+        The same values as Where(mask, t, 0) for finite ``t`` (a product that is 0 may be -0.0),
+        and ONNX Runtime's Mul runs 4-5x faster than its Where (ResNet-18's stem ReLU at 224:
+        0.7 against 3.6 ms, one thread)."""
+        return self.op("Mul", [t, self.op("CastLike", [mask, t], stem="mask")], stem=stem)
 
     def reduce_sum(self, t, axes, keepdims=1, stem="reduce"):
         return self.op("ReduceSum", [t, self.ints(axes)], keepdims=keepdims, stem=stem)

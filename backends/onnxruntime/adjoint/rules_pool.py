@@ -61,7 +61,7 @@ def _max_pool_by_offsets(em, node, dy, kernel, strides, dilations, begin):
     if count > 1:  # keep the first winner of each window, as MaxPool itself picks it
         before = em.op("CumSum", [em.op("Cast", [won], to=1), em.const(np.int64(2), np.int64)], exclusive=1)
         won = em.op("And", [won, em.op("Less", [before, em.const(0.5)])])
-    routed = em.op("Where", [won, em.op("Unsqueeze", [dy, em.ints([2])]), em.const(0.0)])
+    routed = em.masked(em.op("Unsqueeze", [dy, em.ints([2])]), won, stem="routed")
     routed = em.op("Reshape", [routed, em.ints([0, channels * count, ho, wo])])
     return transposed(em, routed, kernels, node, kernel, strides, dilations, begin, channels)
 
