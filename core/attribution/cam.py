@@ -9,7 +9,7 @@ passes, so they run on any backend.
 
 ``clip`` (default True) keeps the final ReLU; ``clip=False``
 returns the signed map (the argument was called ``relu`` before; that name still works).
-Every variant over the shared base takes pytorch-grad-cam's test-time smoothing:
+Every CAM (Eigen-CAM and Guided Grad-CAM's Grad-CAM factor too) takes pytorch-grad-cam's test-time smoothing:
 ``eigen_smooth=True`` (the first principal component of ``w_c A_c`` instead of their sum) and
 ``aug_smooth=True`` (the mean of the maps of the flipped and scaled images, mapped back).
 New variants: :func:`convscope.attribution.make_cam` (module ``cam_variants``).
@@ -181,20 +181,27 @@ def _layer_map(p: LayerPass, weights: np.ndarray, clip: bool, eigen_smooth: bool
 
 def _run(owner, model, x, target, layer, weights_fn, mode, clip, precheck=None, reshape=None,
          aug_smooth=False, eigen_smooth=False, **info):
-    """The shared base: one pass, ``weights_fn(p)`` (N, C) or (N, C, h, w), the combined map.
-    ``eigen_smooth`` replaces ``sum_c w_c A_c`` by the first principal component of ``w_c A_c``;
-    ``aug_smooth`` averages the layer maps of the images flipped and scaled as pytorch-grad-cam
-    does (:data:`AUGMENTATIONS`), each mapped back, all explaining the classes of the images themselves."""
+    """The shared base: one pass, ``weights_fn(p)`` (N, C) or (N, C, h, w), the combined map,
+    smoothed as :func:`_smoothed` says."""
     aug_smooth = _check_flag(aug_smooth, "aug_smooth", owner)
     eigen_smooth = _check_flag(eigen_smooth, "eigen_smooth", owner)
     p = _layer_pass(owner, model, x, target, layer, mode, precheck, reshape)
+    return _result(p, _smoothed(p, target, weights_fn, mode, clip, reshape, aug_smooth, eigen_smooth, info), clip,
+                   **info)
+
+
+def _smoothed(p: LayerPass, target, weights_fn, mode, clip, reshape, aug_smooth, eigen_smooth, info):
+    """The layer maps (N, h, w) of the pass ``p``: ``eigen_smooth`` replaces ``sum_c w_c A_c`` by
+    the first principal component of ``w_c A_c``; ``aug_smooth`` averages the layer maps of the
+    images flipped and scaled as pytorch-grad-cam does (:data:`AUGMENTATIONS`), each mapped
+    back, all explaining the classes of the images themselves. Says what it did in ``info``."""
     layer_maps = _layer_map(p, weights_fn(p), clip, eigen_smooth)
     if eigen_smooth:
         info["eigen_smooth"] = True
     if aug_smooth:
         layer_maps = _augmented(p, target, weights_fn, mode, clip, eigen_smooth, reshape, layer_maps)
         info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
-    return _result(p, layer_maps, clip, **info)
+    return layer_maps
 
 
 def _check_flag(value, param, owner):
@@ -224,7 +231,7 @@ def grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = Tr
              reshape=None, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij dS/dA_cij``,
     ``cam = ReLU(sum_c w_c A_c)``. Any layer with a spatial output; default the last one."""
-    return _run("grad_cam", model, x, target, layer, lambda p: p.grads.mean(axis=(2, 3)), "gradient", clip,
+    return _run("grad_cam", model, x, target, layer, _grad_cam_weights, "gradient", clip,
                 reshape=reshape, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
@@ -255,18 +262,33 @@ def layer_cam(model, x, target=None, *, layer: str | None = None, clip: bool = T
                 reshape=reshape, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
-def guided_grad_cam(model, x, target=None, *, layer: str | None = None, reshape=None) -> AttributionMaps:
+def _grad_cam_weights(p: LayerPass) -> np.ndarray:
+    return p.grads.mean(axis=(2, 3))
+
+
+def guided_grad_cam(model, x, target=None, *, layer: str | None = None, reshape=None, aug_smooth: bool = False,
+                    eigen_smooth: bool = False) -> AttributionMaps:
     """Guided Grad-CAM (Selvaraju et al. 2017): the guided-backprop gradient (N, C, H, W)
     times the upsampled Grad-CAM map; the map is ``max_c |.|``. Two passes: one standard
-    (Grad-CAM), one with the guided ReLU rule."""
+    (Grad-CAM), one with the guided ReLU rule.
+
+    ``aug_smooth`` and ``eigen_smooth`` smooth the Grad-CAM factor only (as :func:`grad_cam`
+    does; six more gradient passes for ``aug_smooth``), as pytorch-grad-cam's example combines a
+    smoothed CAM with guided backprop; the guided gradient is of the images themselves.
+    ``info["grad_cam"]`` holds the (smoothed) factor.
+    """
     owner = "guided_grad_cam"
+    aug_smooth = _check_flag(aug_smooth, "aug_smooth", owner)
+    eigen_smooth = _check_flag(eigen_smooth, "eigen_smooth", owner)
     p = _layer_pass(owner, model, x, target, layer, "gradient", reshape=reshape)
-    coarse = _result(p, _combine(p, p.grads.mean(axis=(2, 3)), True), True)
+    smoothing: dict = {}
+    coarse = _result(p, _smoothed(p, target, _grad_cam_weights, "gradient", True, reshape, aug_smooth, eigen_smooth,
+                                  smoothing), True)
     target = p.classes if p.classes is not None else target
     guided, _, _ = input_gradient(p.backend, p.x, target, owner, rule="guided")
     a = guided * coarse.maps[:, None]
     return AttributionMaps(reduce_channels(a, "max-abs"), p.x, owner, p.classes, attributions=a, outputs=p.outputs,
-                           info={"layer": p.layer, "grad_cam": coarse.maps, **_choices(p)})
+                           info={"layer": p.layer, "grad_cam": coarse.maps, **smoothing, **_choices(p)})
 
 
 # --------------------------------------------------------------------------- gradient-free variants
@@ -344,26 +366,27 @@ def score_cam(model, x, target=None, *, layer: str | None = None, output: str = 
                 eigen_smooth=eigen_smooth)
 
 
+def _ones(p: LayerPass) -> np.ndarray:
+    return np.ones(p.acts.shape[:2], np.float32)
+
+
 @renamed(relu="clip")
 def eigen_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True,
-             reshape=None) -> AttributionMaps:
+              reshape=None, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """Eigen-CAM (Muhammad and Yeasin 2020): the projection of the centred activations on
     their first principal component, ``cam = (A - mean) v_1`` with ``v_1`` the top right
     singular vector of the (h w, C) activation matrix. Class-agnostic: ``target`` is
     ignored. The sign of ``v_1`` is chosen so that the map correlates positively with the
     channel-summed activation. One forward pass to the layer.
+
+    ``aug_smooth`` as every CAM (:func:`grad_cam`): the mean of the maps of the six flipped and
+    scaled images, mapped back (six more forward passes). ``eigen_smooth`` is taken for the
+    shared signature and changes nothing: the map is the first principal component already
+    (pytorch-grad-cam's ``EigenCAM`` ignores it too); ``info["eigen_smooth"]`` is always True.
     """
+    _check_flag(eigen_smooth, "eigen_smooth", "eigen_cam")
     if target is not None:
         warnings.warn("eigen_cam is class-agnostic (the first principal component of the activations): the target "
                       f"{describe(target)} is ignored.", RuntimeWarning, stacklevel=2)
-    p = _layer_pass("eigen_cam", model, x, None, layer, "layer", reshape=reshape)
-    n, c, h, w = p.acts.shape
-    m = p.acts.reshape(n, c, h * w).transpose(0, 2, 1).astype(np.float64)
-    m -= m.mean(axis=1, keepdims=True)
-    _, _, vt = np.linalg.svd(m, full_matrices=False)
-    proj = np.einsum("npc,nc->np", m, vt[:, 0])
-    total = p.acts.reshape(n, c, h * w).sum(axis=1)
-    sign = np.sign(np.einsum("np,np->n", proj, total - total.mean(axis=1, keepdims=True)))
-    proj *= np.where(sign == 0, 1, sign)[:, None]
-    layer_maps = proj.reshape(n, h, w).astype(np.float32)
-    return _result(p, np.maximum(layer_maps, 0) if clip else layer_maps, clip)
+    return _run("eigen_cam", model, x, None, layer, _ones, "layer", clip, reshape=reshape, aug_smooth=aug_smooth,
+                eigen_smooth=True)

@@ -103,10 +103,13 @@ xgrad_cam = make_cam("xgrad_cam", _xgrad_weights, doc="""XGrad-CAM (Fu et al. 20
 
 
 def eigen_grad_cam(model, x, target=None, *, layer: str | None = None, clip: bool = True, reshape=None,
-                   aug_smooth: bool = False) -> AttributionMaps:
+                   aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """Eigen-Grad-CAM (pytorch-grad-cam's class-discriminative Eigen-CAM): the projection of the
-    centred ``dS/dA * A`` on its first principal component (always "eigen-smoothed"). The sign,
-    arbitrary in an SVD, is chosen so that the map correlates with ``sum_c dS/dA_c A_c``."""
+    centred ``dS/dA * A`` on its first principal component (always "eigen-smoothed":
+    ``eigen_smooth`` is taken for the shared signature and changes nothing, as in
+    pytorch-grad-cam). The sign, arbitrary in an SVD, is chosen so that the map correlates with
+    ``sum_c dS/dA_c A_c``."""
+    _check_flag(eigen_smooth, "eigen_smooth", "eigen_grad_cam")
     return _run("eigen_grad_cam", model, x, target, layer, lambda p: p.grads, "gradient", clip, reshape=reshape,
                 aug_smooth=aug_smooth, eigen_smooth=True)
 
