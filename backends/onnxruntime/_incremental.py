@@ -75,7 +75,7 @@ def _padded(value, pads, fill):
 
 
 def _originals(backend, walked, image):
-    """The graph's padded originals ({input name: (C or 1, Hp Wp) float32}) for ``image``."""
+    """The graph's padded originals, channels last ({input name: (Hp Wp, C or 1) float32}) for ``image``."""
     graph = backend.graph
     wanted = sorted({src for kind, src, *_ in walked.originals.values() if kind == "activation" and src != graph.image})
     with backend._lock:
@@ -85,14 +85,15 @@ def _originals(backend, walked, image):
     for name, (kind, src, pads, fill, inner) in walked.originals.items():
         if kind == "activation":
             value = check_finite(values[src][:1], repr(src), "occlusion")[0]
-            feeds[name] = np.ascontiguousarray(_padded(value, pads, fill).reshape(len(value), -1), np.float32)
+            feeds[name] = np.ascontiguousarray(_padded(value, pads, fill).transpose(1, 2, 0).reshape(-1, len(value)),
+                                               np.float32)
         else:
             h, w = backend._shapes_for(tuple(image.shape[1:]))[0][src][2:]
             mask = np.zeros((1, h + pads[0] + pads[2], w + pads[1] + pads[3]), np.float32)
             top, left = pads[0] - inner[0], pads[1] - inner[1]
             mask[:, top:pads[0] + h + inner[2], left:pads[1] + w + inner[3]] = fill
             mask[:, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = 1
-            feeds[name] = mask.reshape(1, -1)
+            feeds[name] = mask.reshape(-1, 1)
     return feeds
 
 
@@ -102,7 +103,7 @@ def _lookup(region, corners):
 
 
 def _indices(gather, corners):
-    """(B, ih, iw) int64 positions of the gather's box in [original (Hp Wp) | crops (B h w)]."""
+    """(B, ih, iw) int64 rows of the gather's box in [original (Hp Wp) | crops (B h w)]."""
     q = _lookup(gather.box, corners)
     ih, iw = gather.box.size
     hp, wp = gather.box.shape

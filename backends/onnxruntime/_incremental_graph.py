@@ -17,9 +17,10 @@ its :class:`~convscope._incremental.Region`) or the *full* (B, ...) tensor:
   and the node runs as it is in the model. From there on the graph is the model's own.
 
 A *gather* pastes a crop into the original and takes a box of the result: the crop is laid
-out as (C, B h w) after the original's flat (C, Hp Wp) map, and one Gather on axis 1 with
-int64 indices (B, ih, iw), computed in NumPy per batch from the boxes, reads each box
-position from the crop or the original. All boxes of a batch have one size per tensor (the
+out channels-last as (B h w, C) after the original's (Hp Wp, C), and one Gather on axis 0
+with int64 indices (B, ih, iw), computed in NumPy per batch from the boxes, copies each box
+position's channel vector from the crop or the original (a row gather: a contiguous copy per
+position, several times faster than gathering single elements). All boxes of a batch have one size per tensor (the
 largest over every window position), so the graph depends on the window size only.
 """
 from __future__ import annotations
@@ -114,9 +115,9 @@ class _Walk:
         return None if dims is None or len(dims) != 4 or None in dims[1:] else dims
 
     def _flat_crop(self, name, channels):
-        if name not in self._flat:  # (B, C, h, w) -> (C, B h w)
-            moved = self.op("Transpose", [name], perm=[1, 0, 2, 3])
-            self._flat[name] = self.op("Reshape", [moved, self.ints([channels, -1])])
+        if name not in self._flat:  # (B, C, h, w) -> (B h w, C)
+            moved = self.op("Transpose", [name], perm=[0, 2, 3, 1])
+            self._flat[name] = self.op("Reshape", [moved, self.ints([-1, channels])])
         return self._flat[name]
 
     def gather(self, source, pads, fill, crop, box, output=None, inner=None):
@@ -131,11 +132,11 @@ class _Walk:
         original = next(k for k, v in self.originals.items() if v == key)
         index = self.fresh("index")
         if crop is None:
-            taken, shape = self.op("Gather", [original, index], axis=1), None
+            taken = self.op("Gather", [original, index], axis=0)
         else:
-            joined = self.op("Concat", [original, self._flat_crop(crop[0], channels)], axis=1)
-            taken = self.op("Gather", [joined, index], axis=1)
-        output = self.op("Transpose", [taken], output, perm=[1, 0, 2, 3])
+            joined = self.op("Concat", [original, self._flat_crop(crop[0], channels)], axis=0)
+            taken = self.op("Gather", [joined, index], axis=0)
+        output = self.op("Transpose", [taken], output, perm=[0, 3, 1, 2])
         self.gathers.append(Gather(index, source, tuple(pads), float(fill), None if crop is None else crop[0],
                                    None if crop is None else crop[1], box, output))
         return output
