@@ -112,6 +112,9 @@ def test_layers_page_table_and_receptive_fields_by_hand(client, ws):
     expected = {"conv1": 3, "pool1": 4, "conv2": 8, "pool2": 10, "conv3": 18, "pool3": 22, "conv4": 38}
     assert {k: rows[k]["receptive field"] for k in expected} == {k: f"{v}x{v}" for k, v in expected.items()}
     assert "<svg" in page and page.count("<rect") == len(ws.layer_names)
+    table = page.split("<tbody>")[1].split("</tbody>")[0]
+    assert table.count("<tr>") == len(ws.layer_names) and table.count("<td") == 6 * len(ws.layer_names)
+    assert "<td>conv</td><td>16x64x64</td>" in table  # kind and shape of conv1, each in its cell
     assert "http://" not in page and "https://" not in page  # nothing from a CDN
 
 

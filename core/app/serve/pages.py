@@ -31,7 +31,7 @@ def ask(kind: str, **params) -> str:
 def page(title: str, body: str, ws=None) -> str:
     model = f" &middot; {_e(ws.args.model)}" if ws is not None else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)} - convscope</title>'
-            '<link rel="stylesheet" href="/static/app.css"><script src="/static/app.js" defer></script></head><body>'
+            '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"><script src="/static/app.js" defer></script></head><body>'
             f'<nav><a href="/">layers</a> <a href="/image">images</a><span class="model">convscope serve{model}</span>'
             f'</nav><main><h1>{_e(title)}</h1>{body}</main></body></html>')
 
@@ -44,7 +44,8 @@ def _table(rows, columns, cells=None) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = []
     for r in rows:
-        body.append("<tr>" + "".join((cells or {}).get(c, lambda r, c=c: _e(r.get(c, "")))(r) for c in columns) + "</tr>")
+        body.append("<tr>" + "".join((cells or {}).get(c, lambda r, c=c: f"<td>{_e(r.get(c, ''))}</td>")(r)
+                                     for c in columns) + "</tr>")
     return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 

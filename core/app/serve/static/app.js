@@ -25,7 +25,21 @@ function table(columns, rows) {
   return t;
 }
 
-function picture(src, alt) { return el("img", {src: src, alt: alt}); }
+function picture(src, alt) {
+  // small pictures (64-pixel maps, a visualisation) are enlarged by whole pixels to about 256 wide
+  const img = el("img", {src: src, alt: alt});
+  img.addEventListener("load", () => {
+    const k = Math.max(1, Math.min(4, Math.floor(256 / img.naturalWidth)));
+    if (k > 1) img.style.width = `${img.naturalWidth * k}px`;
+  });
+  return img;
+}
+
+function unitLink(layer, unit) {
+  const td = el("td");
+  td.appendChild(el("a", {href: `/unit/${encodeURIComponent(layer)}/${unit}`}, String(unit)));
+  return td;
+}
 
 const RENDER = {
   filters: (box, r) => box.append(picture(r.pictures.filters, "filters")),
@@ -46,7 +60,7 @@ const RENDER = {
     else rows = rows.slice(0, 12);
     box.append(el("p", {}, `threshold at the top ${n.quantile} of each unit's activations; a detector when IoU > ${n.iou_threshold}`
       + (n.empty.length ? `; concepts with no pixels in the data (IoU 0): ${n.empty.join(", ")}` : "")),
-      table(["unit", "label", "category", "IoU", "detector"], rows.map(x => [el("td", {}, String(x.unit)),
+      table(["unit", "label", "category", "IoU", "detector"], rows.map(x => [unitLink(box.dataset.layer, x.unit),
         el("td", {class: "label"}, x.concept), el("td", {}, x.category), numCell(x.iou), el("td", {}, x.detector ? "yes" : "no")])));
   },
   unit_map: (box, r) => box.append(picture(r.pictures.map, "activation map"),
