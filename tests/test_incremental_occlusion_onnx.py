@@ -104,7 +104,7 @@ def test_every_cropped_operator_against_the_float64_reference():
     image = np.random.default_rng(1).random((1, 3, SIZE, SIZE), dtype=np.float32)
     window = (5, 5)
     plan, got = check_plan(backend, image, window, 9)
-    assert plan.info["exact"] and 0 < plan.info["work"] < 1 and plan.info["cropped_nodes"] >= 10
+    assert plan.info["approximate"] is None and 0 < plan.info["conv_work"] < 1 and plan.info["cropped_nodes"] >= 10
     rng = np.random.default_rng(0)
     corners = border_corners(rng, 9, SIZE, window)
     x = occluded(image, fills(image)["value"], corners, window).astype(np.float64)
@@ -138,7 +138,7 @@ def test_exported_architectures_equal_the_plain_forward(exported, name):
     image = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     for fill_name, fill in fills(image).items():
         plan, _ = check_plan(backend, image, (6, 6), 5, fill=fill, seed=len(fill_name))
-    assert plan.info["full_from"]  # every classifier ends on whole maps
+    assert plan.info["full_maps_from"]  # every classifier ends on whole maps
 
 
 @pytest.mark.parametrize("name", ["densenet", "efficientnet", "shufflenet_v2", "regnet"])
@@ -152,7 +152,7 @@ def test_more_exported_architectures(exported, name):
 def test_resnet_work_is_a_fraction_and_grows_with_the_window(exported):
     backend = convscope.load(exported("resnet"))
     image = np.zeros((1, 3, 32, 32), np.float32)
-    small, large = (incremental_plan(backend, image, w).info["work"] for w in ((4, 4), (12, 12)))
+    small, large = (incremental_plan(backend, image, w).info["conv_work"] for w in ((4, 4), (12, 12)))
     assert 0 < small < large < 1
 
 
@@ -209,8 +209,8 @@ def test_threshold_one_is_exact_and_small_thresholds_do_less_work():
     exact = incremental_plan(backend, image, (6, 6))
     loose = incremental_plan(backend, image, (6, 6), 1.0)
     tight = incremental_plan(backend, image, (6, 6), 0.3)
-    assert not tight.info["exact"] and tight.info["threshold"] == 0.3
-    assert tight.info["work"] < exact.info["work"]
+    assert tight.info["approximate"] == 0.3 and exact.info["approximate"] is None
+    assert tight.info["conv_work"] < exact.info["conv_work"]
     patches, starts = window_patches(image[0], fills(image)["value"], border_corners(np.random.default_rng(0), 6, SIZE,
                                                                                        (6, 6)), (6, 6))
     assert relative(loose.scores(patches, starts), exact.scores(patches, starts)) < 1e-6

@@ -57,15 +57,17 @@ def _structure(backend, chw, window, threshold):
         region = window_region(corners, size, (height, width))
         folder = Folder(graph, backend._dependent, shapes)
         walked = crop_graph(graph, shapes, folder, backend._dependent, region, threshold)
-        if not walked.cropped:
+        if not walked.cropped or walked.work >= 1 - 1e-9:  # no multiply-add saved
             stop = walked.full_from or "the window covering the whole image"
             raise NotIncremental(f"the ONNX model has no incremental path for a {size[0]}x{size[1]} window: "
-                                 f"{stop} needs the whole map from the image on")
+                                 f"no conv works on crops, {stop} needs whole maps; plain occlusion is as fast")
         if walked.forced and walked.work > 1 - _MIN_SAVING:
             raise NotIncremental(f"the ONNX model's {walked.full_from} needs whole maps early: a patch would "
                                  f"still cost {walked.work:.0%} of the forward's multiply-adds")
-        info = {"backend": "onnxruntime", "exact": threshold is None, "threshold": threshold,
-                "work": round(walked.work, 4), "cropped_nodes": walked.cropped, "full_from": walked.full_from}
+        # the keys of the torch backend's plan, and what is the ONNX graph's own
+        info = {"method": "incremental (Krypton: a crop-wise ONNX graph recomputes each window's projective field)",
+                "approximate": threshold, "conv_work": round(walked.work, 4), "full_maps_from": walked.full_from,
+                "backend": "onnxruntime", "cropped_nodes": walked.cropped}
         cache[key] = _Structure(walked, size, (height, width), key, info)
         return cache[key]
 
