@@ -146,11 +146,13 @@ def feature_ablation(model, x, target=None, *, features=None, baseline=0.0, outp
     box, so where the backend offers an incremental plan (Nakandala et al., SIGMOD 2019, as
     :func:`~convscope.attribution.occlusion`) only what the box reaches is recomputed, layer
     by layer, with the same scores within float rounding. ``"auto"`` routes the features whose
-    box has sides at most half the image's (a grid of windows, most superpixels) through one
-    plan per image, at their common box size, and the others through the plain forward;
-    ``True`` routes every feature, and raises when the model has no incremental path;
-    ``False`` is the plain forward. ``info["incremental"]`` says what was done and, when the
-    plain path was taken, why.
+    box has sides at most half the image's through one plan per image, at their common box
+    size, when an image has at least 32 of them (a grid of windows, fine superpixels: fewer do
+    not pay for building the plan), and the others through the plain forward; ``True``
+    routes every feature, and raises when the model has no incremental path; ``False`` is
+    the plain forward. ``info["incremental"]`` says whether a plan was used,
+    ``info["incremental_why"]`` why evaluations took the plain path, ``info["plan"]`` the
+    plan's own account.
     """
     owner = "feature_ablation"
     backend, x, target, base, labels, used = _setup(owner, model, x, target, features, baseline, output)
@@ -175,7 +177,7 @@ def feature_ablation(model, x, target=None, *, features=None, baseline=0.0, outp
     values = np.zeros((n, count.max()), np.float64)
     values[samples, feats] = scorer.clean[samples] - scores
     info = {**used, "baseline": _baseline_name(baseline), "output": output, "evaluated": len(pairs),
-            "incremental": runs.info()}
+            **runs.info()}
     return _result(owner, x, spread(values, labels), scorer, backend, info)
 
 
@@ -192,16 +194,16 @@ def _ablate_incrementally(runs, scorer, x, base, labels, count, samples, feats, 
         take = (sides > 0).all(axis=1)
         if runs.mode == "auto":
             small = np.array([small_enough(tuple(v), (h, w)) for v in sides])
-            runs.too_large(np.count_nonzero(take & ~small))
+            runs.note_too_large(np.count_nonzero(take & ~small))
             take &= small
         if not take.any():
             continue
         window = tuple(int(v) for v in sides[take].max(axis=0))
-        plan = runs.plan(x[s:s + 1], window)
-        if plan is None:
-            continue
         rows = np.flatnonzero(samples == s)
         rows = rows[take[feats[rows]]]
+        plan = runs.plan(x[s:s + 1], window, len(rows))
+        if plan is None:
+            continue
         for start in range(0, len(rows), scorer.per_call):
             chunk = rows[start:start + scorer.per_call]
             f = feats[chunk]

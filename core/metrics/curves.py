@@ -93,7 +93,7 @@ def _curve(kind, model, x, maps, target, steps, fill, output, batch_size, blur_s
     scores = np.stack([objective(o, seeds, output) for o in outputs], axis=1)
     auc = ((scores[:, 1:] + scores[:, :-1]) / 2 * np.diff(fractions)).sum(axis=1)
     return PerturbationCurve(kind, fractions, scores.astype(np.float32), auc, classes, output,
-                             info={"incremental": runs.info()})
+                             info=runs.info())
 
 
 class _Outputs:
@@ -122,13 +122,13 @@ def _steps_incrementally(runs, outputs, start, put, rank, order, counts, batch_s
         take = counts > 0
         if runs.mode == "auto":
             small = np.array([small_enough(tuple(v), (h, w)) for v in sides])
-            runs.too_large(np.count_nonzero(take & ~small))
+            runs.note_too_large(np.count_nonzero(take & ~small))
             take &= small
         ks = np.flatnonzero(take)
         if not len(ks):
             continue
         window = tuple(int(v) for v in sides[ks].max(axis=0))
-        plan = runs.plan(start[i:i + 1], window)
+        plan = runs.plan(start[i:i + 1], window, len(ks))
         if plan is None:
             continue
         for first in range(0, len(ks), batch_size):
@@ -162,9 +162,10 @@ def deletion(model, x, maps, target=None, *, steps: int = 32, fill="mean", outpu
     (Nakandala et al., SIGMOD 2019, as :func:`~convscope.attribution.occlusion`), ``"auto"``
     runs the steps whose box has sides at most half the image's through one plan per image
     (the last such box as its window), recomputing only what the box reaches, with the same
-    scores within float rounding; later steps take the plain forward. ``True`` routes every
-    step (an error when the model has no incremental path), ``False`` none.
-    ``curve.info["incremental"]`` says what was done, or why not.
+    scores within float rounding, when an image has at least 32 such steps (many ``steps``,
+    a compact map: fewer do not pay for building the plan); later steps take the plain
+    forward. ``True`` routes every step (an error when the model has no incremental path),
+    ``False`` none. ``curve.info`` says what was done and why (the keys of occlusion's info).
     """
     return _curve("deletion", model, x, maps, target, steps, fill, output, batch_size, blur_sigma, incremental)
 
@@ -186,7 +187,7 @@ def _auc_scores(kind, higher_is_better):
         curve = fn(model, x, maps, target, **options)
         return MetricScores(kind, curve.auc.astype(np.float64), higher_is_better,
                             {"curve": curve, "target": curve.target, **options,
-                             "incremental": curve.info["incremental"]})
+                             **curve.info})
     scores.__doc__ = f"Area under the {kind} curve ({'higher' if higher_is_better else 'lower'} is better)."
     return register_metric(kind, "faithfulness", higher_is_better=higher_is_better,
                            needs=("model", "x", "maps", "target"))(scores)
