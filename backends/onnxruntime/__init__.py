@@ -77,6 +77,13 @@ class OnnxBackend(BackendBase):
     cores to the NumPy work between passes and to other frameworks in the process;
     ``spinning=True`` restores ONNX Runtime's default.
 
+    ``providers`` are ONNX Runtime's execution providers, a name or a list of names and
+    ``(name, options)`` pairs as ``InferenceSession`` takes them (``"cuda"``, ``"tensorrt"``,
+    ``"coreml"``, ``"directml"``, ``"cpu"`` for short). Default: CUDA when ``onnxruntime-gpu``
+    is installed and sees a GPU, else the CPU. An unknown or uninstalled name raises; one that
+    fails to start is dropped with a warning (:mod:`._session`). The backend's ``providers``
+    says what runs; on CUDA the adjoint's residuals stay on the device (:mod:`._runs`).
+
     ``fixed_size`` is the (H, W) the model file fixes, or None when it leaves the size open.
     """
 
@@ -85,7 +92,7 @@ class OnnxBackend(BackendBase):
     rule_sets = (RelevanceRules, DeepLiftRules)
 
     def __init__(self, model, *, input_shape=None, input=None, output=None, select=None, probabilities=None,
-                 threads=None, spinning=False):
+                 threads=None, spinning=False, providers=None):
         onnx, ort = _frameworks()
         self._onnx = onnx
         structure, weights = read_model(model, onnx)
@@ -115,7 +122,8 @@ class OnnxBackend(BackendBase):
         self._last_shape = None
         self._lock = threading.RLock()
         self._session_options = {"threads": threads, "spinning": bool(spinning)}
-        self._sessions = SessionCache(self.graph, ort, onnx, threads=threads, spinning=bool(spinning))
+        self._sessions = SessionCache(self.graph, ort, onnx, threads=threads, spinning=bool(spinning),
+                                      providers=providers, notes=self.choices)
         self._runner = Runner(self.graph, self._sessions, ort)
         _, dtypes = infer_shapes(self.graph, None, onnx)
         self._dependent = dependent_tensors(self.graph)
@@ -127,6 +135,28 @@ class OnnxBackend(BackendBase):
     def fixed_size(self):
         """(H, W) when the model file fixes the input size, else None (any size runs)."""
         return self._spatial
+
+    @property
+    def providers(self):
+        """The execution providers the model runs on, first choice first: what started, after
+        a provider that did not was dropped (the forward session is made to find out)."""
+        with self._lock:
+            if not len(self._sessions):
+                self._runner.forward_session([self.graph.scores])
+        return self._sessions.providers
+
+    def memory_ceiling(self, height, width):
+        """Images of (height, width) per call that fit on the CUDA device the sessions run on
+        (:func:`convscope._batching.memory_ceiling`, tensor shapes inferred at that size); None
+        on the CPU, where the pixel rule alone sizes batches."""
+        free = self._sessions.free_bytes()
+        if free is None:
+            return None
+        from convscope._batching import bytes_per_image, memory_ceiling
+
+        shapes = self._shapes_for((self.channels, int(height), int(width)))[0]
+        dims = [tuple(d[1:]) for d in shapes.values() if d and None not in d[1:]]
+        return memory_ceiling(free, bytes_per_image(dims, (height, width), height, width))
 
     # ----------------------------------------------------------------- names and shapes
     def _tensor(self, name):
@@ -243,4 +273,4 @@ class OnnxBackend(BackendBase):
         """A backend on a new session over the model with ``weights`` as initializers (:mod:`._weights`)."""
         proto = model_with_weights(self.graph, weights, self._onnx)
         return OnnxBackend(proto, input_shape=self._input_shape, input=self.graph.image, select=self.graph.final,
-                           output=self.output, **self._session_options)
+                           output=self.output, providers=self._sessions.provider_list, **self._session_options)

@@ -7,6 +7,12 @@ the pass's own activations run a forward session that also returns the residuals
 backward session that takes them, as OrtValues, without a copy through NumPy. The backward
 session holds only backward nodes, so the two together run the nodes of the one-call graph
 once each: nothing of the forward pass is recomputed.
+
+On a GPU provider (the session cache's ``device``, ``("cuda", id)``) the two sessions of the
+split run through I/O binding: the image is copied to the device once, the forward session's
+outputs stay there as OrtValues, the backward session reads them in place, and only the
+tensors NumPy needs (the shown ones, the gradients) come back to the host. The same code
+binds to ``("cpu", 0)`` in the tests, where it must equal the plain path.
 """
 from __future__ import annotations
 
@@ -53,12 +59,15 @@ class Runner:
             raise RuntimeFailure(f"ONNX Runtime failed to run the model on a batch of shape {shape}: "
                                  f"{_first_line(err)}") from err
 
+    def forward_session(self, tensors):
+        """The session computing ``tensors`` from the image."""
+        return self.sessions.session(("forward", tuple(tensors)), lambda: self.sessions.model(
+            list(self.graph.nodes), {self.graph.image: self._image_info}, list(tensors)))
+
     def forward(self, x, tensors):
         """Arrays of ``tensors`` for the batch ``x``, one session call per chunk."""
         tensors = list(tensors)
-        key = ("forward", tuple(tensors))
-        session = self.sessions.session(key, lambda: self.sessions.model(
-            list(self.graph.nodes), {self.graph.image: self._image_info}, tensors))
+        session = self.forward_session(tensors)
         parts = []
         for start, stop, pad in self._chunks(len(x)):
             outs = self._call(session, tensors, {self.graph.image: _pad(x[start:stop], pad)}, x.shape)
@@ -92,9 +101,33 @@ class Runner:
         return ({t: values[t] for t in shown},
                 {t: values[name] for t, name in plan.grad_outputs.items()})
 
+    def _bound(self, session, outputs, host, device, feeds, shape):
+        """One call through I/O binding: OrtValues bound in place, arrays copied in from the
+        host; ``outputs`` left on ``device`` ((type, id)) except those in ``host``."""
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, *(("cpu", 0) if name in host else device))
+        try:
+            session.run_with_iobinding(binding, self._quiet)
+        except Exception as err:
+            raise RuntimeFailure(f"ONNX Runtime failed to run the model on a batch of shape {shape}: "
+                                 f"{_first_line(err)}") from err
+        return binding.get_outputs()
+
+    def _on_device(self, array, device):
+        ort = self._ort
+        return ort.OrtValue.ortvalue_from_numpy(array) if device is None else \
+            ort.OrtValue.ortvalue_from_numpy(array, *device)
+
     def split(self, key, plan, x, shown_tensors, seeds, extra=None):
         """Forward session (shown tensors and residuals), seeds from NumPy, backward session."""
         ort, image = self._ort, self.graph.image
+        device = self.sessions.device
         extra = extra or {}
         residuals = [r for r in plan.residuals if r != image and r not in extra]
         fwd_outputs = list(dict.fromkeys([*shown_tensors, *residuals]))
@@ -109,15 +142,19 @@ class Runner:
         chunks = self._chunks(len(x))
         ran = []
         for start, stop, pad in chunks:
-            xv = ort.OrtValue.ortvalue_from_numpy(_pad(x[start:stop], pad))
-            given = {name: ort.OrtValue.ortvalue_from_numpy(_pad(a[start:stop], pad)) for name, a in extra.items()}
-            outs = self._call(forward, fwd_outputs, {image: xv, **given}, x.shape, ort_values=True)
+            xv = self._on_device(_pad(x[start:stop], pad), device)
+            given = {name: self._on_device(_pad(a[start:stop], pad), device) for name, a in extra.items()}
+            if device is None:
+                outs = self._call(forward, fwd_outputs, {image: xv, **given}, x.shape, ort_values=True)
+            else:
+                outs = self._bound(forward, fwd_outputs, (), device, {image: xv, **given}, x.shape)
             ran.append((xv, {**dict(zip(fwd_outputs, outs)), **given}))
         fed = set(residuals)
 
-        def gathered(t):  # OrtValue.numpy() is a view: what the backward reads is copied before the callable
+        def gathered(t):  # OrtValue.numpy() is a view on the CPU: what the backward reads is copied before the callable
             parts = [r[t].numpy()[:stop - start] for (start, stop, _), (_, r) in zip(chunks, ran)]
-            return parts[0].copy() if len(parts) == 1 and t in fed else _join(parts)
+            view = device is None or device[0] == "cpu"
+            return parts[0].copy() if len(parts) == 1 and t in fed and view else _join(parts)
 
         values = {t: gathered(t) for t in shown_tensors}
         values[image] = x
@@ -128,9 +165,14 @@ class Runner:
         parts = []
         for (start, stop, pad), (xv, res) in zip(chunks, ran):
             feeds = {r: (xv if r == image else res[r]) for r in plan.residuals}
-            feeds.update({name: ort.OrtValue.ortvalue_from_numpy(_pad(seed_map[t][start:stop], pad))
-                          for t, name in plan.seed_inputs.items()})
-            outs = self._call(backward, grads, feeds, x.shape, ort_values=True)
+            if device is None:
+                feeds.update({name: ort.OrtValue.ortvalue_from_numpy(_pad(seed_map[t][start:stop], pad))
+                              for t, name in plan.seed_inputs.items()})
+                outs = self._call(backward, grads, feeds, x.shape, ort_values=True)
+            else:
+                feeds.update({name: np.ascontiguousarray(_pad(seed_map[t][start:stop], pad))
+                              for t, name in plan.seed_inputs.items()})
+                outs = self._bound(backward, grads, set(grads), device, feeds, x.shape)
             parts.append([o.numpy()[:stop - start] for o in outs])
         merged = [_join(p) for p in zip(*parts)]
         by_output = dict(zip(grads, merged))

@@ -12,15 +12,34 @@ Idle worker threads sleep instead of spinning (busy-waiting for the next task), 
 ``spinning=True``: between two runs a synthesis loop does NumPy work, and a gradient with
 seeds from a callable runs NumPy between its forward and backward sessions; spinning
 threads take the cores that work needs (and those of other frameworks in the process).
+
+Every session runs on the backend's execution providers (:func:`resolve_providers`): CUDA
+when ``onnxruntime-gpu`` is installed and sees a GPU, else the CPU, unless ``providers=``
+says otherwise. A provider that is installed but does not start (session creation raises, or
+ONNX Runtime silently leaves it out of the session) is dropped, with one warning that names
+it, and every later session runs on what is left (the CPU at the end of the list).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import threading
+import warnings
 import weakref
+from collections.abc import Mapping
 
-__all__ = ["SessionCache", "RuntimeFailure"]
+from convscope._validate import describe, param_error
+
+__all__ = ["SessionCache", "RuntimeFailure", "resolve_providers", "CPU", "CUDA"]
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+#: short names for the execution providers (case does not matter), as ``--device`` takes them
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": "TensorrtExecutionProvider",
+                    "trt": "TensorrtExecutionProvider", "coreml": "CoreMLExecutionProvider",
+                    "directml": "DmlExecutionProvider", "dml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider",
+                    "migraphx": "MIGraphXExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+#: providers whose tensors live in CUDA memory: the adjoint's residuals are bound there
+_ON_CUDA = (CUDA, "TensorrtExecutionProvider")
 
 _PLACEHOLDER = "weights.placeholder"
 _SHARE_BYTES = 1 << 20
@@ -69,16 +88,121 @@ def _needed(nodes, outputs):
     return keep[::-1]
 
 
+def _provider_name(name, ort, owner):
+    available = list(ort.get_available_providers())
+    if not isinstance(name, str):
+        raise param_error("providers", owner, "provider names or (name, options) pairs as onnxruntime takes them",
+                          describe(name), TypeError)
+    known = {n.lower(): n for n in (*ort.get_all_providers(), *available)}
+    full = PROVIDER_ALIASES.get(name.lower()) or known.get(name.lower())
+    if full in available:
+        return full
+    if full is None:
+        raise param_error("providers", owner, f"a provider onnxruntime knows; available here: {', '.join(available)} "
+                          f"(short names: {', '.join(PROVIDER_ALIASES)})", repr(name))
+    hint = " (it needs onnxruntime-gpu: pip install onnxruntime-gpu, and a GPU)" if full in _ON_CUDA else ""
+    raise param_error("providers", owner, f"a provider installed in this onnxruntime {ort.__version__}: "
+                      f"{', '.join(available)}", f"{name!r}, which is not installed{hint}")
+
+
+def resolve_providers(providers, ort, owner="convscope.load"):
+    """``[(name, options)]`` for ``providers`` (None: CUDA when installed and seen, then the CPU),
+    and whether they were chosen for the user.
+
+    ``providers`` is a name, or a list of names and ``(name, options)`` pairs, as
+    ``onnxruntime.InferenceSession`` takes them; short names (``"cuda"``, ``"tensorrt"``,
+    ``"coreml"``, ``"directml"``, ``"cpu"``) are mapped to ONNX Runtime's. The CPU provider
+    ends every list (ONNX Runtime runs there what the others lack)."""
+    if providers is None:
+        default = [(CUDA, {})] if CUDA in ort.get_available_providers() else []
+        return default + [(CPU, {})], True
+    pair = isinstance(providers, tuple) and len(providers) == 2 and isinstance(providers[1], Mapping)
+    items = [providers] if isinstance(providers, str) or pair else providers
+    if not isinstance(items, (list, tuple)) or not items:
+        raise param_error("providers", owner, "a provider name or a non-empty list of names and (name, options) pairs",
+                          describe(providers), TypeError)
+    resolved = {}
+    for item in items:
+        name, options = item if isinstance(item, (tuple, list)) and len(item) == 2 else (item, {})
+        if not isinstance(options, Mapping):
+            raise param_error("providers", owner, "(name, options) pairs with a dict of options", describe(item),
+                              TypeError)
+        resolved.setdefault(_provider_name(name, ort, owner), dict(options))
+    resolved.setdefault(CPU, {})
+    return list(resolved.items()), False
+
+
 class SessionCache:
     """Builds and caches ``onnxruntime.InferenceSession`` objects for an :class:`OnnxGraph`."""
 
-    def __init__(self, graph, ort, onnx, *, threads=None, spinning=False):
+    def __init__(self, graph, ort, onnx, *, threads=None, spinning=False, providers=None, notes=None):
         self.graph, self._ort, self._onnx = graph, ort, onnx
         self._threads, self._spinning = threads, spinning
+        self._providers, chosen = resolve_providers(providers, ort)
+        #: {option: what was chosen for the user}: the backend's ``choices``, told of a default GPU or a fallback
+        self.notes = {} if notes is None else notes
+        if chosen and self._providers[0][0] != CPU:
+            self.notes["providers"] = (f"{self._providers[0][0]} (onnxruntime-gpu and a GPU were found); "
+                                       "load(model, providers=['CPUExecutionProvider']) runs on the CPU")
+        #: (device, id) the adjoint's residuals are bound to between its two sessions, None: NumPy arrays
+        self.device = self._binding_device()
         self._sessions = {}
         self._values = {}
         self._lock = threading.Lock()
         self._folder, self._files = None, 0
+
+    @property
+    def providers(self):
+        """The names of the providers sessions run on, first choice first (after any fallback)."""
+        return [name for name, _ in self._providers]
+
+    @property
+    def provider_list(self):
+        """``[(name, options)]`` as given to ONNX Runtime: what a twin backend takes as ``providers=``."""
+        return [(name, dict(options)) for name, options in self._providers]
+
+    def free_bytes(self):
+        """Free memory of the CUDA device the sessions run on (read through torch, which ONNX
+        Runtime lacks an API for), or None: on the CPU, or when torch cannot tell."""
+        if self.device is None or self.device[0] != "cuda":
+            return None
+        try:
+            import torch
+        except ImportError:
+            return None
+        return torch.cuda.mem_get_info(self.device[1])[0] if torch.cuda.is_available() else None
+
+    def _binding_device(self):
+        name, options = self._providers[0]
+        return ("cuda", int(options.get("device_id", 0))) if name in _ON_CUDA else None
+
+    def _start(self, source, options):
+        """``InferenceSession(source)`` on the providers; one that fails to start, or that ONNX
+        Runtime leaves out, is dropped with a warning and the session made without it."""
+        ort = self._ort
+        if self.providers == [CPU]:
+            return ort.InferenceSession(source, options(), providers=[CPU])
+        try:
+            session = ort.InferenceSession(source, options(), providers=self.providers,
+                                           provider_options=[o for _, o in self._providers])
+        except Exception as err:
+            session = ort.InferenceSession(source, options(), providers=[CPU])  # a failure here is the model's
+            self._drop([n for n in self.providers if n != CPU], _first_line(err))
+            return session
+        running = set(session.get_providers())
+        dropped = [n for n in self.providers if n not in running]
+        if dropped:
+            self._drop(dropped, "ONNX Runtime left it out of the session")
+        return session
+
+    def _drop(self, names, why):
+        with self._lock:
+            self._providers = [(n, o) for n, o in self._providers if n not in names] or [(CPU, {})]
+            self.device = self._binding_device()
+            left = ", ".join(self.providers)
+            self.notes["providers"] = f"{', '.join(names)} did not start ({why}): the model runs on {left}"
+        warnings.warn(f"ONNX Runtime could not start {', '.join(names)} ({why}); convscope runs the model on {left}.",
+                      RuntimeWarning, stacklevel=5)
 
     def _ort_value(self, name):
         if name not in self._values:
@@ -166,13 +290,12 @@ class SessionCache:
         model: ONNX Runtime checks that the file exists, then takes the weight from
         ``add_initializer`` and never reads the file. (Loading from bytes, it would insist on
         ``add_external_initializers``, which copies every weight once more while loading.)"""
-        ort = self._ort
         model = self._onnx.ModelProto()
         model.CopyFrom(structure)
         data = self._attach(model, inline, shared).SerializeToString()
         del model
         if not shared:
-            return ort.InferenceSession(data, self._options(()), providers=["CPUExecutionProvider"])
+            return self._start(data, lambda: self._options(()))
         with self._lock:
             if self._folder is None:
                 self._folder = tempfile.TemporaryDirectory(prefix="convscope-onnx-")
@@ -184,7 +307,7 @@ class SessionCache:
             f.write(data)
         del data
         try:
-            return ort.InferenceSession(path, self._options(shared), providers=["CPUExecutionProvider"])
+            return self._start(path, lambda: self._options(shared))
         finally:
             os.remove(path)
 

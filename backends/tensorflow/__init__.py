@@ -36,7 +36,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -50,6 +50,7 @@ from ._layers import layer_record, layer_weights, to_channels_first
 from ._relevance import relevance_gradient
 from ._model import channels_last, check_input_shape, declared_input_shape, output_options, pick_output
 from ._run import RULE_SCOPE, LayerRun, relu_site
+from ._device import placed, tf_device
 from ._weights import assign_weights, clone_with_weights
 
 __all__ = ["KerasBackend"]
@@ -127,6 +128,10 @@ class KerasBackend(BackendBase):
     scores before a final softmax, ``"probabilities"`` keeps it. ``select`` (index or name)
     picks one output of a multi-output model (``output=<index or name>`` still does, deprecated).
     ``compile=False`` runs eagerly instead of through ``tf.function``.
+
+    Devices: by default TensorFlow places the work (on its first GPU when it sees one).
+    ``device`` ("/GPU:0", "/CPU:0", or "cpu", "gpu", "cuda", "cuda:1" for short) runs every
+    pass under ``tf.device``; a device TensorFlow does not list raises, naming those it has.
     """
 
     name = "tensorflow"
@@ -135,7 +140,7 @@ class KerasBackend(BackendBase):
     #: traced functions, probes and the lock: shared by the backends of one model (no reference to it)
     _shared = ("_shapes_seen", "_functions", "_probes", "_latest", "_lock", "_seed_call")
 
-    def __init__(self, model, *, input_shape=None, output="scores", select=None, compile=True):
+    def __init__(self, model, *, input_shape=None, output="scores", select=None, compile=True, device=None):
         import keras
         import tensorflow as tf
 
@@ -144,6 +149,8 @@ class KerasBackend(BackendBase):
         output, select = output_options(output, select, list(getattr(model, "output_names", None) or []))
         self._tf, self._keras, self.model, self.output, self.select = tf, keras, model, output, select
         self._compile = bool(compile)
+        #: the TensorFlow device every pass runs on ("/device:GPU:0"), None: TensorFlow's own placement
+        self.device = tf_device(tf, device)
         self._lock = threading.RLock()
         self._functions, self._probes, self._latest = OrderedDict(), OrderedDict(), [None]
         self._traces = 0  # how many functions were traced: once per cache key, never per call
@@ -192,7 +199,7 @@ class KerasBackend(BackendBase):
     def _locked(self):
         if self._seed_call.thread == threading.get_ident():
             raise RuntimeError("A seeds callable cannot call the backend whose gradient it is seeding.")
-        with self._lock:
+        with self._lock, (self._tf.device(self.device) if self.device else nullcontext()):
             yield
 
     def _pick(self, out):
@@ -207,6 +214,8 @@ class KerasBackend(BackendBase):
         if fn is not None:
             self._functions.move_to_end(key)
             return fn
+        if self.device:  # placed in the traced graph itself, not only around its call
+            body = placed(self._tf, self.device, body)
         if self._compile:
             tf = self._tf
             shape = (None, self.channels, *(self._spatial or (None, None)))
@@ -365,7 +374,7 @@ class KerasBackend(BackendBase):
             shape = self._probe_shape()
             twin = clone_with_weights(self._keras, self.model)
         new = KerasBackend(twin, input_shape=self._input_shape, output=self.output, select=self.select,
-                           compile=self._compile)
+                           compile=self._compile, device=self.device)
         with new._locked():
             assign_weights(new._probe(shape)[2], weights, self._keras)
         return new

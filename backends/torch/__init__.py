@@ -28,6 +28,7 @@ from ._output import detect_softmax, output_options, strip_softmax
 from ._pool import MIN_ELEMENTS, channels_last_pool_mode
 from ._probe import probe
 from ._rules import relu_rule_mode
+from ._device import checked_device, device_ceiling
 from ._weights import module_with_weights
 
 __all__ = ["TorchBackend"]
@@ -60,6 +61,12 @@ class TorchBackend(BackendBase):
     fails on another size gets ``fixed_size`` (H, W). ``output="scores"`` (the default)
     explains the input of a final softmax, ``"probabilities"`` its output (``choices`` says
     what was chosen); ``select`` picks one output of a model that returns a tuple or dict.
+
+    Devices: the backend runs the module where it is (its parameters', else its buffers',
+    device; the CPU for a module with neither) and never moves it. Images go to that device
+    once a call, results come back only at the NumPy edge. ``device`` ("cuda", "cuda:1",
+    "cpu", a ``torch.device``) states where the module is to run: a module elsewhere raises,
+    saying to move it (``model.to(device)``), as does a device that does not exist here.
     """
 
     name = "torch"
@@ -70,7 +77,7 @@ class TorchBackend(BackendBase):
     #: module with the same options (they hold no reference to it)
     _shared = ("_shapes_seen", "_layers", "_lock", "_found")
 
-    def __init__(self, module, *, input_shape=None, output=None, select=None):
+    def __init__(self, module, *, input_shape=None, output=None, select=None, device=None):
         import torch
 
         self._torch = torch
@@ -95,8 +102,19 @@ class TorchBackend(BackendBase):
         first_conv = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
         self.channels = self._input_shape[0] if self._input_shape else (first_conv.in_channels if first_conv else None)
         param = next(module.parameters(), None)
-        self._device = param.device if param is not None else torch.device("cpu")
+        held = param if param is not None else next(module.buffers(), None)
+        self._device = checked_device(torch, device, held)
         self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    @property
+    def device(self):
+        """The ``torch.device`` the module runs on (the backend never moves it)."""
+        return self._device
+
+    def memory_ceiling(self, height, width):
+        """Images of (height, width) per call that fit on a CUDA device; None on the CPU (:mod:`._device`)."""
+        return device_ceiling(self._torch, self._device, self._dtype, lambda chw: self._probed(chw)[0],
+                              (self.channels or 3, int(height), int(width)))
 
     # ----------------------------------------------------------------- what the probe decides
     @property

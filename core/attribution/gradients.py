@@ -215,7 +215,7 @@ def smoothgrad(model, x, target=None, *, noise: float = 0.15, samples: int = 25,
     noise = check_number(noise, "noise", owner, low=0)
     samples = check_int(samples, "samples", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
-    batch_size = _gradient_batch(batch_size, x, owner)
+    batch_size = _gradient_batch(batch_size, x, owner, backend)
     target = check_target(target, len(x), owner)
     classes, outputs = _classes(backend, x, target)
     flat = x.reshape(len(x), -1)
@@ -230,9 +230,9 @@ def smoothgrad(model, x, target=None, *, noise: float = 0.15, samples: int = 25,
                  with_choices({"noise": noise, "samples": samples, "variant": variant}, backend))
 
 
-def _gradient_batch(batch_size, x, owner):
+def _gradient_batch(batch_size, x, owner, backend):
     if batch_size is None:  # a backward pass prefers larger batches: 128 images of 64 x 64 (measured)
-        return auto_batch_size(*x.shape[2:], pixels=2 ** 19)
+        return auto_batch_size(*x.shape[2:], pixels=2 ** 19, backend=backend)
     return check_int(batch_size, "batch_size", owner, low=1)
 
 
@@ -287,7 +287,7 @@ def integrated_gradients(model, x, target=None, *, baseline=None, steps: int = 5
     backend, x = prepare(model, x, owner)
     steps = check_int(steps, "steps", owner, low=1)
     check_choice(method, IG_METHODS, "method", owner)
-    batch_size = _gradient_batch(batch_size, x, owner)
+    batch_size = _gradient_batch(batch_size, x, owner, backend)
     target = check_target(target, len(x), owner)
     base = _baseline(baseline, x, owner)
     alphas, weights = _quadrature(method, steps, owner)
