@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from .inputs import (BASELINES_NOTE, UsageError, class_index, class_names, load_model, open_backend, read_folder,
-                     read_images, required_arguments, resize_mode, target_size)
+from .inputs import (BASELINES_NOTE, UsageError, class_index, class_names, device_options, load_model, open_backend,
+                     read_folder, read_images, required_arguments, resize_mode, target_size)
 from .outputs import check_output, staged, write_result
 
 __all__ = ["COMMANDS", "LAYER_METHODS", "METHODS", "note"]
@@ -124,7 +124,7 @@ def cmd_layers(args):
 
     model = load_model(args.model)
     options = {"input_shape": (3, *args.size)} if args.size and not isinstance(model, str) else {}
-    backend = convscope.load(model, **options)
+    backend = convscope.load(model, **options, **device_options(model, args.device))
     print(f"{'name':32} {'kind':10} {'shape':18} kernel/stride/padding")
     for r in backend.layers():
         geometry = f"{r.kernel}/{r.stride}/{r.padding}" if r.kernel else ""

@@ -19,7 +19,8 @@ import numpy as np
 from ..preprocess import RESIZE_MODES
 
 __all__ = ["UsageError", "load_model", "open_backend", "model_size", "read_images", "read_folder", "class_names",
-           "class_index", "MODEL_FORMATS", "RESIZE_MODES", "BASELINES_NOTE", "required_arguments"]
+           "class_index", "MODEL_FORMATS", "RESIZE_MODES", "BASELINES_NOTE", "required_arguments",
+           "device_options"]
 
 MODEL_FORMATS = "an .onnx file, a .keras (or .h5) file, a torch model as package.module:factory, or 'demo' / demo:torch|onnx|keras"
 
@@ -93,6 +94,25 @@ def preprocessing(args):
     return dataclasses.replace(base, **changes)
 
 
+def device_options(model, device):
+    """The :func:`convscope.load` options that run ``model`` on ``device`` (``--device``): ONNX
+    Runtime's ``providers`` for an ONNX file ("cuda", "cuda:1", "cpu" or a provider name such as
+    "TensorrtExecutionProvider"), ``device`` for a Keras model ("/GPU:0", "cuda", "cpu"). A torch
+    model built by the command (a factory or the demo) is moved there first: the command owns it."""
+    if device is None:
+        return {}
+    path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else ""
+    if isinstance(model, bytes) or path.lower().endswith(".onnx"):
+        kind, _, index = device.partition(":")
+        return {"providers": [(kind, {"device_id": index})] if index.isdigit() else device}
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from convscope.backends.torch._device import checked_device
+
+        model.to(checked_device(torch, device, None))
+    return {"device": device}
+
+
 def open_backend(args):
     """The backend of ``args.model`` with the asked preprocessing; ``args.backend`` keeps it."""
     import convscope
@@ -101,7 +121,10 @@ def open_backend(args):
         return args.backend
     model = load_model(args.model)
     spec = preprocessing(args)
-    args.backend = convscope.load(model, preprocess=spec) if spec is not None else convscope.load(model)
+    options = device_options(model, getattr(args, "device", None))
+    if spec is not None:
+        options["preprocess"] = spec
+    args.backend = convscope.load(model, **options)
     args.model_object = model
     return args.backend
 
