@@ -19,7 +19,8 @@ Sections:
 5. dissection throughput against bare activations (:mod:`benchmarks.dissection_speed`);
 6. the cross-framework table (:mod:`benchmarks.crossframework`);
 7. the scripts of :data:`SCRIPTS` (metrics against Quantus, LRP/DeepLift against Captum, the
-   sampling family), each run as it is and its table copied in.
+   sampling family, the GPU table of :mod:`benchmarks.gpu_speed`), each run as it is and its
+   table copied in.
 
 A section that fails is reported in the file and the others still run.
 """
@@ -190,6 +191,8 @@ SCRIPTS = {
               ["lrp_speed", "lrp_onnx_speed", "lrp_keras_speed"]),
     "sampling": ("Noise tunnels, perturbation and sampling methods, more CAMs, TCAV",
                  ["perturbation_speed", "cam_variants_speed"]),
+    "gpu": ("GPU: torch on CUDA and ONNX Runtime's CUDA provider side by side, against Captum on the same GPU "
+            "(unmeasured where no GPU is present)", ["gpu_speed"]),
 }
 
 
