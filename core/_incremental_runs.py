@@ -17,8 +17,8 @@ import numpy as np
 from ._incremental import NotIncremental, incremental_plan, window_region
 from ._validate import describe, param_error
 
-__all__ = ["INCREMENTAL_MODES", "MAX_BOX_SIDE", "MIN_EVALUATIONS", "check_incremental", "IncrementalRuns", "feature_boxes",
-           "growing_boxes", "box_indices", "crop", "small_enough"]
+__all__ = ["INCREMENTAL_MODES", "MAX_BOX_SIDE", "MIN_EVALUATIONS", "check_incremental", "small_enough",
+           "IncrementalRuns", "feature_boxes", "growing_boxes", "box_indices", "crop"]
 
 #: ``incremental=``: "auto" (the plan when the model has one and the boxes are small), True
 #: (the plan for every box, or an error saying why there is none), False (the plain forward).
