@@ -120,6 +120,17 @@ def test_every_cropped_operator_window_shapes_and_batches(window):
         check_plan(backend, image, window, n, seed=n)
 
 
+def test_an_operator_it_does_not_crop_runs_on_whole_maps():
+    g = Graph(seed=5)
+    a = g.op("Relu", [g.conv("x", c_in=3, c_out=4)])
+    up = g.op("Resize", [a, "", g.const(np.float32([1, 1, 2, 2]))], mode="nearest")
+    pooled = g.op("GlobalAveragePool", [g.conv(g.op("MaxPool", [up], kernel_shape=[2, 2], strides=[2, 2]))])
+    backend = convscope.load(g.model(pooled, shape=(3, 12, 12)))
+    image = np.random.default_rng(3).random((1, 3, 12, 12), dtype=np.float32)
+    plan, _ = check_plan(backend, image, (3, 3), 6)
+    assert plan.info["full_maps_from"].startswith("Resize") and plan.info["conv_work"] > 0.5
+
+
 # ---------------------------------------------------------------- exported architectures
 @pytest.fixture(scope="module")
 def exported():
