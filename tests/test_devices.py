@@ -359,3 +359,17 @@ def test_device_cuda_on_the_command_line_asks_onnxruntime_for_cuda(cuda_listed, 
     from convscope.app.cli import main
 
     assert main(["layers", "demo:onnx", "--device", "cpu"]) == 0 and "conv1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_gpu_guide_runs_as_written_on_the_cpu(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "gpu.md"
+    code = re.search(r"```python\n(.*?)```", doc.read_text(), re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["['CPUExecutionProvider']", "cpu", "the same maps on both: True"]
