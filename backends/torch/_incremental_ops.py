@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import operator
+
 import numpy as np
 
 from convscope._incremental import Region, through_upsample, through_window, union
 
-__all__ = ["Cropped", "gather", "materialise", "window_op", "elementwise", "concat", "upsample"]
+__all__ = ["Ops", "pair", "conv_padding", "flat", "mapped", "Cropped", "gather", "materialise", "window_op", "elementwise", "concat", "upsample"]
 
 
 @dataclass
@@ -39,35 +41,70 @@ def _index(torch, starts, size, device):
     return rows, cols
 
 
+_PIXELS = {}  # id(tensor) -> (the tensor, its (H * W, C) channels-last copy)
+
+
+def pixels(t):
+    """A (1, C, H, W) tensor as (H * W, C) rows, one per pixel (made once per tensor)."""
+    got = _PIXELS.get(id(t))
+    if got is None or got[0] is not t:
+        if len(_PIXELS) > 4096:
+            _PIXELS.clear()
+        got = _PIXELS[id(t)] = (t, t[0].permute(1, 2, 0).reshape(-1, t.shape[1]))
+    return got[1]
+
+
+def rows_of(t):
+    """A (B, C, h, w) tensor as (B * h * w, C) rows (free for channels-last memory)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def as_map(flat, batch, size):
+    """(B * h * w, C) rows back to a (B, C, h, w) tensor in channels-last memory."""
+    return flat.view(batch, size[0], size[1], -1).permute(0, 3, 1, 2)
+
+
+def _flat_index(rows, cols, width):
+    return (rows[:, :, None] * width + cols[:, None, :]).reshape(-1)
+
+
+def _paste(torch, flat, value, starts, size, offset):
+    """Writes the pixels of ``value``'s boxes that lie inside the boxes ``starts`` of ``size``
+    (coordinates shifted by ``offset``) into ``flat``, their (B * h * w, C) rows."""
+    r = value.region
+    device = flat.device
+    rel = torch.from_numpy(np.ascontiguousarray(r.starts + np.asarray(offset) - starts, np.int64)).to(device)
+    li = rel[:, :1] + torch.arange(r.size[0], device=device)  # (B, hr) rows of the crop in the box
+    lj = rel[:, 1:] + torch.arange(r.size[1], device=device)
+    b = torch.arange(len(rel), device=device)[:, None, None] * (size[0] * size[1])
+    dest = (b + li[:, :, None] * size[1] + lj[:, None, :]).reshape(-1)
+    src = rows_of(value.crop)
+    if bool(((li >= 0) & (li < size[0])).all() and ((lj >= 0) & (lj < size[1])).all()):
+        return flat.index_copy_(0, dest, src)
+    valid = (((li >= 0) & (li < size[0]))[:, :, None] & ((lj >= 0) & (lj < size[1]))[:, None, :]).reshape(-1)
+    return flat.index_copy_(0, dest[valid], src[valid])
+
+
 def gather(torch, value, starts, size, offset=(0, 0), base=None):
     """The boxes ``starts`` (B, 2) of ``size`` of ``value`` (a :class:`Cropped`, or a plain
     (1, C, H, W) tensor the same for every sample), in the coordinates of ``base`` (default the
-    original), a padded copy whose pixel (0, 0) is the original's ``-offset``. Returns (B, C, h, w)."""
+    original), a padded copy whose pixel (0, 0) is the original's ``-offset``. Returns
+    (B, C, h, w) in channels-last memory: one row gather, then the batch's pixels pasted."""
     orig = value.orig if isinstance(value, Cropped) else value
     base = orig if base is None else base
     rows, cols = _index(torch, starts, size, base.device)
-    out = base[0][:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)  # (B, C, h, w)
-    if not isinstance(value, Cropped):
-        return out
-    r = value.region
-    rr = rows - torch.from_numpy(r.starts[:, :1] + offset[0]).to(base.device)
-    cc = cols - torch.from_numpy(r.starts[:, 1:] + offset[1]).to(base.device)
-    inside = (((rr >= 0) & (rr < r.size[0]))[:, :, None] & ((cc >= 0) & (cc < r.size[1]))[:, None, :])
-    if not bool(inside.any()):
-        return out
-    b = torch.arange(len(rows), device=base.device)[:, None, None]
-    pasted = value.crop[b, :, rr.clamp(0, r.size[0] - 1)[:, :, None], cc.clamp(0, r.size[1] - 1)[:, None, :]]
-    return torch.where(inside[:, None], pasted.permute(0, 3, 1, 2), out)
+    flat = pixels(base).index_select(0, _flat_index(rows, cols, base.shape[-1]))
+    if isinstance(value, Cropped):
+        _paste(torch, flat, value, starts, size, offset)
+    return as_map(flat, len(rows), size)
 
 
 def materialise(torch, value):
     """The full maps (B, C, H, W) of a :class:`Cropped`: copies of the original, boxes pasted in."""
-    r = value.region
-    full = value.orig.expand(value.batch, *value.orig.shape[1:]).clone()
-    rows, cols = _index(torch, r.starts, r.size, full.device)
-    b = torch.arange(value.batch, device=full.device)[:, None, None]
-    full[b, :, rows[:, :, None], cols[:, None, :]] = value.crop.permute(0, 2, 3, 1)
-    return full
+    shape = value.region.shape
+    flat = pixels(value.orig).repeat(value.batch, 1)
+    _paste(torch, flat, value, np.zeros((value.batch, 2), np.int64), shape, (0, 0))
+    return as_map(flat, value.batch, shape)
 
 
 def _finish(out_orig, region, crop):
@@ -150,3 +187,59 @@ def upsample(torch, value, scale, mode, out_orig):
     b = torch.arange(len(rows), device=up.device)[:, None, None]
     out = up[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     return _finish(out_orig, region, out)
+
+
+def pair(v):
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(a) for a in v)
+
+
+def conv_padding(padding, kernel, dilation):
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    p = pair(padding)
+    return (p[0], p[1], p[0], p[1])
+
+
+class Ops:
+    """What the interpreter knows, by module class, function and method name."""
+
+    def __init__(self, torch):
+        nn, F = torch.nn, torch.nn.functional
+        self.pointwise_modules = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+                                  nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout,
+                                  nn.Dropout2d, nn.PReLU)
+        self.pointwise_functions = {F.relu, torch.relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid,
+                                    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.silu, F.gelu, F.leaky_relu,
+                                    F.elu, F.mish, F.dropout, F.dropout2d, torch.clamp, torch.relu_, F.relu_,
+                                    operator.neg, torch.exp, torch.abs,
+                                    operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd,
+                                    operator.imul, operator.isub, torch.add, torch.mul, torch.sub, torch.div,
+                                    torch.maximum, torch.minimum}
+        self.pointwise_methods = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "add", "add_",
+                                  "mul", "mul_", "sub", "div", "contiguous", "neg", "exp", "abs"}
+        self.inplace_methods = {m for m in self.pointwise_methods if m.endswith("_")}
+        self.inplace_functions = {operator.iadd, operator.imul, operator.isub, torch.relu_, F.relu_}
+        self.cat = {torch.cat, torch.concat}
+        self.meta_methods = {"size", "dim"}
+
+
+def flat(value):
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from flat(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from flat(v)
+    else:
+        yield value
+
+
+def mapped(value, fn):
+    if isinstance(value, (tuple, list)):
+        return type(value)(mapped(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: mapped(v, fn) for k, v in value.items()}
+    return fn(value)
