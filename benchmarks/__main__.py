@@ -193,6 +193,8 @@ SCRIPTS = {
                  ["perturbation_speed", "cam_variants_speed"]),
     "serve": ("convscope serve: an image page's time to first byte and its maps, cold and cached", ["serve_speed"]),
     "occlusion": ("Incremental occlusion (Krypton) on torch: against the raw floor, Captum, approximate mode", ["incremental_speed"]),
+    "occlusion": ("Incremental occlusion (Krypton) on torch: against the raw floor, Captum, approximate mode",
+                  ["incremental_speed"]),
     "windows": ("Incremental inference beyond occlusion: feature ablation over windows, deletion's early steps",
                 ["incremental_windows_speed"]),
     "gpu": ("GPU: torch on CUDA and ONNX Runtime's CUDA provider side by side, against Captum on the same GPU "
