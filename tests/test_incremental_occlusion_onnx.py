@@ -214,6 +214,16 @@ def test_one_graph_per_window_size_and_batch_size():
     assert len(backend._sessions) in (built + 2, built + 3)
 
 
+def test_bound_to_a_device_the_originals_stay_there_and_the_scores_agree():
+    backend = convscope.load(every_op_model())
+    image = np.random.default_rng(11).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    _, plain = check_plan(backend, image, (5, 5), 4)
+    backend._sessions.device = ("cpu", 0)  # the GPU path's I/O binding, bound to the CPU (no GPU here)
+    plan, bound = check_plan(backend, image, (5, 5), 4)
+    assert all(not isinstance(v, np.ndarray) for v in plan._feeds.values())  # OrtValues, made once per image
+    np.testing.assert_array_equal(bound, plain)
+
+
 def test_threshold_one_is_exact_and_small_thresholds_do_less_work():
     backend = convscope.load(every_op_model())
     image = np.random.default_rng(8).random((1, 3, SIZE, SIZE), dtype=np.float32)

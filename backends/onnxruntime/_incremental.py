@@ -9,7 +9,9 @@ their columns). Per image it runs the model once for the original activations th
 pasted into, padded and flattened for the graph's gathers. Per batch of patches it looks the
 boxes up, computes the gathers' int64 indices in NumPy, and makes one session call (one
 session per window size and batch size, cached with the backend's other sessions; a model
-whose file fixes the batch runs the batch in pieces of that size).
+whose file fixes the batch runs the batch in pieces of that size). On a GPU provider the
+originals are copied to the device once per image and bound there (I/O binding); each batch
+sends its patches and indices and brings back only the scores.
 """
 from __future__ import annotations
 
@@ -127,7 +129,12 @@ class IncrementalPlan:
     """Scores of one image with patches pasted in, through the crop-wise graph (see the module)."""
 
     def __init__(self, backend, structure, feeds):
-        self._backend, self._structure, self._feeds = backend, structure, feeds
+        self._backend, self._structure = backend, structure
+        #: (device, id) of a GPU provider's sessions: the originals go there once, per image
+        self._device = getattr(backend._sessions, "device", None)
+        if self._device is not None:
+            feeds = {name: backend._runner._on_device(value, self._device) for name, value in feeds.items()}
+        self._feeds = feeds
         self.info = dict(structure.info)
 
     def _session(self, batch):
@@ -164,9 +171,14 @@ class IncrementalPlan:
             take = np.concatenate([np.arange(start, stop), np.full(step - (stop - start), start)])
             feeds = {PATCHES: patches[take], **self._feeds}
             feeds.update({g.index: _indices(g, corners[take]) for g in walked.gathers})
+            scores = backend.graph.scores
             with backend._lock:
                 session = self._session(step)
-                out = backend._runner._call(session, [backend.graph.scores], feeds, patches.shape)[0]
+                if self._device is None:
+                    out = backend._runner._call(session, [scores], feeds, patches.shape)[0]
+                else:  # patches and indices copied in, the originals bound where they are, scores to the host
+                    out = backend._runner._bound(session, [scores], {scores}, self._device, feeds,
+                                                 patches.shape)[0].numpy()
             parts.append(out[:stop - start])
         return check_finite(np.concatenate(parts) if len(parts) > 1 else parts[0], "the output", "occlusion")
 
