@@ -192,7 +192,6 @@ SCRIPTS = {
     "sampling": ("Noise tunnels, perturbation and sampling methods, more CAMs, TCAV",
                  ["perturbation_speed", "cam_variants_speed"]),
     "serve": ("convscope serve: an image page's time to first byte and its maps, cold and cached", ["serve_speed"]),
-    "occlusion": ("Incremental occlusion (Krypton) on torch: against the raw floor, Captum, approximate mode", ["incremental_speed"]),
     "occlusion": ("Incremental occlusion (Krypton) on torch: against the raw floor, Captum, approximate mode",
                   ["incremental_speed"]),
     "windows": ("Incremental inference beyond occlusion: feature ablation over windows, deletion's early steps",
