@@ -39,6 +39,11 @@ class Preprocessed(BackendBase):
     def fixed_size(self):
         return getattr(self.inner, "fixed_size", None)
 
+    def memory_ceiling(self, height, width):
+        """The inner backend's images per call on its device (None: no ceiling), :mod:`convscope._batching`."""
+        ceiling = getattr(self.inner, "memory_ceiling", None)
+        return ceiling(height, width) if callable(ceiling) else None
+
     # ----------------------------------------------------------------- shared per-model state
     def _share_state(self) -> dict:
         inner = self.inner._share_state() if isinstance(self.inner, BackendBase) else {}

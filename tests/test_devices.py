@@ -373,3 +373,15 @@ def test_the_gpu_guide_runs_as_written_on_the_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["['CPUExecutionProvider']", "cpu", "the same maps on both: True"]
+
+
+def test_a_preprocessed_backend_keeps_the_memory_ceiling_of_the_model():
+    from convscope.data import demo_model
+
+    backend = convscope.load(demo_model("torch"), preprocess="imagenet")
+    assert backend.memory_ceiling(64, 64) is None  # the CPU
+    backend.inner.memory_ceiling = lambda h, w: 2
+    try:
+        assert _batching.auto_batch_size(64, 64, backend=backend) == 2
+    finally:
+        del backend.inner.memory_ceiling
