@@ -7,6 +7,7 @@ import numpy as np
 from .._targets import check_target, output_seeds, prepare, with_choices
 from .._validate import check_choice, check_int, check_number, describe, param_error
 from .._batching import auto_batch_size
+from ..backend import INPUT
 from .result import AttributionMaps
 
 __all__ = ["noise_tunnel", "NOISE_TUNNEL_KINDS"]
@@ -31,6 +32,82 @@ def _method(method, owner):
                           "(model, x, target) -> AttributionMaps", describe(method), TypeError)
     check_choice(method, tuple(n for n in _NAMED if hasattr(attribution, n)), "method", owner)
     return getattr(attribution, method), options, method
+
+
+class _DryRun(BaseException):
+    """Raised by :class:`_Dry` at a method's first model pass (a BaseException, so that no
+    ``except Exception`` on the way turns it into another error)."""
+
+
+def _no_pass(*args, **kwargs):
+    raise _DryRun
+
+
+class _Dry:
+    """A backend whose passes stop the call: the inner method checks its arguments, then stops
+    at its first pass (the layer names it asks for checked first, as the trusted path does), or
+    at any other call but the queries its checks read (the layer records, the weights, the batch
+    ceiling), so that bad options raise before noise_tunnel runs a pass. Plain attributes
+    (channels, value_range, ...) are the backend's."""
+
+    QUERIES = ("layers", "weights", "memory_ceiling", "_note_input", "_check_names")
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, attr):
+        value = getattr(self._backend, attr)
+        return _no_pass if callable(value) and not isinstance(value, type) and attr not in self.QUERIES else value
+
+    name = property(lambda self: self._backend.name)
+
+    def _names(self, names, param, owner):
+        check = getattr(self._backend, "_check_names", None)
+        if check is not None and names is not None and not callable(names):
+            check(list(names), param, owner)
+
+    def forward(self, x):
+        raise _DryRun
+
+    def activations(self, x, layers):
+        self._names(layers, "layers", "activations")
+        raise _DryRun
+
+    def gradient(self, x, seeds, *, wrt=(INPUT,), at=None, **rule):
+        self._names(wrt, "wrt", "gradient")
+        self._names(at if at is not None or not isinstance(seeds, dict) else list(seeds), "at", "gradient")
+        raise _DryRun
+
+    def layers(self):
+        return self._backend.layers()
+
+    def weights(self, layer):
+        return self._backend.weights(layer)
+
+
+def _check_options(function, options, name, backend, x, target, owner):
+    """The inner method's options checked before any pass: their names against its signature,
+    and for a method of this family its own checks, run on a backend that stops at the first pass."""
+    import inspect
+
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): the first call checks
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = [p for p in list(params)[3:] if params[p].kind in named]
+    free = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    bad = [k for k in options if k in ("model", "x", "target") or (k not in takes and not free)]
+    if bad:
+        raise param_error("method", owner, f"options that {name} takes ({', '.join(takes) or 'none'}; noise_tunnel "
+                          "gives the model, the images and the target)", f"option {bad[0]!r} for {name}", TypeError)
+    from .. import attribution
+
+    if name in _NAMED and getattr(attribution, name, None) is function:
+        try:
+            function(_Dry(backend), x, target, **options)
+        except _DryRun:
+            pass
 
 
 def _classes(backend, x, target, owner):
@@ -61,7 +138,9 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
     ----------
     method : str, (str, dict) or callable
         An attribution of this family by name (``"saliency"``, ``"integrated_gradients"``,
-        ...), with options, or a callable ``(model, x, target) -> AttributionMaps``.
+        ...), with options, or a callable ``(model, x, target) -> AttributionMaps``. The
+        options are checked before any pass: their names against the method's signature, and
+        a method of this family runs its own checks (on a backend that stops at the first pass).
     noise : array (samples, N, C, H, W) or None
         The noise itself, added as given (``stdev`` and ``seed`` are then unused); draw i for
         image n is ``noise[i, n]``. Otherwise draw i is
@@ -95,33 +174,40 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
     else:
         per = check_int(perturbations_per_eval, "perturbations_per_eval", owner, low=1)
     target = check_target(target, n, owner)
+    _check_options(function, options, name, backend, x, target, owner)
     classes, outputs = _classes(backend, x, target, owner)
     flat = x.reshape(n, -1)
     sigma = (stdev * (flat.max(axis=1) - flat.min(axis=1))).astype(np.float32)[:, None, None, None]
 
-    def draw(i):
+    def noisy(i, out):
+        """x plus draw i, written into ``out`` (no temporaries: the draw is made in place)."""
         if noise is not None:
-            return noise[i]
-        return np.random.default_rng([seed, int(i)]).standard_normal(x.shape, dtype=np.float32) * sigma
+            return np.add(x, noise[i], out=out)
+        np.random.default_rng([seed, int(i)]).standard_normal(x.shape, dtype=np.float32, out=out)
+        out *= sigma
+        return np.add(out, x, out=out)
 
     sums, map_sums = [0.0, 0.0], [0.0, 0.0]  # sum and sum of squares, float64
     signed = False
+    buffer = np.empty((min(per, samples) * n, *x.shape[1:]), np.float32)  # reused: the method never keeps it
     for start in range(0, samples, per):
         draws = range(start, min(start + per, samples))
-        images = np.concatenate([x + draw(i) for i in draws])  # draw-major: (draw, image)
+        images = buffer[:len(draws) * n]
+        for k, i in enumerate(draws):  # draw-major: (draw, image)
+            noisy(i, images[k * n:(k + 1) * n])
         chunk_target = classes if callable(classes) else np.tile(classes, len(draws))
         result = function(backend, images, chunk_target, **options)
         if not isinstance(result, AttributionMaps) or result.maps.shape != (len(images),) + x.shape[2:]:
             raise param_error("method", owner, f"a method returning AttributionMaps with one map per image, "
                               f"{(len(images),) + x.shape[2:]}", f"{name} returning {describe(result)}", TypeError)
         a = result.attributions if result.attributions is not None else result.maps[:, None]
-        a = a.astype(np.float64).reshape((len(draws), n) + a.shape[1:])
-        m = result.maps.astype(np.float64).reshape((len(draws), n) + result.maps.shape[1:])
-        sums[0] = sums[0] + a.sum(axis=0)
-        map_sums[0] = map_sums[0] + m.sum(axis=0)
+        a = a.reshape((len(draws), n) + a.shape[1:])
+        m = result.maps.reshape((len(draws), n) + result.maps.shape[1:])
+        sums[0] = sums[0] + a.sum(axis=0, dtype=np.float64)  # each value in float64, then summed
+        map_sums[0] = map_sums[0] + m.sum(axis=0, dtype=np.float64)
         if kind != "smoothgrad":
-            sums[1] = sums[1] + (a ** 2).sum(axis=0)
-            map_sums[1] = map_sums[1] + (m ** 2).sum(axis=0)
+            sums[1] = sums[1] + np.square(a, dtype=np.float64).sum(axis=0)
+            map_sums[1] = map_sums[1] + np.square(m, dtype=np.float64).sum(axis=0)
         signed = result.signed
     attributions, maps = (_reduce(s, kind, samples) for s in (sums, map_sums))
     info = {"method": name, "kind": kind, "samples": samples, "stdev": stdev if noise is None else "given noise",
