@@ -62,13 +62,25 @@ def resolve_features(features, x, owner, *, param="features"):
     return check_segments(labels, x.shape, owner, param=param), {"features": "given"}
 
 
-def composite(x, base, labels, samples, keep):
+def composite(x, base, labels, samples, keep, out=None):
     """Images ``where(keep[r, labels[s_r]], x[s_r], base[s_r])`` for rows r (sample ``samples[r]``,
-    ``keep`` (R, L) bool over that sample's features)."""
+    ``keep`` (R, L) bool over that sample's features), written into ``out`` (at least R images,
+    float32, reused between calls) when given.
+
+    Rows of one sample in a row are made together: one ``take`` of their keep masks through
+    the sample's label map, the baseline copied in and ``x`` copied where kept (exact values
+    of ``x`` and of the baseline, no arithmetic)."""
     r = len(samples)
-    flat = labels[samples].reshape(r, -1)
-    on = np.take_along_axis(keep, flat, axis=1).reshape((r, 1) + labels.shape[1:])
-    return np.where(on, x[samples], base[samples])
+    out = np.empty((r,) + x.shape[1:], np.float32) if out is None else out[:r]
+    flat = labels.reshape(len(labels), -1)
+    cuts = np.flatnonzero(np.diff(samples)) + 1
+    for start, stop in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [r]])):
+        s = samples[start]
+        on = keep[start:stop].take(flat[s], axis=1).reshape((stop - start, 1) + labels.shape[1:])
+        block = out[start:stop]
+        block[...] = base[s]
+        np.copyto(block, x[s], where=on)
+    return out
 
 
 class Scorer:
@@ -94,10 +106,11 @@ class Scorer:
         """(R,) objective of the composites of rows R = len(samples); ``keep_of(start, stop)`` gives
         the keep masks of rows start:stop, so only ``per_call`` images exist at a time."""
         out = np.empty(len(samples), np.float64)
+        images = np.empty((min(self.per_call, len(samples)),) + x.shape[1:], np.float32)  # one buffer, reused
         for start in range(0, len(samples), self.per_call):
             stop = min(start + self.per_call, len(samples))
             s = samples[start:stop]
-            out[start:stop] = self.score(composite(x, base, labels, s, keep_of(start, stop)), s)
+            out[start:stop] = self.score(composite(x, base, labels, s, keep_of(start, stop), images), s)
         return out
 
 
