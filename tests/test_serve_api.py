@@ -312,24 +312,9 @@ def test_nothing_is_written_outside_the_cache(ws, folder, tmp_path):
     assert isinstance(entry, dict)
 
 
-def test_onnx_file_gives_the_same_numbers(folder, ws):
-    pytest.importorskip("onnxruntime")
-    from convscope.data import demo_path
-
-    root, _ = folder
-    other = Workspace(str(demo_path("onnx")), data=str(root / "broden"), cache=str(root / "cache"), quick=True)
-    try:
-        with TestClient(make_app(other)) as c:
-            assert c.get("/").status_code == 200
-            numbers = result(c, "predict", image="data-2")["numbers"]
-        np.testing.assert_allclose(numbers["scores"], ws.backend.forward(ws.images[2:3])[0], atol=1e-4)
-        assert other.cache.folder != ws.cache.folder  # another model file, another cache
-    finally:
-        other.jobs.shutdown()
-
-
 def test_cli_parses_serve():
     from convscope.app.cli import build_parser
 
     args = build_parser().parse_args(["serve", "demo", "--port", "0", "--data", "x", "--preset", "imagenet"])
     assert args.command == "serve" and args.port == 0 and args.host == "127.0.0.1"
+

@@ -16,7 +16,7 @@ import numpy as np
 
 from ... import attribution, features, metrics, synthesis
 from ...dissection import dissect
-from ...render.image import overlay, resize, to_rgb
+from ...render.image import overlay, to_rgb
 from .. import inputs
 from ..commands import METHODS
 from ..report import _options, demo_settings
@@ -189,7 +189,9 @@ class Workspace:
         return {"objective": float(result.values[0]), "steps": self.steps}, {"visualization": result.to_rgb()}
 
     def _dissect(self, job, layer):
-        result = dissect(self.backend, layer, self.concepts, progress=False, skip_empty=True)
+        scratch = self.cache.root / "scratch"  # dissection's activation cache, when it goes to disk: ours, not /tmp
+        scratch.mkdir(exist_ok=True)
+        result = dissect(self.backend, layer, self.concepts, progress=False, skip_empty=True, cache_dir=scratch)
         return {"table": result.table(), "quantile": result.quantile, "iou_threshold": result.iou_threshold,
                 "empty": list(result.empty_concepts)}, {}  # concepts with no pixels in the folder: IoU 0, said
 
