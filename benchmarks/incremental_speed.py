@@ -15,6 +15,10 @@ bound the exact method can reach (the rest of the network is a few percent). Cap
 (projective-field thresholding) is timed at 32/16 and its error measured against exact
 incremental scores on the same windows: the largest absolute difference of the score drops,
 divided by the largest exact drop.
+
+The ONNX section (:func:`onnx_run`) times the same cases on the model's ONNX export: the ONNX
+backend's crop-wise graph against the bare batched ``InferenceSession.run`` of the occluded
+images and against plain ONNX occlusion, its approximate mode, and whole occlusion runs.
 """
 from __future__ import annotations
 
@@ -110,7 +114,7 @@ def run(quick: bool) -> str:
         err = float(np.abs(drop - drop_exact).max())
         lines.append(f"| {threshold} | {t[threshold] / len(sample) * 1e3:.1f} | {t[threshold] / t['exact']:.2f} | "
                      f"{err:.2e} | {err / np.abs(drop_exact).max():.3f} |")
-    lines += ["", _captum(torch, model, x, quick)]
+    lines += ["", _captum(torch, model, x, quick), "", "### ONNX Runtime", "", onnx_run(quick)]
     return "\n".join(lines)
 
 
@@ -139,6 +143,92 @@ def _captum(torch, model, x, quick):
     return (f"Whole occlusion runs at {window} / {stride} (one call each): incremental {t['inc']:.1f} s, plain "
             f"{t['plain']:.1f} s, Captum {t['captum']:.1f} s; incremental / Captum = {t['inc'] / t['captum']:.2f}, "
             f"plain / Captum = {t['plain'] / t['captum']:.2f}.")
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+def onnx_run(quick: bool) -> str:
+    """The same cases on the ResNet-18's ONNX export (ONNX Runtime, one thread): the ONNX
+    backend's crop-wise graph against the bare batched ``InferenceSession.run`` of the occluded
+    images (the floor) and against plain ONNX occlusion (``backend.forward`` of them). ``plan
+    ms`` is the first plan of a window size: the crop-wise graph's analysis, its session and
+    the forward of the original (a later image of that size pays only the forward)."""
+    import warnings
+
+    import onnxruntime
+
+    import convscope
+    from convscope._incremental import incremental_plan, window_patches
+    from .models import resnet18
+    from .onnx_speed import _export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = _export(resnet18(1000))
+    backend = convscope.load(data, threads=1)
+    bare = onnxruntime.InferenceSession(data, backend._sessions._options(()), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    backend.forward(x)
+    fill = np.broadcast_to(x[0].mean(axis=(1, 2), keepdims=True), x[0].shape).astype(np.float32)
+    count, repeat, per = (16, 2, 16) if quick else (48, 3, 16)
+    lines = [f"ONNX Runtime {onnxruntime.__version__}, 1 thread: the ResNet-18's ONNX export, {count} windows sampled "
+             f"per case; floor = a bare `InferenceSession.run` of the occluded images in batches of {per}, plain = "
+             "`backend.forward` of them (what `occlusion(..., incremental=False)` runs).", "",
+             "| window / stride | windows | conv work | incremental ms/window | floor ms/window | plain ms/window | "
+             "plan ms | ratio to floor (whole run) | target |", "|---|---|---|---|---|---|---|---|---|"]
+    cases = [(32, 16), (32, 8)] if quick else [(16, 8), (32, 8), (32, 16), (64, 16), (64, 32)]
+
+    def batches(fn, n, *arrays):
+        return lambda: np.concatenate([fn(*(a[i:i + per] for a in arrays)) for i in range(0, n, per)])
+
+    kept = {}
+    for window, stride in cases:
+        corners, sample = _sample(window, stride, count)
+        patches, starts = window_patches(x[0], fill, sample, (window, window))
+        images = _floor_images(x, sample, window, fill)
+        t0 = time.perf_counter()
+        plan = incremental_plan(backend, x, (window, window))
+        plan.scores(patches[:per], starts[:per])  # the crop-wise session, built once per window size
+        first = time.perf_counter() - t0
+        calls = {"inc": batches(plan.scores, len(sample), patches, starts),
+                 "floor": batches(lambda im: bare.run(None, {"input": im})[0], len(sample), images),
+                 "plain": batches(backend.forward, len(sample), images)}
+        got, ref = calls["inc"](), calls["floor"]()
+        error = float(np.abs(got - ref).max() / np.abs(ref).max())
+        t = measure(calls, repeat=repeat, warmup=1)
+        per_inc, per_floor, per_plain = (t[k] / len(sample) for k in ("inc", "floor", "plain"))
+        plan_s = max(0.0, first - per_inc * min(per, len(sample)))
+        ratio = (plan_s + per_inc * len(corners)) / (per_floor * len(corners))
+        target = "<= 0.33" if (window, stride) in ((32, 8), (32, 16)) else ""
+        flag = (" ok" if ratio <= 0.33 else " MISSED") if target else ""
+        lines.append(f"| {window} / {stride} | {len(corners)} | {plan.info['conv_work']:.2f} | {per_inc * 1e3:.1f} | "
+                     f"{per_floor * 1e3:.1f} | {per_plain * 1e3:.1f} | {plan_s * 1e3:.0f} | {ratio:.2f} | "
+                     f"{target}{flag} |")
+        lines[-1] += f" (max rel. difference from the floor's scores {error:.1e})" if error > 1e-5 else ""
+        kept[(window, stride)] = (got, sample, patches, starts, t["floor"])
+    got, sample, patches, starts, floor_s = kept[(32, 16)]
+    lines += ["", "ONNX approximate mode at 32 / 16 (same windows; error of the score drops against exact):", "",
+              "| threshold | conv work | ms/window | ratio to floor (per window) | max abs error | relative to max drop |",
+              "|---|---|---|---|---|---|"]
+    base = backend.forward(x)
+    cls = int(base[0].argmax())
+    drop_exact = base[0, cls] - got[:, cls]
+    for threshold in (0.5, 0.25):
+        plan = incremental_plan(backend, x, (32, 32), threshold)
+        call = batches(plan.scores, len(sample), patches, starts)
+        drop = base[0, cls] - call()[:, cls]
+        seconds = measure({"approximate": call}, repeat=repeat, warmup=0)["approximate"]
+        err = float(np.abs(drop - drop_exact).max())
+        lines.append(f"| {threshold} | {plan.info['conv_work']:.2f} | {seconds / len(sample) * 1e3:.1f} | "
+                     f"{seconds / floor_s:.2f} | {err:.2e} | {err / np.abs(drop_exact).max():.3f} |")
+    if not quick:
+        fill_value = float(x.mean())
+        runs = {k: (lambda k=k: convscope.attribution.occlusion(backend, x, cls, window=32, stride=16, fill=fill_value,
+                                                                perturbations_per_eval=per, incremental=k))
+                for k in (True, False)}
+        t = measure(runs, repeat=1, warmup=0)
+        lines += ["", f"Whole ONNX occlusion runs at 32 / 16 (one call each, sessions already built): incremental "
+                      f"{t[True]:.1f} s, plain {t[False]:.1f} s, incremental / plain = {t[True] / t[False]:.2f}."]
+    return "\n".join(lines)
 
 
 def main():
