@@ -102,6 +102,9 @@ def test_a_provider_left_out_of_the_session_falls_back_to_the_cpu_with_one_warni
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
     assert backend.providers == [CPU] and backend._sessions.device is None
     assert "CUDAExecutionProvider did not start" in backend.choices["providers"]
+    from convscope.attribution import saliency
+
+    assert "CUDAExecutionProvider did not start" in saliency(backend, X, 1).info["choices"]["providers"]
     np.testing.assert_array_equal(got, scores)
     np.testing.assert_array_equal(again.grads["input"], grads.grads["input"])
 
