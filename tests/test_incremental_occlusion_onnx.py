@@ -238,6 +238,22 @@ def test_threshold_one_is_exact_and_small_thresholds_do_less_work():
     assert np.isfinite(tight.scores(patches, starts)).all()
 
 
+def test_approximate_drops_equal_the_torch_backends_on_the_same_model(exported):
+    """Krypton's thresholding through two independent crop machineries (torch's fx graph and the
+    ONNX crop-wise graph) on one model: the same approximate drops, far from the exact ones."""
+    model = zoo_models.build("resnet")
+    on_torch, on_onnx = convscope.load(model), convscope.load(exported("resnet"))
+    x = np.random.default_rng(12).random((1, 3, 32, 32), dtype=np.float32)
+    patches, starts = window_patches(x[0], np.full_like(x[0], 0.3), border_corners(np.random.default_rng(1), 9, 32,
+                                                                                      (8, 8)), (8, 8))
+    base = on_onnx.forward(x)
+    drops = {(name, t): base - incremental_plan(b, x, (8, 8), t).scores(patches, starts)
+             for name, b in (("torch", on_torch), ("onnx", on_onnx)) for t in (None, 0.3)}
+    scale = np.abs(drops["onnx", None]).max()
+    assert np.abs(drops["onnx", 0.3] - drops["onnx", None]).max() > 0.05 * scale
+    assert np.abs(drops["onnx", 0.3] - drops["torch", 0.3]).max() < 1e-4 * scale
+
+
 def test_bad_patches_corners_and_thresholds_raise_clearly():
     backend = convscope.load(every_op_model())
     image = np.zeros((1, 3, SIZE, SIZE), np.float32)
