@@ -241,6 +241,11 @@ def test_uploads_that_are_not_images_or_too_large(ws):
 
         r = c.post("/upload", content=chunks(), headers={"Content-Type": "image/png"})
         assert r.status_code == 413
+    bomb = io.BytesIO()  # 72 megapixels in a few kilobytes: refused from its header, before it is decoded
+    Image.new("1", (9000, 8000)).save(bomb, format="PNG")
+    with TestClient(make_app(ws)) as c:
+        r = c.post("/upload", content=bomb.getvalue(), headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "9000x8000" in r.json()["error"]
 
 
 def test_cache_second_visit_is_instant_and_survives_a_restart(client, ws, folder):
@@ -292,6 +297,19 @@ def test_cancel_stops_between_steps_and_leaves_no_entry(client, ws):
     started = ws.jobs.started  # asking again computes (with the usual steps this time)
     assert client.post("/api/ask/visualize", params={"layer": "conv4", "unit": 1}).status_code == 202
     assert ws.jobs.started == started + 1
+
+
+def test_cancel_the_image_page_between_two_methods(client, ws):
+    job = client.post("/api/ask/explain", params={"image": "data-7"}).json()["job"]
+    deadline = time.time() + 60
+    while client.get(f"/api/job/{job}").json()["done"] < 1:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    client.post(f"/api/job/{job}/cancel")
+    ws.jobs.get(job).finished.wait(60)
+    status = client.get(f"/api/job/{job}").json()
+    assert status["state"] == "cancelled"
+    assert status["done"] < len(METHODS) - 1 and status["total"] == len(METHODS)
 
 
 def test_nothing_is_written_outside_the_cache(ws, folder, tmp_path):

@@ -64,6 +64,7 @@ const RENDER = {
         el("td", {class: "label"}, x.concept), el("td", {}, x.category), numCell(x.iou), el("td", {}, x.detector ? "yes" : "no")])));
   },
   unit_map: (box, r) => box.append(picture(r.pictures.map, "activation map"),
+    el("p", {}, "colour (jet): the unit's activation from the map's minimum (blue) to its maximum (red), bilinear to the image"),
     table(["max", "mean", "peak (y, x)"], [[numCell(r.numbers.max), numCell(r.numbers.mean), el("td", {}, r.numbers.peak.join(", "))]])),
   layer_maps: (box, r) => {
     const buttons = el("p", {class: "unit-buttons"});
