@@ -128,6 +128,28 @@ def test_a_provider_that_fails_to_start_falls_back_to_the_cpu(monkeypatch, cuda_
     assert asked[0] == [CUDA, CPU] and all(a == [CPU] for a in asked[1:])  # CUDA tried once, then never again
 
 
+def test_a_provider_that_starts_is_kept_with_its_options(monkeypatch, cuda_listed, plain):
+    """A session that reports CUDA among its providers (a real CPU session standing in) keeps it:
+    no warning, the options reach ONNX Runtime, and the split path binds to that CUDA device."""
+    real, calls = ort.InferenceSession, []
+
+    class Started(real):
+        def __init__(self, source, options=None, providers=None, provider_options=None, **kwargs):
+            calls.append((list(providers), provider_options))
+            super().__init__(source, options, providers=[CPU], **kwargs)
+
+        def get_providers(self):
+            return [CUDA, CPU]
+
+    monkeypatch.setattr(ort, "InferenceSession", Started)
+    backend = OnnxBackend(demo_path("onnx"), providers=[("cuda", {"device_id": 1})])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        np.testing.assert_array_equal(backend.forward(X), plain[1])
+    assert backend.providers == [CUDA, CPU] and backend._sessions.device == ("cuda", 1)
+    assert calls == [([CUDA, CPU], [{"device_id": 1}, {}])] and "providers" not in backend.choices
+
+
 def test_a_model_that_fails_on_every_provider_raises_its_own_error(monkeypatch, cuda_listed):
     class Broken(ort.InferenceSession):
         def __init__(self, *args, **kwargs):
