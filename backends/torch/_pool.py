@@ -11,7 +11,9 @@ for it is fast, and a channels-last gradient would make every elementwise backwa
 after it run on mixed layouts (several times slower).
 
 A ``TorchFunctionMode`` routes each 2-d max pool of a large contiguous CPU tensor through
-:func:`pool`; other calls pass through untouched, and nothing on the model changes.
+:func:`pool`; other calls pass through untouched, and nothing on the model changes. A pool that
+nothing will differentiate (a forward pass, occlusion) runs the channels-last kernel that
+computes no argmax indices.
 """
 from __future__ import annotations
 
@@ -57,7 +59,12 @@ def _pool_function(torch):
 def _call(torch, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     kernel = _pair(kernel_size)
     stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
-    values, indices = _pool_function(torch).apply(x, kernel, stride, _pair(padding), _pair(dilation), bool(ceil_mode))
+    args = (kernel, stride, _pair(padding), _pair(dilation), bool(ceil_mode))
+    if not return_indices and not (x.requires_grad and torch.is_grad_enabled()):
+        # nothing will differentiate it: the kernel without indices, and no copy of them
+        # (ResNet's stem pool on a batch of 8: 15 against 23 ms of CPU time, one thread)
+        return torch.ops.aten.max_pool2d(x.contiguous(memory_format=torch.channels_last), *args).contiguous()
+    values, indices = _pool_function(torch).apply(x, *args)
     return (values, indices) if return_indices else values
 
 
