@@ -207,7 +207,8 @@ def onnx_run(quick: bool) -> str:
         kept[(window, stride)] = (got, sample, patches, starts, t["floor"])
     got, sample, patches, starts, floor_s = kept[(32, 16)]
     lines += ["", "ONNX approximate mode at 32 / 16 (same windows; error of the score drops against exact):", "",
-              "| threshold | conv work | ms/window | ratio to floor (per window) | max abs error | relative to max drop |",
+              "| threshold | conv work | ms/window | ratio to floor (per window) | max abs error | "
+              "relative to max drop |",
               "|---|---|---|---|---|---|"]
     base = backend.forward(x)
     cls = int(base[0].argmax())

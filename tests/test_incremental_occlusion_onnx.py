@@ -73,8 +73,9 @@ def every_op_model():
     e0 = g.op("Add", [b, d0])  # 11 x 11, both with an overhanging last window
     c = g.op("Conv", [e0, g.weight(4, 4, 1, 1), g.weight(4)], strides=[2, 2])  # kernel below the stride
     d = g.op("AveragePool", [e0], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)
-    bn = [g.const((g.rng.random(4) + 0.5).astype(np.float32)), g.const(g.rng.standard_normal(4).astype(np.float32)),
-          g.const(g.rng.standard_normal(4).astype(np.float32) * 0.1), g.const((g.rng.random(4) + 0.5).astype(np.float32))]
+    scale, shift = (g.rng.random(4) + 0.5).astype(np.float32), g.rng.standard_normal(4).astype(np.float32)
+    mean, var = g.rng.standard_normal(4).astype(np.float32) * 0.1, (g.rng.random(4) + 0.5).astype(np.float32)
+    bn = [g.const(scale), g.const(shift), g.const(mean), g.const(var)]
     e = g.op("HardSwish", [g.op("BatchNormalization", [g.op("Add", [c, d]), *bn])])
     f = g.op("Pad", [e, g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])  # 8 x 8
     dilated = g.conv(f, kernel_shape=[3, 3], pads=[0, 0, 0, 0], dilations=[2, 2])  # 4 x 4

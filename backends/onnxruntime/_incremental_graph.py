@@ -292,7 +292,7 @@ class _Walk:
         pads = None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
         if mode != "constant" or pads is None or len(pads) != 8 or (len(node.input) > 3 and node.input[3]):
             return False
-        if any(pads[i] for i in (0, 1, 4, 5)) or any(p < 0 for p in pads) or any(t in self.state for t in node.input[1:]):
+        if any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0 or any(t in self.state for t in node.input[1:]):
             return False
         _, name, region = self.state[node.input[0]]
         starts = region.starts + np.array([pads[2], pads[3]], np.int64)
