@@ -92,8 +92,8 @@ def test_eigen_cam_aug_smooth_is_the_mean_of_the_augmented_first_components(net)
     np.testing.assert_array_equal(A.eigen_cam(net, X, layer="relu4", eigen_smooth=True).maps, plain.maps)
 
 
-def grad_cam_factor(net, x, classes, eigen):
-    a, g = autograd(net, x, "relu4", classes)
+def grad_cam_factor(net, x, classes, eigen, layer="relu4"):
+    a, g = autograd(net, x, layer, classes)
     wa = g.mean(axis=(2, 3))[:, :, None, None] * a
     return np.maximum(projection(wa) if eigen else wa.sum(axis=1), 0)
 
@@ -124,8 +124,83 @@ def test_eigen_grad_cam_takes_eigen_smooth_and_is_unchanged(net):
     np.testing.assert_array_equal(a.maps, b.maps)
 
 
+def scale(m):
+    m = m - m.min(axis=(-2, -1), keepdims=True)
+    return m / (1e-7 + m.max(axis=(-2, -1), keepdims=True))
+
+
+def test_multi_layer_cam_smooths_each_layer_map_before_scaling(net):
+    classes = classes_of(net, X)
+    layers = ["relu3", "relu4"]
+    raw = [augmented_mean(X, lambda xa, n=n: grad_cam_factor(net, xa, classes, False, n)) for n in layers]
+    per = [up(scale(m)) for m in raw]
+    got = A.multi_layer_cam(net, X, layers=layers, aug_smooth=True)
+    np.testing.assert_allclose(got.info["per_layer"]["relu3"], per[0], atol=1e-4)
+    np.testing.assert_allclose(got.maps, scale(np.mean(per, axis=0)), atol=1e-4)
+    assert len(got.info["aug_smooth"]) == 6
+    eigen = A.multi_layer_cam(net, X, layers=layers, eigen_smooth=True, aug_smooth=True)
+    per = [up(scale(augmented_mean(X, lambda xa, n=n: grad_cam_factor(net, xa, classes, True, n)))) for n in layers]
+    np.testing.assert_allclose(eigen.maps, scale(np.mean(per, axis=0)), atol=1e-4)
+
+
+def fullgrad_terms(net, x, classes):
+    """pytorch-grad-cam's FullGrad terms: scale(|dS/dx x|) per input channel, then per conv/norm
+    layer the sum over channels of up(scale(|b_c dS/dz_c|)) (the inference-mode norm offset)."""
+    import copy
+
+    ref_net = copy.deepcopy(net)  # the in-place ReLUs would overwrite the outputs the hooks keep
+    for m in ref_net.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    mods = dict(ref_net.named_modules())
+    layers = [n for n, m in mods.items() if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
+    store = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            output.retain_grad()
+            store[name] = output
+        return hook
+
+    hooks = [mods[n].register_forward_hook(keep(n)) for n in layers]
+    try:
+        xt = torch.tensor(np.ascontiguousarray(x), requires_grad=True)
+        out = ref_net(xt)
+        out[np.arange(len(x)), classes].sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    terms = list(scale(np.abs(xt.grad.double().numpy() * xt.detach().double().numpy())).transpose(1, 0, 2, 3))
+    for n in layers:
+        m = mods[n]
+        b = (m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+             if isinstance(m, torch.nn.BatchNorm2d) else m.bias).detach().double().numpy()
+        s = scale(np.abs(b[None, :, None, None] * store[n].grad.double().numpy()))
+        terms.append(np.stack([up(c) if c.shape[-1] != 64 else c for c in s.transpose(1, 0, 2, 3)]).sum(0))
+    return np.stack(terms, axis=1)
+
+
+def test_full_grad_eigen_smooth_is_pytorch_grad_cams(net):
+    classes = classes_of(net, X)
+    terms = fullgrad_terms(net, X, classes)
+    small = F.interpolate(torch.tensor(scale(terms)), size=(8, 8), mode="bilinear", align_corners=False).numpy()
+    ref = scale(up(scale(projection(small))))
+    got = A.full_grad(net, X, eigen_smooth=True)
+    np.testing.assert_allclose(got.maps, ref, atol=2e-4)
+    assert got.info["eigen_smooth"] is True
+    assert not np.allclose(got.maps, A.full_grad(net, X).maps, atol=1e-2)
+
+
+def test_full_grad_aug_smooth_is_the_mean_of_the_augmented_maps(net):
+    classes = classes_of(net, X)
+    ref = augmented_mean(X, lambda xa: scale(fullgrad_terms(net, xa, classes).sum(axis=1)))
+    got = A.full_grad(net, X, aug_smooth=True)
+    np.testing.assert_allclose(got.maps, ref, atol=2e-4)
+    assert len(got.info["aug_smooth"]) == 6 and (got.target == classes).all()
+
+
 CAMS = ["cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam", "eigen_cam", "guided_grad_cam", "hires_cam",
-        "xgrad_cam", "eigen_grad_cam", "ablation_cam"]
+        "xgrad_cam", "eigen_grad_cam", "ablation_cam", "multi_layer_cam", "full_grad"]
 
 
 @pytest.mark.parametrize("name", CAMS)
@@ -140,3 +215,16 @@ def test_every_cam_takes_both_flags_and_refuses_a_bad_one_before_any_pass(net, n
             with pytest.raises(TypeError, match=f"'{flag}' parameter of {name}"):
                 f(backend, X, **{flag: "yes"})
         assert fw == ac == gr == [], (flag, fw, ac, gr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_other_backends_smooth_as_torch(net, kind):
+    from convscope.data import demo_path
+
+    other = convscope.load(demo_model("keras") if kind == "keras" else demo_path("onnx"))
+    for f, kw in [(A.eigen_cam, {"aug_smooth": True}), (A.guided_grad_cam, {"aug_smooth": True, "eigen_smooth": True}),
+                  (A.full_grad, {"eigen_smooth": True}), (A.multi_layer_cam, {"layers": ["relu3", "relu4"],
+                                                                               "aug_smooth": True})]:
+        a, b = f(net, X, **kw).maps, f(other, X, **kw).maps
+        np.testing.assert_allclose(b, a, atol=1e-4 * max(1.0, np.abs(a).max()), err_msg=f.__name__)

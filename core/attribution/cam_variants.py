@@ -24,7 +24,8 @@ from .._validate import check_choice, check_int, describe, param_error
 from ..backend import unchecked
 from ..backend import INPUT, OUTPUT
 from ._layer_maps import check_reshape, to_maps
-from .cam import LayerPass, _check_flag, _grad_cam_pp_weights, _layer_map, _output_seeds, _run
+from .cam import (AUGMENTATIONS, LayerPass, _check_flag, _grad_cam_pp_weights, _layer_map, _output_seeds, _run,
+                  first_component)
 from .result import AttributionMaps, upsample
 
 __all__ = ["make_cam", "registered_cams", "hires_cam", "xgrad_cam", "eigen_grad_cam", "ablation_cam", "full_grad",
@@ -187,19 +188,22 @@ def _scaled(maps: np.ndarray, size=None) -> np.ndarray:
 
 
 def multi_layer_cam(model, x, target=None, *, method: str = "grad_cam", layers=None, reduce: str = "mean",
-                    eigen_smooth: bool = False, reshape=None) -> AttributionMaps:
+                    eigen_smooth: bool = False, aug_smooth: bool = False, reshape=None) -> AttributionMaps:
     """A CAM over several layers, aggregated as pytorch-grad-cam's ``aggregate_multi_layers``:
     each layer's ``ReLU`` map upsampled to the input and min-max scaled, then their mean (or
     ``reduce="max"``), scaled to [0, 1] again. One gradient pass serves every layer.
 
     ``method`` is a name of :func:`registered_cams`; ``layers`` a list of layer names (None: the
-    default CAM layer alone, and ``info["choices"]`` says so).
+    default CAM layer alone, and ``info["choices"]`` says so). ``eigen_smooth`` and
+    ``aug_smooth`` as every CAM (:func:`~convscope.attribution.grad_cam`), on each layer's map
+    before it is scaled (``aug_smooth``: one pass for every layer per augmentation).
     ``info["per_layer"]`` holds each layer's scaled map.
     """
     owner = "multi_layer_cam"
     check_choice(method, registered_cams(), "method", owner)
     check_choice(reduce, ("mean", "max"), "reduce", owner)
     eigen_smooth = _check_flag(eigen_smooth, "eigen_smooth", owner)
+    aug_smooth = _check_flag(aug_smooth, "aug_smooth", owner)
     backend, x = prepare(model, x, owner)
     target = check_target(target, len(x), owner)
     reshape = check_reshape(reshape, owner)
@@ -211,6 +215,29 @@ def multi_layer_cam(model, x, target=None, *, method: str = "grad_cam", layers=N
     elif isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not len(layers):
         raise param_error("layers", owner, "a non-empty list of layer names", describe(layers))
     layers = check_layers(list(layers), backend, owner)
+    run = (backend, layers, method, eigen_smooth, reshape, recs, owner)
+    raw, classes, outputs = _maps_at_layers(x, target, *run)
+    info = {"layers": layers, "method": method, "reduce": reduce}
+    if eigen_smooth:
+        info["eigen_smooth"] = True
+    if aug_smooth:
+        fixed = target if callable(target) else classes
+        runs = [raw]
+        for flip, factor in AUGMENTATIONS:
+            if flip or factor != 1.0:
+                xa = np.ascontiguousarray((x[..., ::-1] if flip else x) * np.float32(factor))
+                runs.append([m[..., ::-1] if flip else m for m in _maps_at_layers(xa, fixed, *run)[0]])
+        raw = [np.mean([r[i] for r in runs], axis=0, dtype=np.float64).astype(np.float32) for i in range(len(layers))]
+        info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+    per_layer = [_scaled(m, x.shape[2:]) for m in raw]
+    stack = np.stack(per_layer, axis=1)
+    maps = _scaled(stack.mean(axis=1) if reduce == "mean" else stack.max(axis=1))
+    return AttributionMaps(maps, x, owner, classes, outputs=outputs,
+                           info={**info, "per_layer": dict(zip(layers, per_layer)), **with_choices(chosen, backend)})
+
+
+def _maps_at_layers(x, target, backend, layers, method, eigen_smooth, reshape, recs, owner):
+    """(the ReLU layer maps of ``method`` at every layer, the classes, the outputs) from one pass."""
     weights_fn, mode = _REGISTRY[method]
     by = {r.name: r for r in recs}
     box: dict = {}
@@ -221,17 +248,13 @@ def multi_layer_cam(model, x, target=None, *, method: str = "grad_cam", layers=N
         acts = backend.activations(x, [*layers, OUTPUT])
         grads, outputs = None, acts[OUTPUT]
         box["seeds"], box["classes"] = output_seeds(target, outputs, owner)
-    per_layer = []
+    maps = []
     for name in layers:
         a = check_spatial(to_maps(acts[name], by.get(name), reshape, recs, owner), name, owner)
         gr = None if grads is None else to_maps(grads[name], by.get(name), reshape, recs, owner)
         p = LayerPass(backend, x, name, a, gr, box["seeds"], box["classes"], outputs, recs, owner)
-        per_layer.append(_scaled(_layer_map(p, weights_fn(p), True, eigen_smooth), x.shape[2:]))
-    stack = np.stack(per_layer, axis=1)
-    maps = _scaled(stack.mean(axis=1) if reduce == "mean" else stack.max(axis=1))
-    return AttributionMaps(maps, x, owner, box["classes"], outputs=outputs,
-                           info={"layers": layers, "method": method, "reduce": reduce,
-                                 "per_layer": dict(zip(layers, per_layer)), **with_choices(chosen, backend)})
+        maps.append(_layer_map(p, weights_fn(p), True, eigen_smooth))
+    return maps, box["classes"], outputs
 
 
 # --------------------------------------------------------------------------- FullGrad
@@ -256,25 +279,48 @@ def _effective_bias(backend, record, acts, owner) -> np.ndarray | None:
     return (ym[:, 0] - s * xm[:, 0])
 
 
-def full_grad(model, x, target=None) -> AttributionMaps:
+def full_grad(model, x, target=None, *, aug_smooth: bool = False, eigen_smooth: bool = False) -> AttributionMaps:
     """FullGrad (Srinivas & Fleuret 2019), as pytorch-grad-cam's ``FullGrad``:
     ``scale(sum_k scale(|dS/dx_k x_k|) + sum_l sum_c up(scale(|b_lc dS/dz_lc|)))`` over the
     input channels k and every conv and norm layer l with a bias, ``z_l`` its output, ``scale``
     the min-max scaling of each map. A norm layer's bias is its inference-mode offset
     ``beta - mean gamma / sqrt(var + eps)``, read from its input and output. One forward and
     backward pass. The map is in [0, 1]; ``info["layers"]`` names the bias layers used.
+
+    ``eigen_smooth`` as pytorch-grad-cam's FullGrad: the terms of the sum (each input channel,
+    each layer) min-max scaled at an eighth of the input size, their first principal
+    component (sign as every CAM's) upsampled and scaled instead of their sum. ``aug_smooth``:
+    the mean of the maps of the six flipped and scaled images, mapped back (:func:`grad_cam`).
     """
     owner = "full_grad"
+    aug_smooth = _check_flag(aug_smooth, "aug_smooth", owner)
+    eigen_smooth = _check_flag(eigen_smooth, "eigen_smooth", owner)
     backend, x = prepare(model, x, owner)
     target = check_target(target, len(x), owner)
-    recs = records(backend, x)
-    layers = _bias_layers(recs)
+    layers = _bias_layers(records(backend, x))
+    maps, classes, outputs, used = _full_grad_maps(backend, x, target, layers, eigen_smooth, owner)
+    info = {"layers": used, **({"eigen_smooth": True} if eigen_smooth else {})}
+    if aug_smooth:
+        fixed = target if callable(target) else classes
+        runs = [maps]
+        for flip, factor in AUGMENTATIONS:
+            if flip or factor != 1.0:
+                xa = np.ascontiguousarray((x[..., ::-1] if flip else x) * np.float32(factor))
+                m = _full_grad_maps(backend, xa, fixed, layers, eigen_smooth, owner)[0]
+                runs.append(m[..., ::-1] if flip else m)
+        maps = np.mean(runs, axis=0, dtype=np.float64).astype(np.float32)
+        info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+    return AttributionMaps(maps, x, owner, classes, outputs=outputs, info={**info, **with_choices({}, backend)})
+
+
+def _full_grad_maps(backend, x, target, layers, eigen_smooth, owner):
+    """(maps in [0, 1], classes, outputs, the bias layers used) of one forward and backward pass."""
     names = [r.name for r in layers]
     extra = sorted({i for r in layers if r.kind == "norm" for i in r.inputs} - set(names))
     box: dict = {}
     g = backend.gradient(x, _output_seeds(target, owner, box), at=[OUTPUT], wrt=[INPUT, *names, *extra])
     acts = dict(g.activations)
-    total = _scaled(np.abs(g.grads[INPUT] * x)).sum(axis=1, dtype=np.float64)
+    terms = list(_scaled(np.abs(g.grads[INPUT] * x)).transpose(1, 0, 2, 3))  # one per input channel
     used = []
     for r in layers:
         b = _effective_bias(backend, r, acts, owner)
@@ -283,8 +329,11 @@ def full_grad(model, x, target=None) -> AttributionMaps:
         bias_grad = np.abs(b[None, :, None, None] * g.grads[r.name])
         # the upsampling is linear: the channels' scaled maps are summed first, upsampled once
         summed = _scaled(bias_grad).sum(axis=1, dtype=np.float64).astype(np.float32)
-        total += summed if summed.shape[1:] == x.shape[2:] else upsample(summed, x.shape[2:])
+        terms.append(summed if summed.shape[1:] == x.shape[2:] else upsample(summed, x.shape[2:]))
         used.append(r.name)
-    maps = _scaled(total.astype(np.float32))
-    return AttributionMaps(maps, x, owner, box["classes"], outputs=g.outputs,
-                           info={"layers": used, **with_choices({}, backend)})
+    if eigen_smooth:  # pytorch-grad-cam's: at an eighth of the size (the terms are many)
+        small = _scaled(np.stack(terms, axis=1), tuple(max(1, s // 8) for s in x.shape[2:]))
+        total = _scaled(first_component(small, small.sum(axis=1)), x.shape[2:])
+    else:
+        total = np.sum(terms, axis=0, dtype=np.float64).astype(np.float32)
+    return _scaled(total), box["classes"], g.outputs, used
