@@ -200,6 +200,16 @@ def test_probabilities_are_cut_as_the_forward_cuts_them():
         assert np.allclose(got.sum(axis=1), 1, atol=1e-5) == (output == "probabilities")
 
 
+def test_the_selected_output_and_a_custom_operator():
+    from onnx_models import custom_op_model, two_output_model
+
+    image = np.random.default_rng(13).random((1, 4, 6, 6), dtype=np.float32)
+    for select in ("a", "b"):
+        check_plan(convscope.load(two_output_model(), select=select), image, (2, 2), 5)
+    plan, _ = check_plan(convscope.load(custom_op_model()), image, (2, 2), 5)  # whole maps from the contrib op
+    assert "Gelu" in plan.info["full_maps_from"]
+
+
 # ---------------------------------------------------------------- sessions, approximations, bad input
 def test_one_graph_per_window_size_and_batch_size():
     backend = convscope.load(every_op_model())
