@@ -30,9 +30,11 @@ INCREMENTAL_MODES = ("auto", True, False)
 MAX_BOX_SIDE = 0.5
 
 #: With ``incremental="auto"``, an image gets a plan only when at least this many of its
-#: evaluations fit small boxes: building a plan costs 2-4 forwards of the image (measured on
-#: ResNet-18 at 224 on torch and ONNX Runtime) and on the 64 x 64 demo model 16 windows of
-#: 16 pixels per image ran 1.15-1.26x slower through the plan, 64 windows of 8 pixels 0.5-0.6x.
+#: evaluations fit small boxes: building a plan costs 0.4-4 forwards of the image (ResNet-18 at
+#: 224, torch and ONNX Runtime, one thread); on the 64 x 64 demo model 16 windows of 16 pixels
+#: an image ran 1.15-1.26x slower through the plan than plainly, 64 windows of 8 pixels 0.5-0.6x;
+#: on ResNet-18 at 224, 49 windows of 32 pixels 0.80-0.86x, 196 of 16 pixels 0.43-0.65x
+#: (benchmarks/incremental_windows_speed.py, a loaded machine).
 MIN_EVALUATIONS = 32
 
 
