@@ -224,3 +224,30 @@ def test_approximate_mode_reports_error():
 def test_bad_modes(kw, match):
     with pytest.raises(ValueError, match=match):
         occlusion(_model(TinyResNet), _images(1, 16), window=4, **kw)
+
+
+def test_docs_example_runs_and_quotes_its_numbers():
+    from pathlib import Path
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "attribution.md").read_text()
+    section = text.split("## Occlusion: incremental and approximate")[1]
+    block = section.split("```python\n")[1].split("```")[0]
+    scope = {}
+    exec(compile(block, "docs/attribution.md", "exec"), scope)
+    quoted = float(re.search(r"# \(True, ([\d.]+)\)", block).group(1))
+    assert scope["maps"].info["incremental"] is True
+    assert round(scope["maps"].info["plan"]["conv_work"], 3) == quoted
+    assert set(scope["fast"].info["approximate_error"]) == {"windows", "image", "max_abs", "max_relative"}
+
+
+@pytest.mark.slow
+def test_keras_has_no_plan_and_falls_back():
+    pytest.importorskip("tensorflow")
+    from convscope.data import demo_model, shapes
+
+    x = shapes(1, seed=0).images
+    got = occlusion(demo_model("keras"), x, window=16, stride=16)
+    assert got.info["incremental"] is False and "tensorflow backend has no incremental path" in got.info["incremental_why"]
+    with pytest.raises(ValueError, match="has no incremental path"):
+        occlusion(demo_model("keras"), x, window=16, stride=16, incremental=True)
