@@ -157,7 +157,13 @@ class Workspace:
         return self.classes[k] if self.classes and 0 <= k < len(self.classes) else str(k)
 
     def layer_rows(self) -> list:
-        """The layer table: name, kind, shape, geometry, receptive field of a central unit, inputs."""
+        """The layer table: name, kind, shape, geometry, receptive field of a central unit, inputs
+        (computed once)."""
+        if getattr(self, "_rows", None) is None:
+            self._rows = self._layer_rows()
+        return self._rows
+
+    def _layer_rows(self) -> list:
         rows = []
         for r in self.records:
             field = ""
