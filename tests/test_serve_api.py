@@ -336,3 +336,14 @@ def test_cli_parses_serve():
     args = build_parser().parse_args(["serve", "demo", "--port", "0", "--data", "x", "--preset", "imagenet"])
     assert args.command == "serve" and args.port == 0 and args.host == "127.0.0.1"
 
+
+@pytest.mark.parametrize("argv, words", [(["nope.onnx"], "model file not found"), (["demo", "--port", "70000"], "--port"),
+                                         (["demo", "--data", "/no/such/folder"], "data folder not found"),
+                                         (["demo", "--n", "0"], "--n must be")])
+def test_cli_mistakes_are_one_line(argv, words, capsys):
+    from convscope.app.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convscope serve: error: ") and words in err and err.count("\n") == 1
+

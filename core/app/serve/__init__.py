@@ -44,6 +44,8 @@ def cmd_serve(args):
         raise ImportError(f"convscope serve needs {err.name}: pip install 'convscope[serve]'") from None
     if args.n < 1:
         raise UsageError(f"--n must be >= 1. Got {args.n}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be a port number, 0 to 65535 (0: any free port). Got {args.port}")
     from .compute import Workspace
     from .server import serve
 

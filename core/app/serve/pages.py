@@ -143,7 +143,8 @@ def image_page(ws, image: str, prediction: dict) -> str:
         "softmax": lambda r: f'<td class="num" data-value="{r["softmax"]!r}">{r["softmax"]:.3f}</td>'})
     has_mask = image.startswith("data-") and ws.masks is not None
     layers = [n for n in ws.layer_names if n in ws.channels]
-    chooser = "".join(f'<option{" selected" if n == layers[len(layers) // 2] else ""}>{_e(n)}</option>' for n in layers)
+    middle = layers[len(layers) // 2] if layers else None
+    chooser = "".join(f'<option{" selected" if n == middle else ""}>{_e(n)}</option>' for n in layers)
     body = (f'<div class="cols"><div><img class="shown" src="/picture/predict/{_e(prediction["key"])}/image.png" '
             f'alt="the image as the model sees it" width="128"></div><div><h2>Prediction</h2>'
             f'<p id="predicted" data-class="{top[0]["class"]}">{_e(top[0]["name"])}</p>{rows}</div></div>'
@@ -151,7 +152,8 @@ def image_page(ws, image: str, prediction: dict) -> str:
             'colour scales under each picture. Deletion AUC: the softmax probability as the top pixels are replaced '
             '(lower is better)' + ("; pointing game against the object mask (yellow outline)" if has_mask else "")
             + ".</p>" + ask("explain", image=image)
-            + f'<h2>Units</h2><p>layer <select class="layer-pick" data-image="{_e(image)}">{chooser}</select> '
-            'click a unit to see its map over the image.</p><div class="cols"><div id="layer-maps">'
-            + ask("layer_maps", image=image, layer=layers[len(layers) // 2]) + '</div><div id="unit-map"></div></div>')
+            + (f'<h2>Units</h2><p>layer <select class="layer-pick" data-image="{_e(image)}">{chooser}</select> '
+               'click a unit to see its map over the image.</p><div class="cols"><div id="layer-maps">'
+               + ask("layer_maps", image=image, layer=middle) + '</div><div id="unit-map"></div></div>' if layers else
+               "<p>The model has no layer with a spatial (C, H, W) map: no units to show.</p>"))
     return page(f"Image {image[:12]}", body, ws)
