@@ -40,7 +40,7 @@ class PastingPlan:
 
     def __init__(self, backend, image, window, log):
         self.backend, self.image, self.window, self.log = backend, image.copy(), window, log
-        log.append({"image": self.image, "window": window, "patches": 0})
+        log.append({"image": self.image, "window": window, "patches": 0, "largest": 0})
         self.info = {"pasting": True}
 
     def scores(self, patches, corners):
@@ -52,6 +52,7 @@ class PastingPlan:
         for b, (y, x) in enumerate(corners):
             images[b, :, y:y + patches.shape[2], x:x + patches.shape[3]] = patches[b]
         self.log[-1]["patches"] += len(patches)
+        self.log[-1]["largest"] = max(self.log[-1]["largest"], len(patches))
         return self.backend._forward(images)
 
 
@@ -110,6 +111,7 @@ def test_feature_ablation_over_a_grid_equals_the_plain_path(images, baseline, ou
     assert info["incremental_windows"] == [(4, 4)] and info["plain_evaluated"] == 0 and "incremental_why" not in info
     assert info["plan"] == {"pasting": True}
     assert [entry["window"] for entry in log] == [(4, 4)] * 3 and [entry["patches"] for entry in log] == [36] * 3
+    assert max(entry["largest"] for entry in log) == 3 * 5  # perturbations_per_eval copies of each of the 3 images
     for i, entry in enumerate(log):  # one plan per image, on the image itself
         np.testing.assert_array_equal(entry["image"], images[i:i + 1])
     assert ref.info["incremental"] is False and ref.info["plain_evaluated"] == 108
@@ -214,7 +216,7 @@ def test_early_curve_steps_equal_the_plain_path(images, kind, fill, any_count):
     start = images if kind is deletion else fill_images(images, fill, "t", sigma=5.0)
     for i, entry in enumerate(log):  # the plan of insertion runs on the filled image
         np.testing.assert_array_equal(entry["image"], start[i:i + 1])
-        assert max(entry["window"]) <= 12
+        assert max(entry["window"]) <= 12 and entry["largest"] <= 4  # batch_size
 
 
 @pytest.mark.parametrize("output", ["score", "probability"])
