@@ -43,7 +43,8 @@ from torch import nn
 
 def make(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
 
 
 def factory():
@@ -64,6 +65,9 @@ def test_torch_module_factory_and_its_weights_key_the_cache(tmp_path, monkeypatc
               for spec in ("tiny_serve_net:factory", "tiny_serve_net:factory", "tiny_serve_net:other")]
     try:
         assert spaces[0].cache.folder == spaces[1].cache.folder != spaces[2].cache.folder  # the weights' hash
+        rows = {r["name"]: r for r in spaces[0].layer_rows()}  # no input_shape declared: sizes from the served images
+        assert (rows["0"]["shape"], rows["0"]["receptive field"]) == ("4x32x32", "3x3")
+        assert (rows["2"]["shape"], rows["2"]["receptive field"]) == ("5x32x32", "7x7")  # by hand: 3 + (3 - 1) * 2
         img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8))
         raw = io.BytesIO()
         img.save(raw, format="JPEG")

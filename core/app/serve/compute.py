@@ -64,6 +64,7 @@ class Workspace:
         self.args.n_classes = self.backend.forward(probe).shape[1]
         self.classes = inputs.class_names(self.args, self.backend, folder)
         self.channels = self._channels(probe)
+        self.records = self.backend.layers()  # the shapes of the images served (torch records the last pass's)
         key = model_hash(model, self.model, {"preset": preset, "mean": mean, "std": std, "resize": self.mode, "quick": self.quick, "size": self.size,
                                              "data": _data_key(data, n)})
         self.cache = DiskCache(Path(cache or Path.home() / ".cache" / "convscope" / "serve"), key)
@@ -73,6 +74,7 @@ class Workspace:
         """Channels of every layer with a spatial (C, H, W) map, from one pass."""
         spatial = [r.name for r in self.records if r.shape is not None and len(r.shape) == 3]
         acts = self.backend.activations(probe, spatial) if spatial else {}
+        self.grids = {name: a.shape[2:] for name, a in acts.items() if a.ndim == 4}
         return {name: int(a.shape[1]) for name, a in acts.items() if a.ndim == 4}
 
     # ------------------------------------------------------------------ requests
@@ -167,9 +169,10 @@ class Workspace:
         rows = []
         for r in self.records:
             field = ""
-            if r.name in self.channels and r.shape is not None:
+            if r.name in self.grids:
                 try:
-                    rf = features.receptive_field(self.backend, r.name, r.shape[1] // 2, r.shape[2] // 2)
+                    h, w = self.grids[r.name]
+                    rf = features.receptive_field(self.backend, r.name, h // 2, w // 2)
                     field = f"{rf.box[2] - rf.box[0]}x{rf.box[3] - rf.box[1]}"
                 except ValueError as err:
                     field = f"({str(err).splitlines()[0][:60]})"
