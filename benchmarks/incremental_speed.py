@@ -77,7 +77,8 @@ def run(quick: bool) -> str:
         plan_s = time.perf_counter() - t0
 
         def incremental():
-            return np.concatenate([plan.scores(patches[i:i + per], starts[i:i + per]) for i in range(0, len(sample), per)])
+            return np.concatenate([plan.scores(patches[i:i + per], starts[i:i + per])
+                                   for i in range(0, len(sample), per)])
 
         def floor():
             with torch.no_grad():

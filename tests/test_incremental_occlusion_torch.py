@@ -155,7 +155,8 @@ def test_final_softmax_is_cut_as_in_forward():
     assert "output" in got.info["choices"] if "choices" in got.info else True
 
 
-@pytest.mark.parametrize("cls, why", [(GlobalFirst, "no conv works on crops"), (Untraceable, "torch.fx could not trace")])
+@pytest.mark.parametrize("cls, why", [(GlobalFirst, "no conv works on crops"),
+                                      (Untraceable, "torch.fx could not trace")])
 def test_falls_back_and_says_why(cls, why):
     model = _model(cls)
     x = _images(1, 20, seed=5)
@@ -248,6 +249,7 @@ def test_keras_has_no_plan_and_falls_back():
 
     x = shapes(1, seed=0).images
     got = occlusion(demo_model("keras"), x, window=16, stride=16)
-    assert got.info["incremental"] is False and "tensorflow backend has no incremental path" in got.info["incremental_why"]
+    assert got.info["incremental"] is False
+    assert "tensorflow backend has no incremental path" in got.info["incremental_why"]
     with pytest.raises(ValueError, match="has no incremental path"):
         occlusion(demo_model("keras"), x, window=16, stride=16, incremental=True)

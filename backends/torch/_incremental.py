@@ -14,14 +14,14 @@ pass (on crops for leaf modules), its flags are restored after each call.
 """
 from __future__ import annotations
 
-import operator
 import weakref
 
 import numpy as np
 
 from convscope._incremental import NotIncremental, window_region
 
-from ._incremental_ops import Cropped, WindowGeometry, concat, elementwise, materialise, upsample, window_op
+from ._incremental_ops import (Cropped, Ops, WindowGeometry, concat, conv_padding, elementwise, flat, mapped,
+                               materialise, pair, upsample, window_op)
 
 __all__ = ["make_plan", "IncrementalPlan"]
 
@@ -44,62 +44,6 @@ def _traced(torch, module):
     return got
 
 
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(a) for a in v)
-
-
-def _conv_padding(padding, kernel, dilation):
-    if padding == "valid":
-        return (0, 0, 0, 0)
-    if padding == "same":
-        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
-        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
-    p = _pair(padding)
-    return (p[0], p[1], p[0], p[1])
-
-
-class _Ops:
-    """What the interpreter knows, by module class, function and method name."""
-
-    def __init__(self, torch):
-        nn, F = torch.nn, torch.nn.functional
-        self.pointwise_modules = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
-                                  nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout,
-                                  nn.Dropout2d, nn.PReLU)
-        self.pointwise_functions = {F.relu, torch.relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid,
-                                    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.silu, F.gelu, F.leaky_relu,
-                                    F.elu, F.mish, F.dropout, F.dropout2d, torch.clamp, torch.relu_, F.relu_,
-                                    operator.neg, torch.exp, torch.abs,
-                                    operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd,
-                                    operator.imul, operator.isub, torch.add, torch.mul, torch.sub, torch.div,
-                                    torch.maximum, torch.minimum}
-        self.pointwise_methods = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "add", "add_",
-                                  "mul", "mul_", "sub", "div", "contiguous", "neg", "exp", "abs"}
-        self.inplace_methods = {m for m in self.pointwise_methods if m.endswith("_")}
-        self.inplace_functions = {operator.iadd, operator.imul, operator.isub, torch.relu_, F.relu_}
-        self.cat = {torch.cat, torch.concat}
-        self.meta_methods = {"size", "dim"}
-
-
-def _flat(value):
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _flat(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _flat(v)
-    else:
-        yield value
-
-
-def _map(value, fn):
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map(v, fn) for k, v in value.items()}
-    return fn(value)
-
-
 class IncrementalPlan:
     """The plan for one image and one window size (:func:`make_plan`)."""
 
@@ -108,7 +52,7 @@ class IncrementalPlan:
         self.backend, self.window, self.threshold = backend, tuple(window), threshold
         self.graph_module = _traced(torch, backend.module)
         self.nodes = list(self.graph_module.graph.nodes)
-        self.ops = _Ops(torch)
+        self.ops = Ops(torch)
         self.modules = dict(self.graph_module.named_modules())
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
@@ -125,10 +69,22 @@ class IncrementalPlan:
         self._full_from = {}
         expected = backend._forward(np.ascontiguousarray(image, np.float32))  # also finds a final softmax to cut
         got = self._call(self.image, None)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(expected).max())):
+        if got.shape != expected.shape:
+            raise NotIncremental(f"the model's traced graph gives outputs of shape {got.shape}, "
+                                 f"its forward {expected.shape}")
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(expected).max())):
             raise NotIncremental("the model's traced graph does not reproduce its forward on this image "
-                                 f"(largest difference {np.abs(got - expected).max() if got.shape == expected.shape else got.shape})")
-        self.scores_orig = expected
+                                 f"(largest difference {np.abs(got - expected).max():.3g})")
+        self._probe_saving(image)
+
+    def _probe_saving(self, image):
+        """One window of the image's own pixels: no conv working on crops means nothing to save."""
+        h, w = (min(a, b) for a, b in zip(self.window, image.shape[-2:]))
+        self.scores(np.ascontiguousarray(image[:, :, :h, :w]), np.zeros((1, 2), np.int64))
+        if not self._work[1] or self._work[0] >= self._work[1]:
+            where = next(iter(self._full_from), "the first conv (the window covers its map)")
+            raise NotIncremental(f"no conv works on crops: full maps from {where}; plain occlusion is as fast")
+        self._work, self._full_from = [0.0, 0.0], {}
 
     # ---------------------------------------------------------------- the public face
     @property
@@ -162,7 +118,7 @@ class IncrementalPlan:
         self._batch_full = False
         for node in self.nodes:
             if node.op == "output":
-                result = _map(torch_fx_load(node.args[0], env), self._full)
+                result = mapped(torch_fx_load(node.args[0], env), self._full)
                 return result
             if not first and node not in self.depends:
                 env[node] = self.orig[node]
@@ -177,9 +133,10 @@ class IncrementalPlan:
             else:
                 args, kwargs = torch_fx_load(node.args, env), torch_fx_load(node.kwargs, env)
                 if first:
-                    env[node] = self._plain(node, args, kwargs)
+                    env[node] = self._plain(node, args, kwargs, first=True)
                 else:  # an operand computed from the input on full maps: the node needs full maps too
-                    full_in = any(a in self.depends and isinstance(env[a], self._torch.Tensor) for a in node.all_input_nodes)
+                    full_in = any(a in self.depends and isinstance(env[a], self._torch.Tensor)
+                                  for a in node.all_input_nodes)
                     env[node] = self._node(node, args, kwargs, full_in)
             if first:
                 self.orig[node] = env[node]
@@ -207,10 +164,19 @@ class IncrementalPlan:
             return node.target in self.ops.inplace_methods
         return node.target in self.ops.inplace_functions or bool(node.kwargs.get("inplace", False))
 
-    def _plain(self, node, args, kwargs):
-        """The node on ordinary tensors (an in-place op on a copy: every value stays as computed)."""
-        if self._inplace(node):
-            args = _map(args, lambda v: v.clone() if isinstance(v, self._torch.Tensor) else v)
+    def _copy_first(self, node, first):
+        """Whether an in-place op must work on a copy: always in the original's pass (every
+        value stays as computed, for the batches to read), in a batch's pass when the value it
+        changes is read elsewhere too (or is the batch's input)."""
+        if not self._inplace(node):
+            return False
+        target = node.args[0] if node.args else None
+        return first or not hasattr(target, "users") or len(target.users) > 1 or target.op == "placeholder"
+
+    def _plain(self, node, args, kwargs, first=False):
+        """The node on ordinary tensors (an in-place op on a copy where :meth:`_copy_first` says)."""
+        if self._copy_first(node, first):
+            args = mapped(args, lambda v: v.clone() if isinstance(v, self._torch.Tensor) else v)
         return self._callable(node)(*args, **kwargs)
 
     def _full(self, value):
@@ -218,7 +184,7 @@ class IncrementalPlan:
 
     def _node(self, node, args, kwargs, full_in):
         """The node on a batch: crop-wise where it can, else on full maps."""
-        cropped = [v for v in _flat((args, kwargs)) if isinstance(v, Cropped)]
+        cropped = [v for v in flat((args, kwargs)) if isinstance(v, Cropped)]
         if cropped:
             try:
                 got = None if full_in else self._cropwise(node, args, kwargs, cropped)
@@ -227,7 +193,7 @@ class IncrementalPlan:
             if got is not None:
                 return got
             self._note_full(node, "needs the whole map")
-            args, kwargs = _map(args, self._full), _map(kwargs, self._full)
+            args, kwargs = mapped(args, self._full), mapped(kwargs, self._full)
         out = self._plain(node, args, kwargs)
         if node in self.conv_flops:
             self._count(node, 1.0, len(out))
@@ -267,12 +233,13 @@ class IncrementalPlan:
         if self._pointwise(node, args):
             if not isinstance(out_orig, torch.Tensor) or out_orig.dim() != 4:
                 raise _Global
-            for v in _flat((args, kwargs)):  # another operand with a spatial extent: aligned if the same map
-                if self._spatial(v) and not isinstance(v, Cropped) and tuple(v.shape[-2:]) != tuple(out_orig.shape[-2:]):
+            for v in flat((args, kwargs)):  # another operand with a spatial extent: aligned if the same map
+                if (self._spatial(v) and not isinstance(v, Cropped)
+                        and tuple(v.shape[-2:]) != tuple(out_orig.shape[-2:])):
                     raise _Global
-            if any(isinstance(v, Cropped) for v in _flat(kwargs)):
+            if any(isinstance(v, Cropped) for v in flat(kwargs)):
                 raise _Global
-            inplace = self._inplace(node)
+            inplace = self._copy_first(node, False)
             if any(isinstance(a, Cropped) and a.orig.shape != out_orig.shape for a in args):
                 raise _Global  # broadcast against a larger map
             def run(*crops):
@@ -283,7 +250,7 @@ class IncrementalPlan:
         if node.op == "call_function" and node.target in ops.cat:
             tensors = args[0]
             dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            if dim not in (1, -3) or out_orig.dim() != 4 or any(isinstance(v, Cropped) for v in _flat(args[1:])):
+            if dim not in (1, -3) or out_orig.dim() != 4 or any(isinstance(v, Cropped) for v in flat(args[1:])):
                 raise _Global
             return concat(torch, list(tensors), 1, out_orig, self._spatial)
         scale = self._upsampling(node, args, kwargs)
@@ -316,18 +283,18 @@ class IncrementalPlan:
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros":
                 return None
-            kernel, stride, dilation = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
-            padding = _conv_padding(m.padding, kernel, dilation)
+            kernel, stride, dilation = pair(m.kernel_size), pair(m.stride), pair(m.dilation)
+            padding = conv_padding(m.padding, kernel, dilation)
             run = lambda c: F.conv2d(c, m.weight, m.bias, stride, 0, dilation, m.groups)  # noqa: E731
             fill, scale = 0.0, None
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             if getattr(m, "return_indices", False):
                 return None
-            kernel, stride = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
-            p = _pair(m.padding)
+            kernel, stride = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size)
+            p = pair(m.padding)
             padding = (p[0], p[1], p[0], p[1])
             if isinstance(m, nn.MaxPool2d):
-                dilation = _pair(m.dilation)
+                dilation = pair(m.dilation)
                 run = lambda c: F.max_pool2d(c, kernel, stride, 0, dilation)  # noqa: E731
                 fill, scale = float("-inf"), None
             else:

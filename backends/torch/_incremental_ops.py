@@ -17,7 +17,8 @@ import numpy as np
 
 from convscope._incremental import Region, through_upsample, through_window, union
 
-__all__ = ["Ops", "pair", "conv_padding", "flat", "mapped", "Cropped", "gather", "materialise", "window_op", "elementwise", "concat", "upsample"]
+__all__ = ["Ops", "pair", "conv_padding", "flat", "mapped", "Cropped", "gather", "materialise", "window_op",
+           "elementwise", "concat", "upsample"]
 
 
 @dataclass
@@ -145,10 +146,14 @@ def aligned(torch, values, spatial):
     """Crops of every tensor of ``values`` on the union of the :class:`Cropped` ones' regions
     (tensors without the map's spatial extent pass unchanged), and that region."""
     region = union([v.region for v in values if isinstance(v, Cropped)])
-    crops = [gather(torch, v, region.starts, region.size)
-             if isinstance(v, Cropped) or (spatial(v) and tuple(v.shape[-2:]) == region.shape) else v
-             for v in values]
-    return crops, region
+
+    def crop(v):
+        if isinstance(v, Cropped):
+            same = v.region.size == region.size and np.array_equal(v.region.starts, region.starts)
+            return v.crop if same else gather(torch, v, region.starts, region.size)
+        return gather(torch, v, region.starts, region.size) if spatial(v) and tuple(v.shape[-2:]) == region.shape else v
+
+    return [crop(v) for v in values], region
 
 
 def elementwise(torch, fn, values, out_orig, spatial):
