@@ -164,8 +164,8 @@ def test_more_exported_architectures(exported, name):
 def test_resnet_work_is_a_fraction_and_grows_with_the_window(exported):
     backend = convscope.load(exported("resnet"))
     image = np.zeros((1, 3, 32, 32), np.float32)
-    small, large = (incremental_plan(backend, image, w).info["conv_work"] for w in ((4, 4), (12, 12)))
-    assert 0 < small < large < 1
+    small, large, huge = (incremental_plan(backend, image, w).info["conv_work"] for w in ((4, 4), (12, 12), (20, 20)))
+    assert 0 < small < large < huge < 1  # a window near the image's size saves little, yet is not refused
 
 
 @pytest.mark.parametrize("name", ["vit", "convnext"])

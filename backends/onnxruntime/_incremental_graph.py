@@ -68,7 +68,10 @@ class Gather:
 class CropGraph:
     """What the walk produced: nodes and initializers of the crop-wise graph, its gathers, the
     padded originals it is fed ({input name: (kind, tensor, pads, fill, inner)}: "activation",
-    or the "mask" of an AveragePool, ``fill`` on its padding ``inner``), and the accounting."""
+    or the "mask" of an AveragePool, ``fill`` on its padding ``inner``), and the accounting:
+    ``work`` the share of the forward's multiply-adds (Conv, Gemm, MatMul) a patch costs,
+    ``full_from`` the first node run on whole maps, ``forced`` True when an operator rather than
+    the receptive field covering the map put it there, ``cropped`` the nodes run on crops."""
 
     nodes: list
     initializers: list
@@ -92,7 +95,7 @@ class _Walk:
         self.threshold, self._helper, self._np = threshold, helper, numpy_helper
         self.nodes, self.inits, self.gathers, self.originals = [], [], [], {}
         self.state = {}  # tensor -> ("crop", name, Region) or ("full", tensor)
-        self._flat, self._count = {}, 0
+        self._flat, self._count, self._grown = {}, 0, False
         self.macs_done, self.macs_all, self.full_from, self.forced, self.cropped = 0.0, 0.0, None, False, 0
 
     # ------------------------------------------------------------------ helpers
@@ -181,7 +184,7 @@ class _Walk:
             return
         if crops and self.full_from is None:
             self.full_from = f"{node.op_type} ({node.name or node.output[0]!r})"
-            self.forced = not all(self.state[t][2].full for t in crops)
+            self.forced = not self._grown  # an operator, not the receptive field, ended the crops
         for t in crops:
             self.full(t)
         self.nodes.append(node)
@@ -225,6 +228,7 @@ class _Walk:
         out, in_starts, in_size = through_window(region, kernel, strides, padding, dilations, tuple(out_dims[2:]),
                                                  self.threshold)
         if out.full:
+            self._grown = True
             return False
         padded = _padded_shape(in_dims[2:], padding)
         over = [max(0, int((in_starts[:, a] + in_size[a]).max()) - padded[a]) for a in (0, 1)]
