@@ -52,7 +52,8 @@ def _table(rows, columns, cells=None) -> str:
 def _flow(rows) -> str:
     """The data flow as an SVG column of boxes; an arrow from each input, skips drawn on the right."""
     index = {r["name"]: i for i, r in enumerate(rows)}
-    h, w, gap = 26, 220, 12
+    longest = max((len(r["name"]) + len(r["kind"]) + 3 for r in rows), default=10)
+    h, w, gap = 26, min(max(160, 7 * longest + 16), 560), 12  # 7 px a character of the 12 px font
     parts = []
     for i, r in enumerate(rows):
         y = i * (h + gap)
@@ -83,8 +84,8 @@ def layers_page(ws) -> str:
     data = (f"{len(ws.images)} images from --data" + (" with concept masks" if ws.concepts is not None else "")
             if ws.images is not None else "no --data folder (top patches and dissection need one)")
     return page("Layers", f'<p>{len(rows)} layers; input {ws.size[0]}x{ws.size[1]}; {_e(data)}. Receptive field: '
-                'of the central unit, in input pixels.</p><div class="cols"><div>' + table + '</div><div>'
-                '<h2>Data flow</h2>' + _flow(rows) + '</div></div>', ws)
+                'of the central unit, in input pixels.</p><div class="cols"><div><h2>Data flow</h2>' + _flow(rows)
+                + '</div><div><h2>Layer table</h2>' + table + '</div></div>', ws)
 
 
 def layer_page(ws, layer: str) -> str:
