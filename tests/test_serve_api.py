@@ -197,7 +197,9 @@ def test_upload_any_size_and_mode_then_its_page(client, ws):
     r = client.post("/upload", content=raw.getvalue(), headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     image = r.json()["image"]
-    assert client.get(r.json()["url"]).status_code == 200
+    page = client.get(r.json()["url"])
+    assert page.status_code == 200
+    assert "alpha composited on white; resized from 120x90 (crop)" in page.text  # what fitting did, said
     numbers = result(client, "predict", image=image)["numbers"]
     x, _ = fit_image(img, (64, 64), mode="crop")
     np.testing.assert_allclose(numbers["scores"], ws.backend.forward(np.asarray(x, np.float32)[None])[0], atol=1e-4)

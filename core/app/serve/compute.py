@@ -153,7 +153,13 @@ class Workspace:
         if image.startswith("data-"):
             i = int(image[5:])
             return self.images[i], None if self.masks is None else self.masks[i]
-        return read_upload(self.cache.image_path(image).read_bytes(), self.size, self.mode), None
+        return read_upload(self.cache.image_path(image).read_bytes(), self.size, self.mode)[0], None
+
+    def image_notes(self, image: str) -> list:
+        """What fitting did to an upload (resized, cropped, its transparency composited), said on its page."""
+        if image.startswith("data-"):
+            return []
+        return read_upload(self.cache.image_path(image).read_bytes(), self.size, self.mode)[1]
 
     def label(self, k: int) -> str:
         return self.classes[k] if self.classes and 0 <= k < len(self.classes) else str(k)
@@ -225,8 +231,9 @@ class Workspace:
         prob = np.exp(scores - scores.max())
         prob /= prob.sum()
         order = np.argsort(-scores)[:5]
-        return {"scores": scores, "top": [{"class": int(k), "name": self.label(int(k)), "score": float(scores[k]),
-                                           "softmax": float(prob[k])} for k in order]}, {"image": to_rgb(x)}
+        return {"scores": scores, "notes": self.image_notes(image),
+                "top": [{"class": int(k), "name": self.label(int(k)), "score": float(scores[k]),
+                         "softmax": float(prob[k])} for k in order]}, {"image": to_rgb(x)}
 
     def _explain(self, job, image):
         """Every attribution method the command offers, on the predicted class, scored."""
@@ -274,12 +281,16 @@ def score_one(backend, x, result, target, mask, steps) -> dict:
 
 
 def read_upload(data: bytes, size, mode):
-    """An uploaded image's bytes as (C, H, W) float32 in [0, 1] fitted to ``size`` (any size and mode)."""
+    """An uploaded image's bytes as (C, H, W) float32 in [0, 1] fitted to ``size`` (any size and mode),
+    and the notes of :func:`convscope.preprocess.fit_image` (what was done to it)."""
     from PIL import Image
+
+    from ...preprocess import fit_image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return inputs.fit(img, size, mode)[0]
+        array, notes = fit_image(img, size, mode=mode)
+    return np.asarray(array, np.float32), list(notes)
 
 
 def _data_key(data, n):

@@ -147,7 +147,9 @@ def image_page(ws, image: str, prediction: dict) -> str:
     middle = layers[len(layers) // 2] if layers else None
     chooser = "".join(f'<option{" selected" if n == middle else ""}>{_e(n)}</option>' for n in layers)
     body = (f'<div class="cols"><div><img class="shown" src="/picture/predict/{_e(prediction["key"])}/image.png" '
-            f'alt="the image as the model sees it" width="128"></div><div><h2>Prediction</h2>'
+            f'alt="the image as the model sees it" width="128"><p class="notes">'
+            + _e("; ".join(prediction.get("notes", [])) or f"as given ({ws.size[0]}x{ws.size[1]})") + '</p>'
+            '</div><div><h2>Prediction</h2>'
             f'<p id="predicted" data-class="{top[0]["class"]}">{_e(top[0]["name"])}</p>{rows}</div></div>'
             '<h2>Attribution, every method</h2><p>Each map explains the predicted class; columns headed by the method, '
             'colour scales under each picture. Deletion AUC: the softmax probability as the top pixels are replaced '
