@@ -55,6 +55,23 @@ class Geometry(nn.Module):
         return self.fc(self.c3(x).amax((2, 3)))
 
 
+class ViewNet(nn.Module):
+    """VGG-style head on ``x.view(x.size(0), -1)``, ``x.shape[0]``; functional conv, max and
+    average pools (``count_include_pad=False``)."""
+
+    def __init__(self, k=3):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.3)
+        self.fc = nn.Linear(4 * 8 * 8, k)
+
+    def forward(self, x):
+        n = x.shape[0]
+        x = self.c2(F.max_pool2d(F.relu(self.c1(x)), 2))
+        x = F.avg_pool2d(F.conv2d(x, self.w, None, 1, 1), 3, 1, 1, count_include_pad=False)
+        return self.fc(x.view(x.size(0), -1)).reshape(n, -1)
+
+
 class GlobalFirst(nn.Module):
     """Each image normalised by its own mean first: a global op before any conv."""
 
@@ -81,7 +98,8 @@ def _model(cls, seed=0):
 
 
 ARCHS = {"resnet": (TinyResNet, 24), "vgg": (MixedReLUNet, 16), "mobilenetv3": (MobileNetV3ish, 24),
-         "efficientnet": (EfficientNetish, 24), "densenet": (DenseNetish, 20), "geometry": (Geometry, 30)}
+         "efficientnet": (EfficientNetish, 24), "densenet": (DenseNetish, 20), "geometry": (Geometry, 30),
+         "view": (ViewNet, 16)}
 
 
 def _images(n, size, seed=0):

@@ -140,8 +140,9 @@ class IncrementalPlan:
                     env[node] = self._node(node, args, kwargs, full_in)
             if first:
                 self.orig[node] = env[node]
-                if node.op == "call_module" and isinstance(self.modules[node.target], self._torch.nn.Conv2d):
-                    self.conv_flops[node] = env[node][0].numel() * self.modules[node.target].weight[0].numel()
+                spec = self._spec(node, args, kwargs) if node.op in ("call_module", "call_function") else None
+                if spec is not None and spec[0] == "conv" and isinstance(spec[1]["weight"], self._torch.Tensor):
+                    self.conv_flops[node] = env[node][0].numel() * spec[1]["weight"][0].numel()
         raise NotIncremental("the traced graph has no output")
 
     def _attr(self, target):
@@ -269,40 +270,73 @@ class IncrementalPlan:
             return node.target in ops.pointwise_methods
         return node.op == "call_function" and node.target in ops.pointwise_functions
 
+    def _spec(self, node, args, kwargs):
+        """A conv or pool (module or functional call) as ``(kind, options)``, or None."""
+        torch, nn, F = self._torch, self._torch.nn, self._torch.nn.functional
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            if kwargs or len(args) != 1:
+                return None
+            if isinstance(m, nn.Conv2d):
+                return ("conv", dict(weight=m.weight, bias=m.bias, stride=m.stride, padding=m.padding,
+                                     dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode))
+            if isinstance(m, nn.MaxPool2d):
+                return ("max", dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
+                                    dilation=m.dilation, ceil_mode=m.ceil_mode, return_indices=m.return_indices))
+            if isinstance(m, nn.AvgPool2d):
+                return ("avg", dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
+                                    ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                                    divisor_override=m.divisor_override))
+            return None
+        if node.op != "call_function":
+            return None
+        names = {F.conv2d: ("conv", ("weight", "bias", "stride", "padding", "dilation", "groups")),
+                 F.max_pool2d: ("max", ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+                 F.avg_pool2d: ("avg", ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                        "divisor_override"))}.get(node.target)
+        if names is None or any(isinstance(v, Cropped) for v in flat((args[1:], kwargs))):
+            return None
+        options = {"stride": 1 if names[0] == "conv" else None, "padding": 0, "dilation": 1, "groups": 1,
+                   "bias": None, "ceil_mode": False, "return_indices": False, "count_include_pad": True,
+                   "divisor_override": None, "padding_mode": "zeros"}
+        options.update(zip(names[1], args[1:]), **kwargs)
+        return names[0], options
+
     def _window_geometry(self, node, args, kwargs):
         """A conv or pool's :class:`WindowGeometry` (padded original made once), or None."""
-        if node.op != "call_module":
-            return None
         if node.name in self.geometry:
             return self.geometry[node.name]
-        torch, nn, F = self._torch, self._torch.nn, self._torch.nn.functional
-        m = self.modules[node.target]
-        x = self.orig[node.args[0]] if node.args and node.args[0] in self.orig else None
-        if x is None or not isinstance(x, torch.Tensor) or x.dim() != 4 or kwargs or len(args) != 1:
+        torch, F = self._torch, self._torch.nn.functional
+        spec = self._spec(node, args, kwargs) if node.op in ("call_module", "call_function") else None
+        x = self.orig.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        if spec is None or not isinstance(x, torch.Tensor) or x.dim() != 4:
             return None
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros":
+        kind, o = spec
+        if kind == "conv":
+            if o["padding_mode"] != "zeros" or not isinstance(o["weight"], torch.Tensor) or o["weight"].dim() != 4:
                 return None
-            kernel, stride, dilation = pair(m.kernel_size), pair(m.stride), pair(m.dilation)
-            padding = conv_padding(m.padding, kernel, dilation)
-            run = lambda c: F.conv2d(c, m.weight, m.bias, stride, 0, dilation, m.groups)  # noqa: E731
+            kernel, stride, dilation = tuple(o["weight"].shape[2:]), pair(o["stride"]), pair(o["dilation"])
+            padding = conv_padding(o["padding"], kernel, dilation)
+            w, bias, groups = o["weight"], o["bias"], o["groups"]
+            run = lambda c: F.conv2d(c, w, bias, stride, 0, dilation, groups)  # noqa: E731
             fill, scale = 0.0, None
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            if getattr(m, "return_indices", False):
+        else:
+            if o.get("return_indices"):
                 return None
-            kernel, stride = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size)
-            p = pair(m.padding)
+            kernel = pair(o["kernel_size"])
+            stride = pair(o["stride"]) if o["stride"] not in (None, []) else kernel
+            p = pair(o["padding"])
             padding = (p[0], p[1], p[0], p[1])
-            if isinstance(m, nn.MaxPool2d):
-                dilation = pair(m.dilation)
+            if kind == "max":
+                dilation = pair(o["dilation"])
                 run = lambda c: F.max_pool2d(c, kernel, stride, 0, dilation)  # noqa: E731
                 fill, scale = float("-inf"), None
             else:
                 dilation = (1, 1)
                 run = lambda c: F.avg_pool2d(c, kernel, stride, 0)  # noqa: E731
-                fill, scale = 0.0, self._avg_scale(m, x, kernel, stride, padding)
-        else:
-            return None
+                pool = lambda t: F.avg_pool2d(t, kernel, stride, p, o["ceil_mode"], o["count_include_pad"],  # noqa: E731
+                                              o["divisor_override"])
+                fill, scale = 0.0, self._avg_scale(pool, x, kernel, stride, padding)
         out = self.orig[node]
         extra = [max(0, (out.shape[2 + a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1
                      - (x.shape[2 + a] + padding[a] + padding[a + 2])) for a in (0, 1)]

@@ -105,13 +105,13 @@ def materialise(torch, value):
     shape = value.region.shape
     flat = pixels(value.orig).repeat(value.batch, 1)
     _paste(torch, flat, value, np.zeros((value.batch, 2), np.int64), shape, (0, 0))
-    return as_map(flat, value.batch, shape)
+    return as_map(flat, value.batch, shape).contiguous()  # the ordinary layout: the rest may view() it
 
 
 def _finish(out_orig, region, crop):
     """A :class:`Cropped`, or the full tensor when the region is the whole map."""
     if region.full:
-        return crop
+        return crop.contiguous()
     return Cropped(out_orig, region, crop)
 
 
