@@ -121,15 +121,24 @@ def test_every_cropped_operator_window_shapes_and_batches(window):
         check_plan(backend, image, window, n, seed=n)
 
 
-def test_an_operator_it_does_not_crop_runs_on_whole_maps():
+def upsampling_model(factor, **resize):
     g = Graph(seed=5)
     a = g.op("Relu", [g.conv("x", c_in=3, c_out=4)])
-    up = g.op("Resize", [a, "", g.const(np.float32([1, 1, 2, 2]))], mode="nearest")
+    up = g.op("Resize", [a, "", g.const(np.float32([1, 1, factor, factor]))], **resize)
     pooled = g.op("GlobalAveragePool", [g.conv(g.op("MaxPool", [up], kernel_shape=[2, 2], strides=[2, 2]))])
-    backend = convscope.load(g.model(pooled, shape=(3, 12, 12)))
+    return g.model(pooled, shape=(3, 12, 12))
+
+
+@pytest.mark.parametrize("factor, resize, cropped", [
+    (2, dict(mode="nearest"), True),  # ONNX's defaults: half_pixel, round_prefer_floor
+    (3, dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), True),  # torch's
+    (2, dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="round_prefer_floor"), False),
+    (2, dict(mode="linear"), False)])
+def test_nearest_upsampling_is_cropped_and_other_resizes_run_on_whole_maps(factor, resize, cropped):
+    backend = convscope.load(upsampling_model(factor, **resize))
     image = np.random.default_rng(3).random((1, 3, 12, 12), dtype=np.float32)
     plan, _ = check_plan(backend, image, (3, 3), 6)
-    assert plan.info["full_maps_from"].startswith("Resize") and plan.info["conv_work"] > 0.5
+    assert plan.info["full_maps_from"].startswith("Resize") != cropped, plan.info
 
 
 # ---------------------------------------------------------------- exported architectures

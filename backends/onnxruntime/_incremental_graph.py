@@ -11,7 +11,8 @@ its :class:`~convscope._incremental.Region`) or the *full* (B, ...) tensor:
 * pointwise operators (activations, BatchNormalization, Clip, ...) and broadcasting ones with
   constants that do not vary over the map run on the crop; Add, Mul, ... of several crops and
   Concat on channels run on their :func:`~convscope._incremental.union`;
-* a constant Pad moves the box;
+* a constant Pad moves the box; a nearest Resize by integer factors (output o reading input
+  floor(o / s)) upsamples the crop;
 * any other operator (global pooling, Flatten, Reshape, Gemm, attention, ...), and any operator
   that reads a full tensor, gets full inputs: each crop is pasted into the original's map,
   and the node runs as it is in the model. From there on the graph is the model's own.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convscope._incremental import Region, through_window, union
+from convscope._incremental import Region, through_upsample, through_window, union
 
 from ._session import _reads
 from .adjoint._emit import attr
@@ -205,6 +206,8 @@ class _Walk:
             return self._pointwise(node)
         if op == "Pad":
             return self._pad(node)
+        if op == "Resize":
+            return self._nearest(node)
         return False
 
     def _set(self, tensor, name, region):
@@ -301,6 +304,33 @@ class _Walk:
         _, name, region = self.state[node.input[0]]
         starts = region.starts + np.array([pads[2], pads[3]], np.int64)
         self.state[node.output[0]] = ("crop", name, Region(starts, region.size, tuple(dims_out[2:])))
+        return True
+
+
+    def _nearest(self, node):
+        """Nearest upsampling by integer factors, where output o reads input floor(o / s): the crop
+        at the box times s upsamples to the output's box (:func:`through_upsample`)."""
+        x = node.input[0]
+        dims_in, dims_out = self.map_dims(x), self.map_dims(node.output[0])
+        transform = attr(node, "coordinate_transformation_mode", "half_pixel")
+        rounding = attr(node, "nearest_mode", "round_prefer_floor")
+        halves = transform in ("half_pixel", "pytorch_half_pixel")
+        floors = (transform == "asymmetric" and rounding == "floor") or (
+            halves and rounding in ("round_prefer_floor", "round_prefer_ceil"))
+        if attr(node, "mode", "nearest") != "nearest" or not floors or attr(node, "axes") is not None:
+            return False
+        if dims_in is None or dims_in[1] != dims_out[1] or any(t in self.state for t in node.input[1:]):
+            return False
+        scale = [o // i for i, o in zip(dims_in[2:], dims_out[2:])]
+        if any(o != f * i for i, o, f in zip(dims_in[2:], dims_out[2:], scale)):
+            return False
+        _, name, region = self.state[x]
+        scales = self.fresh("scales")
+        self.inits.append(self._np.from_array(np.array([1, 1, *scale], np.float32), scales))
+        new = self._helper.make_node("Resize", [name, "", scales], [self.fresh("crop")], name=node.name)
+        new.attribute.extend(node.attribute)
+        self.nodes.append(new)
+        self._set(node.output[0], new.output[0], through_upsample(region, scale, tuple(dims_out[2:])))
         return True
 
 
