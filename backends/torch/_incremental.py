@@ -4,8 +4,9 @@ Papakonstantinou, SIGMOD 2019): the plan of :mod:`convscope._incremental`.
 The module is traced once with ``torch.fx.symbolic_trace`` (a module that does not trace
 has no plan: the tracer's reason is given) and its graph is run node by node. The original
 image's pass keeps every node's output. A batch of patches then enters as a
-:class:`._incremental_ops.Cropped` input, and each conv, pool, elementwise op, channel
-concatenation and upsampling recomputes only its output region (:mod:`._incremental_ops`);
+:class:`._incremental_ops.Cropped` input, and each conv, pool (module or functional call,
+:mod:`._incremental_windows`), elementwise op, channel concatenation and upsampling
+recomputes only its output region (:mod:`._incremental_ops`);
 an operator that needs the whole map (a global pool, flatten, linear, a normalisation over
 the map, anything not known here) gets full maps (copies of the original with the boxes
 pasted) and the rest of the graph runs as usual. The plan checks, on the original image,
@@ -20,8 +21,8 @@ import numpy as np
 
 from convscope._incremental import NotIncremental, window_region
 
-from ._incremental_ops import (Cropped, Ops, WindowGeometry, concat, conv_padding, elementwise, flat, mapped,
-                               materialise, pair, upsample, window_op)
+from ._incremental_ops import Cropped, Ops, concat, elementwise, flat, mapped, materialise, upsample, window_op
+from ._incremental_windows import spec, upsampling, window_geometry
 
 __all__ = ["make_plan", "IncrementalPlan"]
 
@@ -140,9 +141,9 @@ class IncrementalPlan:
                     env[node] = self._node(node, args, kwargs, full_in)
             if first:
                 self.orig[node] = env[node]
-                spec = self._spec(node, args, kwargs) if node.op in ("call_module", "call_function") else None
-                if spec is not None and spec[0] == "conv" and isinstance(spec[1]["weight"], self._torch.Tensor):
-                    self.conv_flops[node] = env[node][0].numel() * spec[1]["weight"][0].numel()
+                found = spec(self._torch, self.modules, node, args, kwargs) if node.op.startswith("call_") else None
+                if found is not None and found[0] == "conv" and isinstance(found[1]["weight"], self._torch.Tensor):
+                    self.conv_flops[node] = env[node][0].numel() * found[1]["weight"][0].numel()
         raise NotIncremental("the traced graph has no output")
 
     def _attr(self, target):
@@ -219,7 +220,7 @@ class IncrementalPlan:
             return getattr(meta, node.target)(*args[1:], **kwargs)
         if node.op == "call_function" and node.target is getattr and args[1] == "shape":
             return torch.Size((args[0].batch, *args[0].orig.shape[1:]))
-        geometry = self._window_geometry(node, args, kwargs)
+        geometry = window_geometry(self, node, args, kwargs)
         if geometry is not None:
             if not isinstance(args[0], Cropped) or len(cropped) > 1:
                 raise _Global
@@ -254,7 +255,7 @@ class IncrementalPlan:
             if dim not in (1, -3) or out_orig.dim() != 4 or any(isinstance(v, Cropped) for v in flat(args[1:])):
                 raise _Global
             return concat(torch, list(tensors), 1, out_orig, self._spatial)
-        scale = self._upsampling(node, args, kwargs)
+        scale = upsampling(self, node, args, kwargs)
         if scale is not None:
             return upsample(torch, args[0], scale[0], scale[1], out_orig)
         raise _Global
@@ -269,111 +270,6 @@ class IncrementalPlan:
         if node.op == "call_method":
             return node.target in ops.pointwise_methods
         return node.op == "call_function" and node.target in ops.pointwise_functions
-
-    def _spec(self, node, args, kwargs):
-        """A conv or pool (module or functional call) as ``(kind, options)``, or None."""
-        torch, nn, F = self._torch, self._torch.nn, self._torch.nn.functional
-        if node.op == "call_module":
-            m = self.modules[node.target]
-            if kwargs or len(args) != 1:
-                return None
-            if isinstance(m, nn.Conv2d):
-                return ("conv", dict(weight=m.weight, bias=m.bias, stride=m.stride, padding=m.padding,
-                                     dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode))
-            if isinstance(m, nn.MaxPool2d):
-                return ("max", dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                                    dilation=m.dilation, ceil_mode=m.ceil_mode, return_indices=m.return_indices))
-            if isinstance(m, nn.AvgPool2d):
-                return ("avg", dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                                    ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
-                                    divisor_override=m.divisor_override))
-            return None
-        if node.op != "call_function":
-            return None
-        names = {F.conv2d: ("conv", ("weight", "bias", "stride", "padding", "dilation", "groups")),
-                 F.max_pool2d: ("max", ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
-                 F.avg_pool2d: ("avg", ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                                        "divisor_override"))}.get(node.target)
-        if names is None or any(isinstance(v, Cropped) for v in flat((args[1:], kwargs))):
-            return None
-        options = {"stride": 1 if names[0] == "conv" else None, "padding": 0, "dilation": 1, "groups": 1,
-                   "bias": None, "ceil_mode": False, "return_indices": False, "count_include_pad": True,
-                   "divisor_override": None, "padding_mode": "zeros"}
-        options.update(zip(names[1], args[1:]), **kwargs)
-        return names[0], options
-
-    def _window_geometry(self, node, args, kwargs):
-        """A conv or pool's :class:`WindowGeometry` (padded original made once), or None."""
-        if node.name in self.geometry:
-            return self.geometry[node.name]
-        torch, F = self._torch, self._torch.nn.functional
-        spec = self._spec(node, args, kwargs) if node.op in ("call_module", "call_function") else None
-        x = self.orig.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
-        if spec is None or not isinstance(x, torch.Tensor) or x.dim() != 4:
-            return None
-        kind, o = spec
-        if kind == "conv":
-            if o["padding_mode"] != "zeros" or not isinstance(o["weight"], torch.Tensor) or o["weight"].dim() != 4:
-                return None
-            kernel, stride, dilation = tuple(o["weight"].shape[2:]), pair(o["stride"]), pair(o["dilation"])
-            padding = conv_padding(o["padding"], kernel, dilation)
-            w, bias, groups = o["weight"], o["bias"], o["groups"]
-            run = lambda c: F.conv2d(c, w, bias, stride, 0, dilation, groups)  # noqa: E731
-            fill, scale = 0.0, None
-        else:
-            if o.get("return_indices"):
-                return None
-            kernel = pair(o["kernel_size"])
-            stride = pair(o["stride"]) if o["stride"] not in (None, []) else kernel
-            p = pair(o["padding"])
-            padding = (p[0], p[1], p[0], p[1])
-            if kind == "max":
-                dilation = pair(o["dilation"])
-                run = lambda c: F.max_pool2d(c, kernel, stride, 0, dilation)  # noqa: E731
-                fill, scale = float("-inf"), None
-            else:
-                dilation = (1, 1)
-                run = lambda c: F.avg_pool2d(c, kernel, stride, 0)  # noqa: E731
-                pool = lambda t: F.avg_pool2d(t, kernel, stride, p, o["ceil_mode"], o["count_include_pad"],  # noqa: E731
-                                              o["divisor_override"])
-                fill, scale = 0.0, self._avg_scale(pool, x, kernel, stride, padding)
-        out = self.orig[node]
-        extra = [max(0, (out.shape[2 + a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1
-                     - (x.shape[2 + a] + padding[a] + padding[a + 2])) for a in (0, 1)]
-        base = F.pad(x, (padding[1], padding[3] + extra[1], padding[0], padding[2] + extra[0]), value=fill)
-        geometry = WindowGeometry(kernel, stride, padding, dilation, run, base, scale)
-        self.geometry[node.name] = geometry
-        return geometry
-
-    def _avg_scale(self, m, x, kernel, stride, padding):
-        """Average pooling on crops is a window mean over zero padding; the factor map turns it
-        into the module's own (``count_include_pad=False``, ceil mode, ``divisor_override``)."""
-        torch, F = self._torch, self._torch.nn.functional
-        ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        exact = m(ones)
-        plain = F.avg_pool2d(F.pad(ones, (padding[1], padding[3] + stride[1] + kernel[1], padding[0],
-                                          padding[2] + stride[0] + kernel[0])), kernel, stride, 0)
-        plain = plain[..., :exact.shape[2], :exact.shape[3]]
-        factor = exact / plain
-        return None if bool((factor == 1).all()) else factor
-
-    def _upsampling(self, node, args, kwargs):
-        """(integer scale (h, w), mode) of an nn.Upsample or F.interpolate that crops, else None."""
-        torch = self._torch
-        if node.op == "call_module" and isinstance(self.modules[node.target], torch.nn.Upsample):
-            m = self.modules[node.target]
-            mode, align = m.mode, m.align_corners
-        elif node.op == "call_function" and node.target is torch.nn.functional.interpolate:
-            mode, align = kwargs.get("mode", args[3] if len(args) > 3 else "nearest"), kwargs.get("align_corners")
-        else:
-            return None
-        x, out = self.orig[node.args[0]], self.orig[node]
-        if mode not in ("nearest", "bilinear") or align or not isinstance(args[0], Cropped) or out.dim() != 4:
-            return None
-        scale = tuple(out.shape[2 + a] // x.shape[2 + a] for a in (0, 1))
-        if any(out.shape[2 + a] != scale[a] * x.shape[2 + a] for a in (0, 1)):
-            return None
-        return scale, mode
 
     def _count(self, node, fraction, batch):
         """Adds a conv's work on this batch: ``fraction`` of its map recomputed for each sample."""
