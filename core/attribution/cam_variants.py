@@ -320,7 +320,10 @@ def _full_grad_maps(backend, x, target, layers, eigen_smooth, owner):
     box: dict = {}
     g = backend.gradient(x, _output_seeds(target, owner, box), at=[OUTPUT], wrt=[INPUT, *names, *extra])
     acts = dict(g.activations)
-    terms = list(_scaled(np.abs(g.grads[INPUT] * x)).transpose(1, 0, 2, 3))  # one per input channel
+    inputs = _scaled(np.abs(g.grads[INPUT] * x))
+    total = inputs.sum(axis=1, dtype=np.float64)
+    small = tuple(max(1, s // 8) for s in x.shape[2:])  # eigen_smooth: pytorch-grad-cam's eighth of the size
+    terms = [_scaled(inputs, small)] if eigen_smooth else None  # each term scaled, resized, kept to be projected
     used = []
     for r in layers:
         b = _effective_bias(backend, r, acts, owner)
@@ -329,11 +332,12 @@ def _full_grad_maps(backend, x, target, layers, eigen_smooth, owner):
         bias_grad = np.abs(b[None, :, None, None] * g.grads[r.name])
         # the upsampling is linear: the channels' scaled maps are summed first, upsampled once
         summed = _scaled(bias_grad).sum(axis=1, dtype=np.float64).astype(np.float32)
-        terms.append(summed if summed.shape[1:] == x.shape[2:] else upsample(summed, x.shape[2:]))
+        term = summed if summed.shape[1:] == x.shape[2:] else upsample(summed, x.shape[2:])
+        total += term
+        if terms is not None:
+            terms.append(_scaled(term, small)[:, None])
         used.append(r.name)
-    if eigen_smooth:  # pytorch-grad-cam's: at an eighth of the size (the terms are many)
-        small = _scaled(np.stack(terms, axis=1), tuple(max(1, s // 8) for s in x.shape[2:]))
-        total = _scaled(first_component(small, small.sum(axis=1)), x.shape[2:])
-    else:
-        total = np.sum(terms, axis=0, dtype=np.float64).astype(np.float32)
-    return _scaled(total), box["classes"], g.outputs, used
+    if eigen_smooth:
+        stack = np.concatenate(terms, axis=1)
+        total = _scaled(first_component(stack, stack.sum(axis=1)), x.shape[2:])
+    return _scaled(total.astype(np.float32)), box["classes"], g.outputs, used
