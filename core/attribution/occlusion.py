@@ -166,7 +166,7 @@ def _incremental_scores(backend, x, filled, corners, window, pairs, target, owne
     seeds, classes = output_seeds(target, base, owner)
     outputs = np.empty((len(pairs), base.shape[1]), np.float32)
     corners = np.asarray(corners, np.int64)
-    plan = None
+    plans = []
     for s in range(n):
         rows = np.nonzero(pairs[:, 1] == s)[0]
         if not len(rows):
@@ -188,7 +188,12 @@ def _incremental_scores(backend, x, filled, corners, window, pairs, target, owne
             exact = incremental_plan(backend, x[s:s + 1], window, None)
             patches, starts = window_patches(x[s], filled[s], corners[pairs[sample, 0]], window)
             info["approximate_error"] = (s, outputs[sample], exact.scores(patches, starts))
-    info.update(incremental=True, plan=plan.info if plan is not None else {})
+        plans.append(plan.info)
+    summary = dict(plans[0]) if plans else {}
+    works = [p["conv_work"] for p in plans if p.get("conv_work") is not None]
+    if len(plans) > 1 and works:  # the mean over the images
+        summary["conv_work"] = round(float(np.mean(works)), 4)
+    info.update(incremental=True, plan=summary)
     return base, seeds, classes, outputs
 
 
