@@ -165,12 +165,41 @@ def test_plan_scores_against_float64_model():
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_final_softmax_is_cut_as_in_forward():
-    model = nn.Sequential(_model(TinyResNet), nn.Softmax(1)).eval()
+class SoftmaxTuple(nn.Module):
+    """A functional final softmax, and a tuple of outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _model(TinyResNet)
+
+    def forward(self, x):
+        scores = self.net(x)
+        return F.softmax(scores, dim=1), scores.sum(1)
+
+
+def test_final_softmax_is_cut_and_select_honoured_as_in_forward():
     x = _images(1, 20, seed=4)
+    model = nn.Sequential(_model(TinyResNet), nn.Softmax(1)).eval()
     got = occlusion(model, x, window=5, stride=5, incremental=True)
+    assert "output" in got.info["choices"]  # the softmax module is left out, as backend.forward does
     _close(got, occlusion(model, x, window=5, stride=5, incremental=False))
-    assert "output" in got.info["choices"] if "choices" in got.info else True
+    for options in ({"select": 0}, {"select": 0, "output": "probabilities"}):
+        backend = convscope.load(SoftmaxTuple().eval(), **options)
+        got = occlusion(backend, x, window=5, stride=5, incremental=True)
+        assert got.info["incremental"] is True
+        _close(got, occlusion(backend, x, window=5, stride=5, incremental=False))
+        plan = incremental_plan(backend, x, (5, 5))
+        patches, starts = window_patches(x[0], np.zeros_like(x[0]), np.array([[5, 5]]), (5, 5))
+        occluded = x.copy()
+        occluded[:, :, 5:10, 5:10] = 0
+        np.testing.assert_allclose(plan.scores(patches, starts), backend.forward(occluded), rtol=1e-5, atol=1e-7)
+
+
+def test_float64_model_runs_in_float64():
+    model = _model(TinyResNet).double()
+    x = _images(1, 20, seed=8)
+    got = occlusion(model, x, window=6, stride=4, incremental=True)
+    _close(got, occlusion(model, x, window=6, stride=4, incremental=False), rel=1e-9)
 
 
 @pytest.mark.parametrize("cls, why", [(GlobalFirst, "no conv works on crops"),

@@ -204,7 +204,8 @@ class IncrementalPlan:
     def _note_full(self, node, why):
         if not self._batch_full:
             self._batch_full = True
-            key = f"{node.name} ({why})"
+            what = repr(node.target) if node.op == "call_module" else f"{node.name} (a {node.op[5:]} call)"
+            key = f"{what}: {why}"
             self._full_from[key] = self._full_from.get(key, 0) + 1
 
     # ---------------------------------------------------------------- crop-wise rules
