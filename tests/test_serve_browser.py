@@ -76,6 +76,7 @@ def browser():
 
 def open_page(browser, url, errors):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)  # two shared cores under load: waits are generous, the checks are not
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
@@ -83,7 +84,7 @@ def open_page(browser, url, errors):
     return page
 
 
-def wait_done(page, timeout=90_000):
+def wait_done(page, timeout=120_000):
     page.wait_for_function("() => [...document.querySelectorAll('.ask')].every(b => b.dataset.state === 'done')",
                            timeout=timeout)
 
@@ -146,7 +147,7 @@ def test_upload_and_image_page_numbers_match_the_api(server, browser, tmp_path):
     errors = []
     page = open_page(browser, url + "/image", errors)
     page.set_input_files("#upload", str(tmp_path / "photo.jpg"))
-    page.wait_for_url("**/image/*", timeout=30_000)
+    page.wait_for_url("**/image/*")
     wait_done(page, timeout=120_000)
     images_ok(page)
     shot(page, tmp_path, "image")
