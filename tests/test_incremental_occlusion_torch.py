@@ -300,3 +300,12 @@ def test_keras_has_no_plan_and_falls_back():
     assert "tensorflow backend has no incremental path" in got.info["incremental_why"]
     with pytest.raises(ValueError, match="has no incremental path"):
         occlusion(demo_model("keras"), x, window=16, stride=16, incremental=True)
+
+
+def test_a_module_changed_after_tracing_is_traced_again():
+    model = _model(TinyResNet)
+    x = _images(1, 20, seed=9)
+    occlusion(model, x, window=5, stride=5, incremental=True)  # traced and cached
+    model.layer1.conv1 = nn.Conv2d(8, 8, 5, padding=2, bias=False)  # a new submodule, another kernel
+    got = occlusion(model, x, window=5, stride=5, incremental=True)
+    _close(got, occlusion(model, x, window=5, stride=5, incremental=False))

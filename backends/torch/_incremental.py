@@ -49,11 +49,22 @@ class IncrementalPlan:
     """The plan for one image and one window size (:func:`make_plan`)."""
 
     def __init__(self, backend, image, window, threshold):
-        torch = self._torch = backend._torch
+        self._torch = backend._torch
         self.backend, self.window, self.threshold = backend, tuple(window), threshold
-        self.graph_module = _traced(torch, backend.module)
+        self.image = backend._tensor(np.ascontiguousarray(image, np.float32)).clone()  # never the caller's array
+        self.ops = Ops(self._torch)
+        expected = backend._forward(np.ascontiguousarray(image, np.float32))  # also finds a final softmax to cut
+        if not self._reproduces(expected):  # a module changed since it was traced: trace it again, once
+            _TRACED.pop(backend.module, None)
+            if not self._reproduces(expected, raise_why=True):
+                raise NotIncremental("the model's traced graph does not reproduce its forward on this image")
+        self._probe_saving(image)
+
+    def _reproduces(self, expected, raise_why=False):
+        """Runs the original through the traced graph (keeping every node's output); whether it
+        gives ``backend.forward``'s scores (with ``raise_why``, why not)."""
+        self.graph_module = _traced(self._torch, self.backend.module)
         self.nodes = list(self.graph_module.graph.nodes)
-        self.ops = Ops(torch)
         self.modules = dict(self.graph_module.named_modules())
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
@@ -62,21 +73,22 @@ class IncrementalPlan:
         for n in self.nodes:
             if n.op == "placeholder" or any(a in self.depends for a in n.all_input_nodes):
                 self.depends.add(n)
-        self.image = backend._tensor(np.ascontiguousarray(image, np.float32))
-        self.geometry = {}
-        self.orig = {}
+        self.geometry, self.orig = {}, {}
         self.conv_flops = {}  # conv node -> multiply-adds of one image's full map
         self._work = [0.0, 0.0]  # recomputed conv work, conv work of as many full passes
         self._full_from = {}
-        expected = backend._forward(np.ascontiguousarray(image, np.float32))  # also finds a final softmax to cut
         got = self._call(self.image, None)
         if got.shape != expected.shape:
-            raise NotIncremental(f"the model's traced graph gives outputs of shape {got.shape}, "
-                                 f"its forward {expected.shape}")
+            if raise_why:
+                raise NotIncremental(f"the model's traced graph gives outputs of shape {got.shape}, "
+                                     f"its forward {expected.shape}")
+            return False
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(expected).max())):
-            raise NotIncremental("the model's traced graph does not reproduce its forward on this image "
-                                 f"(largest difference {np.abs(got - expected).max():.3g})")
-        self._probe_saving(image)
+            if raise_why:
+                raise NotIncremental("the model's traced graph does not reproduce its forward on this image "
+                                     f"(largest difference {np.abs(got - expected).max():.3g})")
+            return False
+        return True
 
     def _probe_saving(self, image):
         """One window of the image's own pixels: no conv working on crops means nothing to save."""
