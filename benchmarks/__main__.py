@@ -1,6 +1,6 @@
 """The benchmark suite: every ratio measured in one run, written to benchmarks/RESULTS.md.
 
-    python -m benchmarks                      # about 10 minutes on 2 cores
+    python -m benchmarks                      # about 15 minutes on 2 cores (ResNet-18 at issue 21's settings: 4)
     python -m benchmarks --quick              # about 3 minutes: demo model only, fewer repeats
     python -m benchmarks --threads 2          # frameworks' thread count (default 1; 0: their own)
     python -m benchmarks --extra-path DIR     # a private folder holding tf-keras-vis (pip install --target DIR)
@@ -9,11 +9,14 @@ Sections:
 
 1. method x backend on the demo model (the same weights in torch, ONNX and Keras): convscope
    against each framework's floor and a peer, with peak memory (:func:`convscope.app.bench.bench_backend`);
-2. larger models (not with ``--quick``): ResNet-18 on torch and ONNX Runtime, ResNet50 on Keras;
+2. larger models (not with ``--quick``): ResNet-18 at 224 on torch and ONNX Runtime against Captum
+   as issue 21 measures it (:data:`LARGE`: integrated gradients in 32 steps, plain occlusion with
+   32-pixel windows at stride 16, 32 images a call), ResNet50 on Keras;
 3. backend overheads: the torch gradient against ``torch.autograd.grad``
-   (:mod:`benchmarks.torch_speed`), the ONNX gradient against torch autograd and its forward
-   against a bare session (:mod:`benchmarks.onnx_speed`), a method given a model file against the
-   loaded backend (:mod:`benchmarks.load_speed`);
+   (:mod:`benchmarks.torch_speed`), the ONNX input gradient against torch autograd and its forward
+   against a bare session at one and at two threads (:func:`benchmarks.onnx_speed.rows`), a method
+   given a model file against the loaded backend (:mod:`benchmarks.load_speed`); each row says its
+   thread count;
 4. features: the top-patches scan against bare activations, the t-SNE adapter against
    openTSNE, openTSNE against scikit-learn (:mod:`benchmarks.features_speed`);
 5. dissection throughput against bare activations (:mod:`benchmarks.dissection_speed`);
@@ -76,6 +79,11 @@ def demo_table(quick: bool, threads: int) -> str:
             f"64 x 64, per step. Best of {3 if quick else 7} interleaved calls.\n\n" + format_rows(rows))
 
 
+#: ResNet-18 at 224 as issue 21 measures it: integrated gradients in 32 steps; occlusion with
+#: 32-pixel windows at stride 16 (169 windows), 32 occluded images per call
+LARGE = dict(layer="layer4", steps=32, window=(32, 32), stride=(16, 16), per_eval=32, repeat=3)
+
+
 def large_models(threads: int) -> str:
     import convscope
     from convscope.app.bench import bench_backend, format_rows
@@ -88,7 +96,7 @@ def large_models(threads: int) -> str:
     net = resnet18()
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     options = dict(methods=("saliency", "guided_backprop", "integrated_gradients", "occlusion", "grad_cam"),
-                   layer="layer4", steps=8, window=(56, 56), stride=(56, 56), per_eval=16, repeat=3, threads=threads)
+                   threads=threads, incremental=False, **LARGE)
     rows = bench_backend(convscope.load(net), x, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,9 +105,12 @@ def large_models(threads: int) -> str:
     layer = next(r.name for r in reversed(onnx_backend.layers()) if r.kind == "relu" and r.spatial)
     rows += bench_backend(onnx_backend, x, source=data, peer_model=net, peer_layer="layer4",
                           **{**options, "layer": layer})
-    text = ("ResNet-18 (random weights), 224 x 224, batch 1; integrated gradients 8 steps; occlusion window 56, "
-            f"stride 56 (16 windows) in one call; Grad-CAM at layer4 (ONNX: its last ReLU, {layer!r}).\n\n"
-            + format_rows(rows))
+    text = (f"ResNet-18 (random weights), 224 x 224, batch 1, {threads or 'default'} thread(s) per framework; "
+            f"integrated gradients {LARGE['steps']} steps; occlusion window {LARGE['window'][0]}, stride "
+            f"{LARGE['stride'][0]} ({((224 - LARGE['window'][0]) // LARGE['stride'][0] + 1) ** 2} windows), {LARGE['per_eval']} occluded images per call, the plain path "
+            "(`incremental=False`: every occluded image through the whole network, as Captum does; incremental "
+            f"occlusion has its own section); Grad-CAM at layer4 (ONNX: its last ReLU, {layer!r}). Best of "
+            f"{LARGE['repeat']} interleaved calls.\n\n" + format_rows(rows))
     try:
         import keras
     except ImportError:
@@ -121,24 +132,18 @@ def overheads(quick: bool, threads: int) -> str:
     rng = np.random.default_rng(0)
     from convscope.data import demo_model
 
-    lines = ["| case | convscope ms | bare ms | ratio |", "|---|---:|---:|---:|"]
+    lines = ["| case | threads | convscope ms | bare ms | ratio |", "|---|---:|---:|---:|---:|"]
+    each = f"{threads or 'default'}"
     ours, raw = torch_speed.case(demo_model("torch"), rng.random((16, 3, 64, 64), dtype=np.float32), 1,
                                  repeat=15 if quick else 40)
-    lines.append(f"| torch backend gradient vs torch.autograd.grad, demo model, batch 16 | {ours * 1e3:.1f} | "
+    lines.append(f"| torch backend gradient vs torch.autograd.grad, demo model, batch 16 | {each} | {ours * 1e3:.1f} | "
                  f"{raw * 1e3:.1f} | {ours / raw:.2f} |")
     if not quick:
         ours, raw = torch_speed.case(resnet18(), rng.random((1, 3, 224, 224), dtype=np.float32), 3, repeat=9)
-        lines.append(f"| torch backend gradient vs torch.autograd.grad, ResNet-18, batch 1 | {ours * 1e3:.1f} | "
+        lines.append(f"| torch backend gradient vs torch.autograd.grad, ResNet-18, batch 1 | {each} | {ours * 1e3:.1f} | "
                      f"{raw * 1e3:.1f} | {ours / raw:.2f} |")
-        grad, fwds, error = onnx_speed.resnet_speed(9, threads or None)
-        ours, theirs = grad["convscope onnx gradient"], grad["torch autograd"]
-        lines.append(f"| ONNX backend gradient vs torch autograd on the same ResNet-18 (rel. L2 diff {error:.0e}) | "
-                     f"{ours * 1e3:.1f} | {theirs * 1e3:.1f} | {ours / theirs:.2f} |")
-        for fwd in fwds:
-            (_, ours), (bare_name, bare) = fwd.items()
-            lines.append(f"| ONNX backend forward vs bare session.run ({bare_name}), ResNet-18 | {ours * 1e3:.1f} | "
-                         f"{bare * 1e3:.1f} | {ours / bare:.2f} |")
-    lines += load_speed.rows(repeat=15 if quick else 40)
+        lines += onnx_speed.rows(threads, repeats=9)  # at these threads, and at one and two
+    lines += [row.replace(" | ", f" | {each} | ", 1) for row in load_speed.rows(repeat=15 if quick else 40)]
     return "\n".join(lines)
 
 

@@ -170,57 +170,6 @@ def limit_threads(threads: int | None):
 
 
 # --------------------------------------------------------------------------- the cases
-def _onehot(target, k, repeat=1):
-    seeds = np.zeros((len(target), k), np.float32)
-    seeds[np.arange(len(target)), target] = 1
-    return np.tile(seeds, (repeat, 1))
-
-
-def _cases(backend, floor, x, target, k, *, layer, steps, window, stride, per_eval, visualize_steps):
-    """{method: (convscope call, floor call or None/False, what the floor computes)}; every input
-    of the floors is made here, outside the timed calls."""
-    from .. import attribution as A
-    from ..synthesis import class_logit, visualize
-
-    n = len(x)
-    xn = floor.native(x) if floor else None
-    alphas = (np.arange(steps, dtype=np.float32) + 0.5) / steps
-    path = floor.native(np.concatenate([a * x for a in alphas])) if floor else None
-    path_seeds = _onehot(target, k, steps)
-    batches = None
-    if floor:
-        from .bench_peers import occluded_batches
-        batches = [floor.native(b) for b in occluded_batches(x, window, stride, per_eval)]
-    one = _onehot(target, k)
-    x1, one1 = (floor.native(x[:1]), one[:1]) if floor else (None, None)
-    images = sum(len(b) for b in batches) if batches else 0
-    at_layer = bool(floor) and layer is not None and floor.supports(layer)
-    cases = {
-        "activations": (lambda: backend.activations(x, [layer]),
-                        at_layer and (lambda: floor.layer(xn, layer)), f"forward to {layer!r}"),
-        "saliency": (lambda: A.saliency(backend, x, target), floor and (lambda: floor.input_grad(xn, one)),
-                     "one gradient at the input"),
-        "guided_backprop": (lambda: A.guided_backprop(backend, x, target),
-                            floor and (lambda: floor.input_grad(xn, one)),
-                            "one gradient at the input, plain ReLU rule (the framework has no other)"),
-        "integrated_gradients": (
-            lambda: A.integrated_gradients(backend, x, target, steps=steps, batch_size=n * steps),
-            floor and (lambda: floor.input_grad(path, path_seeds)),
-            f"one gradient of the {n * steps} path images"),
-        "occlusion": (lambda: A.occlusion(backend, x, target, window=window, stride=stride,
-                                          perturbations_per_eval=per_eval),
-                      floor and (lambda: [floor.forward(b) for b in batches]),
-                      f"forward of the same {images} occluded and clean images, same batches"),
-        "grad_cam": (lambda: A.grad_cam(backend, x, target, layer=layer),
-                     at_layer and (lambda: floor.layer_grad(xn, layer, one)), f"one gradient at {layer!r}"),
-        "visualize": (lambda: visualize(backend, class_logit(int(target[0])), steps=visualize_steps, size=x.shape[2:],
-                                        progress=False),
-                      floor and (lambda: [floor.input_grad(x1, one1) for _ in range(visualize_steps)]),
-                      "one gradient of one image at the input, per step"),
-    }
-    return cases
-
-
 def _layer_for(backend, x, layer):
     """The layer of activations and Grad-CAM; None when the model has no spatial layer (those
     two rows then say so)."""
@@ -236,16 +185,18 @@ def _layer_for(backend, x, layer):
 
 def bench_backend(backend, x, *, source=None, methods=METHODS, layer=None, repeat=5, steps=16, window=None,
                   stride=None, per_eval=None, visualize_steps=4, threads=None, peers=True, peer_model=None,
-                  peer_layer=None, memory=True) -> list:
+                  peer_layer=None, memory=True, incremental=None) -> list:
     """Time ``methods`` on ``backend`` for images ``x`` (N, C, H, W): a :class:`BenchRow` each.
 
     ``source`` is what was loaded (an ONNX path or bytes: its bare session is the ONNX floor).
     ``layer`` is the layer of activations and Grad-CAM (default: the last spatial one);
     ``steps`` the integrated-gradients steps; occlusion uses ``window`` (default H / 4),
     ``stride`` (half the window) and ``per_eval`` occluded copies per call (default: all of
-    them in one call, up to 64). ``peer_model`` (a torch module with the same weights) gives
-    Captum peers to a backend of another framework, with ``peer_layer`` its name for ``layer``.
+    them in one call, up to 64), and ``incremental`` (None: occlusion's default) is passed on
+    to it. ``peer_model`` (a torch module with the same weights) gives Captum peers to a
+    backend of another framework, with ``peer_layer`` its name for ``layer``.
     """
+    from .bench_cases import cases_for
     from .bench_floors import floor_for
     from .bench_peers import captum_peers, keras_peers
 
@@ -266,7 +217,8 @@ def bench_backend(backend, x, *, source=None, methods=METHODS, layer=None, repea
         per_eval = min(64, len(window_positions((h, w), window, stride)))
     floor = floor_for(backend, source, threads)
     options = dict(layer=layer, steps=steps, window=window, stride=stride, per_eval=per_eval)
-    cases = _cases(backend, floor, x, target, k, visualize_steps=visualize_steps, **options)
+    cases = cases_for(backend, floor, x, target, k, visualize_steps=visualize_steps, incremental=incremental,
+                      **options)
     peer_calls = {}
     if peers:
         torch_module = peer_model if peer_model is not None else getattr(backend, "module", None)
