@@ -309,3 +309,18 @@ def test_a_module_changed_after_tracing_is_traced_again():
     model.layer1.conv1 = nn.Conv2d(8, 8, 5, padding=2, bias=False)  # a new submodule, another kernel
     got = occlusion(model, x, window=5, stride=5, incremental=True)
     _close(got, occlusion(model, x, window=5, stride=5, incremental=False))
+
+
+def test_plans_hold_no_memory_once_done():
+    import gc
+
+    from convscope.backends.torch import _incremental_ops
+
+    model = _model(TinyResNet)
+    occlusion(model, _images(1, 20, seed=10), window=5, stride=5, incremental=True)
+    gc.collect()
+    before = len(_incremental_ops._PIXELS)
+    for seed in range(3):
+        occlusion(model, _images(1, 20, seed=seed), window=5, stride=5, incremental=True)
+    gc.collect()
+    assert len(_incremental_ops._PIXELS) <= before

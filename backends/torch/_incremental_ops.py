@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import operator
+import weakref
 
 import numpy as np
 
@@ -42,17 +43,19 @@ def _index(torch, starts, size, device):
     return rows, cols
 
 
-_PIXELS = {}  # id(tensor) -> (the tensor, its (H * W, C) channels-last copy)
+_PIXELS = {}  # id(tensor) -> (a weak reference to it, its (H * W, C) channels-last copy), until it dies
 
 
 def pixels(t):
     """A (1, C, H, W) tensor as (H * W, C) rows, one per pixel (made once per tensor)."""
-    got = _PIXELS.get(id(t))
-    if got is None or got[0] is not t:
-        if len(_PIXELS) > 4096:
-            _PIXELS.clear()
-        got = _PIXELS[id(t)] = (t, t[0].permute(1, 2, 0).reshape(-1, t.shape[1]))
-    return got[1]
+    key = id(t)
+    got = _PIXELS.get(key)
+    if got is not None and got[0]() is t:
+        return got[1]
+    flat = t[0].permute(1, 2, 0).reshape(-1, t.shape[1])
+    _PIXELS[key] = (weakref.ref(t), flat)
+    weakref.finalize(t, _PIXELS.pop, key, None)
+    return flat
 
 
 def rows_of(t):
