@@ -5,7 +5,8 @@ fresh cache folder and a data folder of generated shapes. For each of three imag
 the image page's time to first byte cold (its prediction computed) and then cached, and the time
 until every attribution method's maps and scores are ready (the page's explain job) cold and
 cached. The reference is the library's own time for the same work in this process (one forward
-pass; the same methods and deletion curves called directly), measured in the same run.
+pass; the same methods and deletion curves called directly), interleaved with the server's runs
+so that both see the same load.
 
     python -m benchmarks.serve_speed
 """
@@ -59,8 +60,8 @@ def _explain(port, image):
     return time.perf_counter() - start
 
 
-def _library(model, folder, images):
-    """The library's own seconds for a page's prediction and for the explain job's work, per image."""
+def _library(model, folder):
+    """The library's own work for one image page: ``(forward(i), explain(i))``, each returning its seconds."""
     import numpy as np
 
     import convscope
@@ -74,20 +75,25 @@ def _library(model, folder, images):
     data = read_folder(folder, (64, 64))
     x_all = np.concatenate([b.images for b in data.batches(64, 0, None, owner="bench")])
     settings = demo_settings(True)
-    forward, explain = [], []
-    for i in images:
+
+    def forward(i):
+        start = time.perf_counter()
+        backend.forward(x_all[i:i + 1])
+        return time.perf_counter() - start
+
+    def explain(i):
         x = x_all[i:i + 1]
         start = time.perf_counter()
         k = int(backend.forward(x)[0].argmax())
-        forward.append(time.perf_counter() - start)
-        start = time.perf_counter()
         for name in METHODS:
             try:
                 score_one(backend, x, explain_one(backend, x, name, k, settings), k, None, settings["deletion_steps"])
             except (ValueError, TypeError, ImportError):
                 pass
-        explain.append(time.perf_counter() - start)
-    return statistics.median(forward), statistics.median(explain)
+        return time.perf_counter() - start
+
+    explain(15)  # warm-up, as the server's
+    return forward, explain
 
 
 def run(model: str = "torch", images=(0, 1, 2), repeat: int = 20) -> list[str]:
@@ -115,17 +121,20 @@ def run(model: str = "torch", images=(0, 1, 2), repeat: int = 20) -> list[str]:
                     time.sleep(0.1)
             _request(port, "GET", "/image/data-15")  # warm-up: first passes through the model
             _explain(port, "data-15")
-            cold, cached, explain_cold, explain_cached = [], [], [], []
-            for i in images:
+            forward, explain = _library(model, tmp / "data")
+            cold, cached, explain_cold, explain_cached, direct_forward, direct = [], [], [], [], [], []
+            for i in images:  # server and library interleaved, so both see the same load
                 cold.append(_request(port, "GET", f"/image/data-{i}")[0])
                 cached += [_request(port, "GET", f"/image/data-{i}")[0] for _ in range(repeat)]
+                direct_forward += [forward(i) for _ in range(repeat)]
                 explain_cold.append(_explain(port, f"data-{i}"))
+                direct.append(explain(i))
                 explain_cached += [_explain(port, f"data-{i}") for _ in range(repeat // 4)]
         finally:
             proc.terminate()
             proc.wait(30)
-        forward, explain = _library(model, tmp / "data", images)
     med = statistics.median
+    forward, explain = med(direct_forward), med(direct)
     rows.append(f"| image page, time to first byte, {model} demo | {med(cold) * 1e3:.1f} | {med(cached) * 1e3:.1f} | "
                 f"{forward * 1e3:.1f} | {med(cold) / med(cached):.1f} |")
     rows.append(f"| every attribution method + deletion, ready, {model} demo | {med(explain_cold) * 1e3:.0f} | "
