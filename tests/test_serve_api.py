@@ -228,6 +228,22 @@ def test_bad_computations_are_refused_before_any_pass(client, ws, query, status,
     assert ws.jobs.started == started
 
 
+def test_a_failing_computation_says_one_line_not_a_traceback(ws, monkeypatch):
+    def broken(job, **params):
+        raise FloatingPointError("the model gave NaN\nsecond line")
+
+    monkeypatch.setattr(ws, "_predict", broken)
+    monkeypatch.setattr(ws, "_unit_map", broken)
+    with TestClient(make_app(ws), raise_server_exceptions=False) as c:
+        r = c.get("/image/data-9")
+        assert r.status_code == 500 and "FloatingPointError: the model gave NaN" in r.text
+        assert "Traceback" not in r.text and "second line" not in r.text
+        body = c.post("/api/ask/unit_map", params={"image": "data-9", "layer": "relu1", "unit": 0}).json()
+        ws.jobs.get(body["job"]).finished.wait(30)
+        status = c.get(f"/api/job/{body['job']}").json()
+        assert status["state"] == "error" and status["error"] == "FloatingPointError: the model gave NaN"
+
+
 def test_uploads_that_are_not_images_or_too_large(ws):
     with TestClient(make_app(ws, max_upload=2000)) as c:
         r = c.post("/upload", content=b"not an image at all", headers={"Content-Type": "image/png"})
