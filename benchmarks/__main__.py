@@ -105,9 +105,10 @@ def large_models(threads: int) -> str:
     layer = next(r.name for r in reversed(onnx_backend.layers()) if r.kind == "relu" and r.spatial)
     rows += bench_backend(onnx_backend, x, source=data, peer_model=net, peer_layer="layer4",
                           **{**options, "layer": layer})
+    windows = ((224 - LARGE["window"][0]) // LARGE["stride"][0] + 1) ** 2
     text = (f"ResNet-18 (random weights), 224 x 224, batch 1, {threads or 'default'} thread(s) per framework; "
             f"integrated gradients {LARGE['steps']} steps; occlusion window {LARGE['window'][0]}, stride "
-            f"{LARGE['stride'][0]} ({((224 - LARGE['window'][0]) // LARGE['stride'][0] + 1) ** 2} windows), {LARGE['per_eval']} occluded images per call, the plain path "
+            f"{LARGE['stride'][0]} ({windows} windows), {LARGE['per_eval']} occluded images per call, the plain path "
             "(`incremental=False`: every occluded image through the whole network, as Captum does; incremental "
             f"occlusion has its own section); Grad-CAM at layer4 (ONNX: its last ReLU, {layer!r}). Best of "
             f"{LARGE['repeat']} interleaved calls.\n\n" + format_rows(rows))
@@ -136,12 +137,12 @@ def overheads(quick: bool, threads: int) -> str:
     each = f"{threads or 'default'}"
     ours, raw = torch_speed.case(demo_model("torch"), rng.random((16, 3, 64, 64), dtype=np.float32), 1,
                                  repeat=15 if quick else 40)
-    lines.append(f"| torch backend gradient vs torch.autograd.grad, demo model, batch 16 | {each} | {ours * 1e3:.1f} | "
-                 f"{raw * 1e3:.1f} | {ours / raw:.2f} |")
+    lines.append(f"| torch backend gradient vs torch.autograd.grad, demo model, batch 16 | {each} | "
+                 f"{ours * 1e3:.1f} | {raw * 1e3:.1f} | {ours / raw:.2f} |")
     if not quick:
         ours, raw = torch_speed.case(resnet18(), rng.random((1, 3, 224, 224), dtype=np.float32), 3, repeat=9)
-        lines.append(f"| torch backend gradient vs torch.autograd.grad, ResNet-18, batch 1 | {each} | {ours * 1e3:.1f} | "
-                     f"{raw * 1e3:.1f} | {ours / raw:.2f} |")
+        lines.append(f"| torch backend gradient vs torch.autograd.grad, ResNet-18, batch 1 | {each} | "
+                     f"{ours * 1e3:.1f} | {raw * 1e3:.1f} | {ours / raw:.2f} |")
         lines += onnx_speed.rows(threads, repeats=9)  # at these threads, and at one and two
     lines += [row.replace(" | ", f" | {each} | ", 1) for row in load_speed.rows(repeat=15 if quick else 40)]
     return "\n".join(lines)

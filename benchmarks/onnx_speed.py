@@ -116,8 +116,8 @@ def rows(threads, repeats: int = 9) -> list[str]:
             grad, fwds, error = resnet_speed(repeats, count)
             ours, theirs = grad["convscope onnx gradient"], grad["torch autograd"]
             each = count or "default"
-            out.append(f"| ONNX backend input gradient vs torch autograd on the same ResNet-18 (rel. L2 diff {error:.0e}; "
-                       f"target <= {GRADIENT_TARGET}) | {each} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | "
+            out.append(f"| ONNX backend input gradient vs torch autograd on the same ResNet-18 (rel. L2 diff "
+                       f"{error:.0e}; target <= {GRADIENT_TARGET}) | {each} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | "
                        f"{ours / theirs:.2f} |")
             for fwd in fwds:
                 (_, ours), (bare_name, bare) = fwd.items()
@@ -185,7 +185,8 @@ def main(argv=None):
     for name, t in grad.items():
         print(f"    {name:26s} {t * 1e3:8.1f} ms")
     ratio_grad = grad["convscope onnx gradient"] / grad["torch autograd"]
-    print(f"    ratio onnx / torch = {ratio_grad:.2f}  (target <= {GRADIENT_TARGET}); relative L2 difference {error:.1e}")
+    print(f"    ratio onnx / torch = {ratio_grad:.2f}  (target <= {GRADIENT_TARGET}); "
+          f"relative L2 difference {error:.1e}")
     print("(b) ResNet-18 forward, same file")
     for fwd in fwds:
         (ours_name, ours), (bare_name, bare) = fwd.items()

@@ -68,11 +68,21 @@ def _cases(samples):
                 random_seed=0)
 
     nt = captum.NoiseTunnel(captum.Saliency(model))
+    draws = np.random.default_rng(0).standard_normal((64, 3, 64, 64), dtype=np.float32)
+    noisy = np.concatenate([x] * 16) + draws * np.float32(0.15)
+    noisy_t, noisy_target = torch.from_numpy(noisy), np.tile(target, 16)
     return {
         "noise_tunnel (saliency, 16 draws)": (
             lambda: A.noise_tunnel(backend, x, target, samples=16, perturbations_per_eval=16),
             lambda: nt.attribute(xt, nt_type="smoothgrad", nt_samples=16, nt_samples_batch_size=16, stdevs=0.15,
                                  target=tt), "Captum NoiseTunnel"),
+        # the tunnel's one backend call alone: the rest of its ratio is its clean forward (the class
+        # check and the result's outputs) and the noise it draws
+        "saliency of the tunnel's 64 noisy images": (
+            lambda: A.saliency(backend, noisy, noisy_target),
+            lambda: captum.Saliency(model).attribute(noisy_t.clone().requires_grad_(),
+                                                     target=torch.from_numpy(noisy_target)),
+            "Captum Saliency"),
         "feature_ablation (16 features)": (
             lambda: A.feature_ablation(backend, x, target, features=grid, perturbations_per_eval=per),
             lambda: captum.FeatureAblation(model).attribute(xt, target=tt, feature_mask=mask,
