@@ -210,8 +210,10 @@ def test_falls_back_and_says_why(cls, why):
     got = occlusion(model, x, window=5, stride=5)
     assert got.info["incremental"] is False and why in got.info["incremental_why"]
     _close(got, occlusion(model, x, window=5, stride=5, incremental=False))
+    model.train()
     with pytest.raises(ValueError, match="The 'incremental' parameter of occlusion must be False or 'auto'.*" + why):
         occlusion(model, x, window=5, stride=5, incremental=True)
+    assert all(m.training for m in model.modules())  # left as it was, also after the error
 
 
 def test_attention_after_patch_embedding_is_exact():
