@@ -121,7 +121,7 @@ def test_equals_plain_occlusion_on_architectures(arch):
     model = _model(cls)
     x = _images(2, size)
     kw = dict(window=(5, 7), stride=(3, 4), fill="mean", perturbations_per_eval=7)
-    fast = occlusion(model, x, **kw)
+    fast = occlusion(model, x, **kw, incremental=True)
     plain = occlusion(model, x, **kw, incremental=False)
     assert fast.info["incremental"] is True, fast.info
     assert plain.info["incremental"] is False
@@ -326,3 +326,13 @@ def test_plans_hold_no_memory_once_done():
         occlusion(model, _images(1, 20, seed=seed), window=5, stride=5, incremental=True)
     gc.collect()
     assert len(_incremental_ops._PIXELS) <= before
+
+
+def test_auto_runs_large_windows_plain_and_says_so():
+    model = _model(TinyResNet)
+    x = _images(1, 20, seed=11)
+    got = occlusion(model, x, window=10, stride=5)  # a quarter of the image
+    assert got.info["incremental"] is False and "covers more than 1/8 of the image" in got.info["incremental_why"]
+    forced = occlusion(model, x, window=10, stride=5, incremental=True)
+    assert forced.info["incremental"] is True
+    _close(forced, got)
