@@ -210,6 +210,8 @@ def test_falls_back_and_says_why(cls, why):
     got = occlusion(model, x, window=5, stride=5)
     assert got.info["incremental"] is False and why in got.info["incremental_why"]
     _close(got, occlusion(model, x, window=5, stride=5, incremental=False))
+    approximate = occlusion(model, x, window=5, stride=5, approximate=0.5)
+    assert "exact: approximate= needs the incremental path" in approximate.info["incremental_why"]
     model.train()
     with pytest.raises(ValueError, match="The 'incremental' parameter of occlusion must be False or 'auto'.*" + why):
         occlusion(model, x, window=5, stride=5, incremental=True)

@@ -188,7 +188,8 @@ def _incremental_scores(backend, x, filled, corners, window, pairs, target, owne
             if required:
                 raise param_error("incremental", owner, "False or 'auto' for this model (it has no incremental "
                                   "path)", f"True ({err})") from None
-            info.update(incremental=False, incremental_why=f"plain occlusion: {err}")
+            exact = "" if threshold is None else " (exact: approximate= needs the incremental path)"
+            info.update(incremental=False, incremental_why=f"plain occlusion{exact}: {err}")
             return None
         for start in range(0, len(rows), per_eval):
             chunk = rows[start:start + per_eval]
