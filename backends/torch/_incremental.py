@@ -128,10 +128,11 @@ class IncrementalPlan:
 
     def _run(self, value, first):
         env = {}
-        self._batch_full = False
+        self._batch_full, self._materialised = False, {}
         for node in self.nodes:
             if node.op == "output":
                 result = mapped(torch_fx_load(node.args[0], env), self._full)
+                self._materialised = {}
                 return result
             if not first and node not in self.depends:
                 env[node] = self.orig[node]
@@ -194,7 +195,14 @@ class IncrementalPlan:
         return self._callable(node)(*args, **kwargs)
 
     def _full(self, value):
-        return materialise(self._torch, value) if isinstance(value, Cropped) else value
+        """Full maps of a :class:`Cropped`, made once per value and pass (a squeeze-excitation
+        block's pool and its gate both need the block's input whole)."""
+        if not isinstance(value, Cropped):
+            return value
+        got = self._materialised.get(id(value))
+        if got is None or got[0] is not value:
+            got = self._materialised[id(value)] = (value, materialise(self._torch, value))
+        return got[1]
 
     def _node(self, node, args, kwargs, full_in):
         """The node on a batch: crop-wise where it can, else on full maps."""
