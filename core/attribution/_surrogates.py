@@ -55,7 +55,7 @@ def _setup(owner, model, x, target, features, baseline, output, seed, perturbati
     target = check_target(target, len(x), owner)
     base = check_baseline(baseline, x, owner)
     labels, used = resolve_features(features, x, owner)
-    size = per_call(perturbations_per_eval, len(x), owner, auto_batch_size(*x.shape[2:]))
+    size = per_call(perturbations_per_eval, len(x), owner, auto_batch_size(*x.shape[2:], backend=backend))
     return backend, x, target, base, labels, used, seed, size
 
 

@@ -359,7 +359,7 @@ def score_cam(model, x, target=None, *, layer: str | None = None, output: str = 
         batch_size = check_int(batch_size, "batch_size", "score_cam", low=1)
 
     def weights(p: LayerPass) -> np.ndarray:
-        return _score_cam_weights(p, output, batch_size or auto_batch_size(*p.x.shape[2:]))
+        return _score_cam_weights(p, output, batch_size or auto_batch_size(*p.x.shape[2:], backend=p.backend))
 
     return _run("score_cam", model, x, target, layer, weights,
                 "activations", clip, reshape=reshape, output=output, aug_smooth=aug_smooth,

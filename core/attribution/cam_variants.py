@@ -172,7 +172,7 @@ def ablation_cam(model, x, target=None, *, layer: str | None = None, clip: bool 
         batch_size = check_int(batch_size, "batch_size", "ablation_cam", low=1)
 
     def weights(p: LayerPass) -> np.ndarray:
-        return _ablation_weights(p, batch_size or auto_batch_size(*p.x.shape[2:]))
+        return _ablation_weights(p, batch_size or auto_batch_size(*p.x.shape[2:], backend=p.backend))
 
     return _run("ablation_cam", model, x, target, layer, weights, "activations", clip, reshape=reshape,
                 aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, precheck=_ablated_producer)

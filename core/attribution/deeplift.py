@@ -95,7 +95,7 @@ def deeplift_shap(model, x, target=None, *, baselines, eps=1e-10, batch_size=Non
     _check_backend(backend, owner)
     n = len(x)
     total, delta, index, outputs = np.zeros(x.shape, np.float64), np.zeros(n), [], []
-    per_call = batch_size_for(batch_size, x.shape[2:], owner)
+    per_call = batch_size_for(batch_size, x.shape[2:], owner, backend=backend)
     ref_scores = np.concatenate([backend.forward(refs[i:i + per_call]) for i in range(0, len(refs), per_call)])
     for start in range(0, n, per_call):  # images in chunks: their classes once, then every baseline
         sl = slice(start, start + per_call)
@@ -149,7 +149,7 @@ def gradient_shap(model, x, target=None, *, baselines, samples=5, stdev=0.0, see
         draws[param] = v
     outputs = backend.forward(x)  # the explained class is the images' own, not each point's
     fixed, index = output_seeds(target, outputs, owner)
-    per_call = batch_size_for(batch_size, x.shape[2:], owner)
+    per_call = batch_size_for(batch_size, x.shape[2:], owner, backend=backend)
     total = np.zeros(x.shape, np.float64)
     for k in range(samples):  # one draw of every image per step, in chunks of per_call images
         noisy = x + rng.normal(0.0, stdev, x.shape).astype(np.float32) if stdev > 0 else x

@@ -14,6 +14,7 @@ from ..backend import INPUT, OUTPUT
 from .._layers import check_layer_name
 from .._targets import check_target, index_per_sample, output_seeds, prepare, with_choices
 from .._batching import auto_batch_size
+from .._noise import gaussian
 from .result import AttributionMaps, reduce_channels
 
 __all__ = ["saliency", "smoothgrad", "integrated_gradients", "input_x_gradient", "deconvnet", "guided_backprop",
@@ -222,7 +223,7 @@ def smoothgrad(model, x, target=None, *, noise: float = 0.15, samples: int = 25,
     sigma = (noise * (flat.max(axis=1) - flat.min(axis=1))).astype(np.float32)[:, None, None, None]
 
     def draw(k):  # draw k's noise for every sample: a function of (seed, k) alone
-        return np.random.default_rng([seed, int(k)]).standard_normal(x.shape, dtype=np.float32) * sigma
+        return gaussian([seed, int(k)], x.shape) * sigma
 
     g = _averaged_gradient(backend, x, None, np.zeros(samples), np.full(samples, 1.0 / samples), draw,
                            classes, batch_size, owner)

@@ -7,6 +7,7 @@ import numpy as np
 from .._targets import check_target, output_seeds, prepare, with_choices
 from .._validate import check_choice, check_int, check_number, describe, param_error
 from .._batching import auto_batch_size
+from .._noise import gaussian
 from ..backend import INPUT
 from .result import AttributionMaps
 
@@ -111,11 +112,26 @@ def _check_options(function, options, name, backend, x, target, owner):
 
 
 def _classes(backend, x, target, owner):
-    """The explained class of each clean image (checked against their outputs), or a callable as is."""
+    """The explained class of each clean image and the clean outputs: for target None their top
+    class, from one forward; a given class or callable as is, with no pass (the method's first
+    pass checks a class against the outputs, as Captum's NoiseTunnel leaves it to its method)."""
     if callable(target):
         return target, None
+    if target is not None:
+        return np.broadcast_to(np.asarray(target, np.int64), (len(x),)).copy(), None
     outputs = backend.forward(x)
     return output_seeds(target, outputs, owner)[1], outputs
+
+
+def _first_call(function, backend, images, target, options, name, owner):
+    """The method's first call; a class it finds out of range is reported as noise_tunnel's."""
+    try:
+        return function(backend, images, target, **options)
+    except (ValueError, IndexError) as err:
+        text = str(err)
+        if not text.startswith(f"The 'target' parameter of {name} "):
+            raise
+        raise type(err)(text.replace(f"parameter of {name}", f"parameter of {owner} (given to {name})", 1)) from None
 
 
 def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoothgrad", samples: int = 25,
@@ -144,13 +160,16 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
     noise : array (samples, N, C, H, W) or None
         The noise itself, added as given (``stdev`` and ``seed`` are then unused); draw i for
         image n is ``noise[i, n]``. Otherwise draw i is
-        ``default_rng([seed, i]).standard_normal(x.shape) * sigma``: the result does not depend
+        ``gaussian([seed, i], x.shape) * sigma`` (:func:`convscope._noise.gaussian`: Box-Muller on
+        ``default_rng([seed, i])``, as fast as ``torch.randn``): the result does not depend
         on ``perturbations_per_eval``.
     perturbations_per_eval : int or None
         Noisy copies of each image in one call of the method, hence in one backend call for a
         gradient method (Captum's ``nt_samples_batch_size``; None: 2^18 pixels' worth).
 
-    The explained class is fixed on the clean images (target None: their top class).
+    The explained class is fixed on the clean images (target None: their top class, from one
+    forward pass whose scores are the result's ``outputs``; a given target needs no such pass,
+    and ``outputs`` is then None).
     """
     owner = "noise_tunnel"
     backend, x = prepare(model, x, owner)
@@ -170,7 +189,7 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
             raise param_error("noise", owner, "finite values", "NaN or infinity")
         samples = len(noise)
     if perturbations_per_eval is None:
-        per = max(1, auto_batch_size(*x.shape[2:]) // n)
+        per = max(1, auto_batch_size(*x.shape[2:], backend=backend) // n)
     else:
         per = check_int(perturbations_per_eval, "perturbations_per_eval", owner, low=1)
     target = check_target(target, n, owner)
@@ -183,7 +202,7 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
         """x plus draw i, written into ``out`` (no temporaries: the draw is made in place)."""
         if noise is not None:
             return np.add(x, noise[i], out=out)
-        np.random.default_rng([seed, int(i)]).standard_normal(x.shape, dtype=np.float32, out=out)
+        gaussian([seed, int(i)], x.shape, out=out)
         out *= sigma
         return np.add(out, x, out=out)
 
@@ -196,7 +215,10 @@ def noise_tunnel(model, x, target=None, *, method="saliency", kind: str = "smoot
         for k, i in enumerate(draws):  # draw-major: (draw, image)
             noisy(i, images[k * n:(k + 1) * n])
         chunk_target = classes if callable(classes) else np.tile(classes, len(draws))
-        result = function(backend, images, chunk_target, **options)
+        if start == 0:
+            result = _first_call(function, backend, images, chunk_target, options, name, owner)
+        else:
+            result = function(backend, images, chunk_target, **options)
         if not isinstance(result, AttributionMaps) or result.maps.shape != (len(images),) + x.shape[2:]:
             raise param_error("method", owner, f"a method returning AttributionMaps with one map per image, "
                               f"{(len(images),) + x.shape[2:]}", f"{name} returning {describe(result)}", TypeError)

@@ -125,7 +125,7 @@ def occlusion(model, x, target=None, *, window=8, stride=None, fill="mean", outp
     else:
         run = _incremental_scores(*args, threshold, perturbations_per_eval, info, required=incremental is True)
     if run is None:
-        per_eval = perturbations_per_eval or max(1, auto_batch_size(height, width) // n)
+        per_eval = perturbations_per_eval or max(1, auto_batch_size(height, width, backend=backend) // n)
         run = _plain_scores(*args, per_eval)
     base, seeds, classes, outputs = run
 
@@ -172,7 +172,7 @@ def _incremental_scores(backend, x, filled, corners, window, pairs, target, owne
     """The occluded images' scores through the backend's incremental plan, one plan per image
     (:mod:`convscope._incremental`), or None (with ``info`` saying why) when it has none."""
     n, _, height, width = x.shape
-    per_eval = per_eval or auto_batch_size(height, width)
+    per_eval = per_eval or auto_batch_size(height, width, backend=backend)
     base = backend.forward(x)  # the clean scores: the target is checked before any further call
     seeds, classes = output_seeds(target, base, owner)
     outputs = np.empty((len(pairs), base.shape[1]), np.float32)

@@ -77,7 +77,7 @@ def rise(model, x, target=None, *, masks=4000, cell: int = 7, p: float = 0.5, se
     p = _check_p(p, owner)
     seed = check_int(seed, "seed", owner, low=0)
     check_choice(output, OUTPUT_MODES, "output", owner)
-    size = max(n, auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1))
+    size = max(n, auto_batch_size(h, w, backend=backend) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1))
     target = check_target(target, n, owner)
     scorer = Scorer(backend, x, target, output, owner, size)
     per = max(1, size // n)  # masks per call
@@ -159,7 +159,7 @@ def feature_ablation(model, x, target=None, *, features=None, baseline=0.0, outp
     incremental = check_incremental(incremental, owner)
     n, _, h, w = x.shape
     count = feature_counts(labels)
-    size = per_call(perturbations_per_eval, n, owner, auto_batch_size(h, w))
+    size = per_call(perturbations_per_eval, n, owner, auto_batch_size(h, w, backend=backend))
     scorer = Scorer(backend, x, target, output, owner, size)
     pairs = np.argwhere(np.arange(count.max())[:, None] < count[None])  # (feature, sample), feature-major
     samples, feats = pairs[:, 1], pairs[:, 0]
@@ -252,7 +252,7 @@ def shapley_sampling(model, x, target=None, *, features=None, baseline=0.0, samp
             raise param_error("permutations", owner, f"(S, {top}) integer rows, each a permutation of the "
                               f"{top} features", describe(permutations))
         samples, seed = len(orders), None
-    size = per_call(perturbations_per_eval, n, owner, auto_batch_size(h, w))
+    size = per_call(perturbations_per_eval, n, owner, auto_batch_size(h, w, backend=backend))
     scorer = Scorer(backend, x, target, output, owner, size)
     rank = np.argsort(orders, axis=1)  # rank[k, l]: the step at which order k adds feature l
     rows = np.arange(samples * top * n)

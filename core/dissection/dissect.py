@@ -140,7 +140,7 @@ def dissect(model, layer: str, concepts, *, quantile: float = 0.005, iou_thresho
     n = source.n
     if not n:
         raise ValueError("The 'concepts' parameter of dissect must hold at least one image. Got an empty dataset instead.")
-    batch_size = batch_size_for(batch_size, getattr(source, "image_size", None), "dissect")
+    batch_size = batch_size_for(batch_size, getattr(source, "image_size", None), "dissect", backend=backend)
     shards = _shards(n, batch_size, client)
     target = backend if client is None else model
 

@@ -95,8 +95,8 @@ def random_examples(n: int = 40, *, seed: int = 0, size: int = 64) -> np.ndarray
 
 def _flat_activations(backend, x, layer):
     out = []
-    for start in range(0, len(x), auto_batch_size(*x.shape[2:])):
-        out.append(backend.activations(x[start:start + auto_batch_size(*x.shape[2:])], [layer])[layer])
+    for start in range(0, len(x), auto_batch_size(*x.shape[2:], backend=backend)):
+        out.append(backend.activations(x[start:start + auto_batch_size(*x.shape[2:], backend=backend)], [layer])[layer])
     a = np.concatenate(out)
     return a.reshape(len(a), -1).astype(np.float64)
 
@@ -169,7 +169,7 @@ def learn_cav(model, layer: str, concept_images, random_images, *, classifier: s
 def _directional_derivatives(backend, x, layer, classes):
     """(classes, N, D): the gradient of each class score with respect to the layer, flattened."""
     out = []
-    step = auto_batch_size(*x.shape[2:])
+    step = auto_batch_size(*x.shape[2:], backend=backend)
     for k in classes:
         parts = []
         for start in range(0, len(x), step):

@@ -69,7 +69,7 @@ def completeness(model, x, maps, target=None, *, baseline=0.0, output: str = "sc
         total = m.reshape(n, -1).astype(np.float64).sum(axis=1)
         summed = "maps"
     target = _explained_target(maps, target, n, owner)
-    batch_size = auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
+    batch_size = auto_batch_size(h, w, backend=backend) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
     base = fill_images(x, baseline, owner, sigma=5.0, param="baseline")
     outputs = _forward_all(unchecked(backend), np.concatenate([x, base]), batch_size)
     seeds, classes = output_seeds(target, outputs[:n], owner)
@@ -180,7 +180,7 @@ def non_sensitivity(model, x, maps, target=None, *, fill="zero", eps: float = 1e
     step = check_int(features_in_step, "features_in_step", owner, low=1, high=h * w)
     check_choice(output, OUTPUT_MODES, "output", owner)
     target = _explained_target(maps, target, n, owner)
-    batch_size = auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
+    batch_size = auto_batch_size(h, w, backend=backend) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
     blank = fill_images(x, fill, owner, sigma=5.0)
 
     run = unchecked(backend)

@@ -65,7 +65,7 @@ def _curve(kind, model, x, maps, target, steps, fill, output, batch_size, blur_s
     if target is None and getattr(maps, "target", None) is not None:
         target = maps.target
     target = check_target(target, n, kind)
-    batch_size = auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", kind, low=1)
+    batch_size = auto_batch_size(h, w, backend=backend) if batch_size is None else check_int(batch_size, "batch_size", kind, low=1)
     blank = fill_images(x, fill, kind, sigma=blur_sigma)
 
     # rank of each pixel in decreasing importance (ties: raster order), and pixels changed per step

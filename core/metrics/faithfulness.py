@@ -42,7 +42,7 @@ def _prepare(owner, model, x, maps, target, output, batch_size, outputs=OUTPUT_M
     if target is None and getattr(maps, "target", None) is not None:
         target = maps.target
     target = check_target(target, len(x), owner)
-    batch_size = batch_size_for(batch_size, x.shape[2:], owner)
+    batch_size = batch_size_for(batch_size, x.shape[2:], owner, backend=backend)
     return backend, x, m.astype(np.float64), target, batch_size
 
 

@@ -65,7 +65,7 @@ def _perturbed_ratios(owner, model, x, method, target, *, radius, samples, seed,
     samples = check_int(samples, "samples", owner, low=1)
     seed = check_int(seed, "seed", owner, low=0)
     n, _, h, w = x.shape
-    batch_size = auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
+    batch_size = auto_batch_size(h, w, backend=backend) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
     target = check_target(target, n, owner)
 
     seeds, classes = output_seeds(target, unchecked(backend).forward(x), owner)  # range checked, named ours

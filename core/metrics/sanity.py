@@ -193,7 +193,7 @@ def model_randomisation(model, x, method, target=None, *, order: str = "cascadin
     if "hog" in measures and min(h, w) < HOG_MIN:
         raise param_error("similarity", owner, f"without 'hog' for images under {HOG_MIN} x {HOG_MIN}",
                           f"{measures} for {h} x {w} images")
-    batch_size = auto_batch_size(h, w) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
+    batch_size = auto_batch_size(h, w, backend=backend) if batch_size is None else check_int(batch_size, "batch_size", owner, low=1)
     target = None if target is None else check_target(target, n, owner)
     explain = as_method(method, owner)
     if not hasattr(backend, "with_weights"):
