@@ -76,8 +76,8 @@ def _cases(samples):
             lambda: A.noise_tunnel(backend, x, target, samples=16, perturbations_per_eval=16),
             lambda: nt.attribute(xt, nt_type="smoothgrad", nt_samples=16, nt_samples_batch_size=16, stdevs=0.15,
                                  target=tt), "Captum NoiseTunnel"),
-        # the tunnel's one backend call alone: the rest of its ratio is its clean forward (the class
-        # check and the result's outputs) and the noise it draws
+        # the tunnel's one backend call alone: the rest of its ratio is the noise it draws (Box-Muller,
+        # convscope._noise) and its float64 sums; with a target given it makes no clean pass
         "saliency of the tunnel's 64 noisy images": (
             lambda: A.saliency(backend, noisy, noisy_target),
             lambda: captum.Saliency(model).attribute(noisy_t.clone().requires_grad_(),
