@@ -116,3 +116,17 @@ def test_masks_are_fitted_as_their_photos():
 def test_help_lists_compare():
     text = build_parser().format_help()
     assert "compare" in text and "score attribution methods on metrics" in text
+
+
+def test_device_runs_every_model_there_and_a_bad_one_is_one_line(folders, tmp_path, capsys):
+    photos, _ = folders
+    common = ("--methods", "saliency", "--metrics", "sparseness")
+    code, _, stderr = _run(capsys, demo_path("onnx"), photos, *common, "--out", tmp_path / "plain")
+    assert code == 0, stderr
+    code, _, stderr = _run(capsys, demo_path("onnx"), photos, *common, "--device", "cpu", "--out", tmp_path / "cpu")
+    assert code == 0, stderr
+    plain, cpu = read_csv(tmp_path / "plain" / "table.csv"), read_csv(tmp_path / "cpu" / "table.csv")
+    assert [r["mean"] for r in cpu] == [r["mean"] for r in plain] and all(r["error"] == "" for r in cpu)
+    code, _, stderr = _run(capsys, demo_path("onnx"), photos, *common, "--device", "warp", "--out", tmp_path / "bad")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "available here" in stderr
+    assert not (tmp_path / "bad").exists()

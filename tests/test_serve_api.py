@@ -352,12 +352,14 @@ def test_cli_parses_serve():
     from convscope.app.cli import build_parser
 
     args = build_parser().parse_args(["serve", "demo", "--port", "0", "--data", "x", "--preset", "imagenet"])
-    assert args.command == "serve" and args.port == 0 and args.host == "127.0.0.1"
+    assert args.command == "serve" and args.port == 0 and args.host == "127.0.0.1" and args.device is None
+    assert build_parser().parse_args(["serve", "demo", "--device", "cuda:1"]).device == "cuda:1"
 
 
 @pytest.mark.parametrize("argv, words", [(["nope.onnx"], "model file not found"), (["demo", "--port", "70000"], "--port"),
                                          (["demo", "--data", "/no/such/folder"], "data folder not found"),
-                                         (["demo", "--n", "0"], "--n must be")])
+                                         (["demo", "--n", "0"], "--n must be"),
+                                         (["demo:onnx", "--device", "warp"], "available here")])
 def test_cli_mistakes_are_one_line(argv, words, capsys):
     from convscope.app.cli import main
 

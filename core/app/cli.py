@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from .commands import COMMANDS, METHODS
-from .inputs import MODEL_FORMATS, RESIZE_MODES, UsageError
+from .inputs import DEVICE_HELP, MODEL_FORMATS, RESIZE_MODES, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -31,12 +31,6 @@ class _Help(argparse.HelpFormatter):
             shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
             text += f" (default: {shown})"
         return text
-
-
-DEVICE_HELP = ("where the model runs: cpu, cuda, cuda:1 (torch: the model is moved there; ONNX: ONNX Runtime's CUDA "
-               "provider; Keras: tf.device), an ONNX Runtime provider name such as TensorrtExecutionProvider, or a "
-               "TensorFlow device such as /GPU:0 (default: torch the model's device, ONNX CUDA when onnxruntime-gpu "
-               "sees a GPU else the CPU, Keras TensorFlow's placement)")
 
 
 def _preprocess_options(p):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs import (MODEL_FORMATS, UsageError, _open, class_index, class_names, load_model, preprocessing,
-                     read_images, resize_mode, target_size)
+from .inputs import (DEVICE_HELP, MODEL_FORMATS, UsageError, _open, class_index, class_names, device_options, load_model,
+                     preprocessing, read_images, resize_mode, target_size)
 from .outputs import check_output, staged
 
 __all__ = ["add_compare_command", "cmd_compare", "fit_mask", "match_masks"]
@@ -41,6 +41,7 @@ def add_compare_command(subparsers, formatter, preprocess_options):
     p.add_argument("--target", help="class explained, a name or an index (default: each model's predicted class)")
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="fit images to H x W (default: the first "
                    "model's input size, else the first image's)")
+    p.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, help="images per batch (default: sized to the images)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals over images")
     p.add_argument("--out", required=True, help="output folder")
@@ -146,7 +147,8 @@ def cmd_compare(args):
     for text in specs:
         model = load_model(text)
         name = text if text not in models else f"{text}#{len(names) + 1}"
-        models[name] = convscope.load(model, preprocess=spec) if spec is not None else convscope.load(model)
+        placed = device_options(model, args.device)
+        models[name] = convscope.load(model, **placed, **({} if spec is None else {"preprocess": spec}))
         if not names:
             args.model, args.model_object = text, model
         names.append(name)

@@ -94,6 +94,12 @@ def preprocessing(args):
     return dataclasses.replace(base, **changes)
 
 
+DEVICE_HELP = ("where the model runs: cpu, cuda, cuda:1 (torch: the model is moved there; ONNX: ONNX Runtime's CUDA "
+               "provider; Keras: tf.device), an ONNX Runtime provider name such as TensorrtExecutionProvider, or a "
+               "TensorFlow device such as /GPU:0 (default: torch the model's device, ONNX CUDA when onnxruntime-gpu "
+               "sees a GPU else the CPU, Keras TensorFlow's placement)")
+
+
 def device_options(model, device):
     """The :func:`convscope.load` options that run ``model`` on ``device`` (``--device``): ONNX
     Runtime's ``providers`` for an ONNX file ("cuda", "cuda:1", "cpu" or a provider name such as

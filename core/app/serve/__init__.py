@@ -14,7 +14,7 @@ __all__ = ["add_serve_command", "cmd_serve"]
 
 def add_serve_command(sub, formatter, preprocess_options):
     """The ``serve`` subcommand of the ``convscope`` parser."""
-    from ..inputs import MODEL_FORMATS
+    from ..inputs import DEVICE_HELP, MODEL_FORMATS
 
     p = sub.add_parser("serve", help="a microscope in the browser: layers, units, images, attribution",
                        description="Start a local web application that explores MODEL: its layers, every unit "
@@ -25,6 +25,7 @@ def add_serve_command(sub, formatter, preprocess_options):
                    "are classes) or a Broden folder (index.csv, label.csv) whose masks give dissection and the "
                    "pointing game")
     p.add_argument("--n", type=int, default=200, help="images of --data used (at most)")
+    p.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     p.add_argument("--cache", metavar="FOLDER", help="cache folder (default: ~/.cache/convscope/serve)")
@@ -50,5 +51,5 @@ def cmd_serve(args):
     from .server import serve
 
     ws = Workspace(args.model, data=args.data, labels=args.labels, preset=args.preset, mean=args.mean, std=args.std,
-                   resize=args.resize, cache=args.cache, quick=args.quick, n=args.n)
+                   resize=args.resize, cache=args.cache, quick=args.quick, n=args.n, device=args.device)
     serve(ws, host=args.host, port=args.port)

@@ -47,9 +47,9 @@ class Workspace:
     """The model, its data and its cache, shared by every request of one server."""
 
     def __init__(self, model: str, *, data=None, labels=None, preset=None, mean=None, std=None, resize=None,
-                 cache=None, quick=False, n=200, workers=2):
+                 cache=None, quick=False, n=200, workers=2, device=None):
         self.args = SimpleNamespace(model=model, preset=preset, mean=mean, std=std, labels=labels, size=None,
-                                    resize=resize)
+                                    resize=resize, device=device)
         self.backend = inputs.open_backend(self.args)
         self.model = self.args.model_object
         self.size = inputs.target_size(self.args, self.backend) or (64, 64)
