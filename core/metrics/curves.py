@@ -79,17 +79,20 @@ def _curve(kind, model, x, maps, target, steps, fill, output, batch_size, blur_s
 
     runs = IncrementalRuns(backend, incremental, kind)
     outputs = _Outputs(steps + 1, n)
-    routed = _steps_incrementally(runs, outputs, start, put, rank, order, counts, batch_size)
+    clean_step = 0 if kind == "deletion" else steps  # the unperturbed images: scored first, the target checked
+    clean = np.concatenate([backend.forward(x[i:i + batch_size]) for i in range(0, n, batch_size)])
+    seeds, classes = output_seeds(target, clean, kind)
+    routed = _steps_incrementally(runs, outputs, start, put, rank, order, counts, batch_size, clean_step)
+    outputs.put(np.full(n, clean_step), np.arange(n), clean)
+    routed[clean_step] = True
     pairs = [(k, i) for k in range(steps + 1) for i in range(n) if not routed[k, i]]
-    runs.plain = len(pairs)
+    runs.plain = len(pairs) + n
     for first in range(0, len(pairs), batch_size):
         ks, idx = np.array(pairs[first:first + batch_size]).T
         changed = rank[idx] < counts[ks, None, None, None]
         images = np.where(changed, put[idx], start[idx])
         outputs.put(ks, idx, backend.forward(images.astype(np.float32, copy=False)))
     outputs = outputs.values
-    clean = outputs[0] if kind == "deletion" else outputs[-1]  # the unperturbed images
-    seeds, classes = output_seeds(target, clean, kind)
     scores = np.stack([objective(o, seeds, output) for o in outputs], axis=1)
     auc = ((scores[:, 1:] + scores[:, :-1]) / 2 * np.diff(fractions)).sum(axis=1)
     return PerturbationCurve(kind, fractions, scores.astype(np.float32), auc, classes, output,
@@ -108,10 +111,11 @@ class _Outputs:
         self.values[ks, idx] = out
 
 
-def _steps_incrementally(runs, outputs, start, put, rank, order, counts, batch_size):
+def _steps_incrementally(runs, outputs, start, put, rank, order, counts, batch_size, clean_step):
     """Score the steps of each image whose changed pixels lie in a small box (the early ones)
     through one plan per image on its start image, with the box of the last such step as the
-    window; returns ``routed`` (steps + 1, N) bool."""
+    window; returns ``routed`` (steps + 1, N) bool. ``clean_step`` (the unperturbed images, scored
+    apart) is left out."""
     n, _, h, w = start.shape
     routed = np.zeros((len(counts), n), bool)
     if runs.mode is False:
@@ -120,6 +124,7 @@ def _steps_incrementally(runs, outputs, start, put, rank, order, counts, batch_s
         boxes = growing_boxes(order[i], w)[np.maximum(counts, 1) - 1]  # the box of step k's changed pixels
         sides = boxes[:, 2:] - boxes[:, :2]
         take = counts > 0
+        take[clean_step] = False
         if runs.mode == "auto":
             small = np.array([small_enough(tuple(v), (h, w)) for v in sides])
             runs.note_too_large(np.count_nonzero(take & ~small))
