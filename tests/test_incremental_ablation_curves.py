@@ -21,17 +21,10 @@ from convscope.metrics import deletion, insertion
 from _assertions import assert_close, batch_sizes
 
 torch = pytest.importorskip("torch")
+from torch_models import scaled_small_net  # noqa: E402
 
 
-def small_net(seed=0, size=None):
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                              torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(8, 5))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(4.0)
-    return net.eval()
+small_net = scaled_small_net
 
 
 class PastingPlan:

@@ -10,18 +10,11 @@ from _assertions import batch_sizes
 from _box_muller import box_muller
 
 torch = pytest.importorskip("torch")
+from torch_models import scaled_small_net  # noqa: E402
 captum_attr = pytest.importorskip("captum.attr")
 
 
-def small_net(seed=0):
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                              torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(8, 5))
-    with torch.no_grad():  # weights large enough that gradients are O(1), so tolerances mean something
-        for p in net.parameters():
-            p.mul_(4.0)
-    return net.eval()
+small_net = scaled_small_net
 
 
 def assert_close(got, ref, tol=1e-5):

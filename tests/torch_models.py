@@ -73,3 +73,15 @@ def randomise_bn(model, seed=0):
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model
+
+
+def scaled_small_net(seed=0):
+    """conv-relu-pool-conv-relu-gap-linear, 5 classes, weights x4 so that scores and gradients are
+    O(1) and tolerances mean something (the perturbation, noise-tunnel and incremental tests)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4.0)
+    return net.eval()
