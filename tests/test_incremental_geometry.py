@@ -85,12 +85,13 @@ def _out_crops(full, region):
 @pytest.mark.parametrize("seed", range(150))
 def test_conv_region_and_input_box(seed):
     rng = np.random.default_rng(seed)
-    kernel, stride, dilation, padding, region = _random_case(rng)
-    h, w = region.shape
-    out_shape = (_out_shape(h, kernel[0], stride[0], dilation[0], padding[0], padding[2]),
-                 _out_shape(w, kernel[1], stride[1], dilation[1], padding[1], padding[3]))
-    if min(out_shape) < 1:
-        pytest.skip("kernel larger than the padded map")
+    while True:  # draw again until the kernel fits the padded map (every seed tests a case)
+        kernel, stride, dilation, padding, region = _random_case(rng)
+        h, w = region.shape
+        out_shape = (_out_shape(h, kernel[0], stride[0], dilation[0], padding[0], padding[2]),
+                     _out_shape(w, kernel[1], stride[1], dilation[1], padding[1], padding[3]))
+        if min(out_shape) >= 1:
+            break
     out, in_starts, in_size = through_window(region, kernel, stride, padding, dilation, out_shape)
     _check_region_contains_reach(region, out, kernel, stride, dilation, padding)
     x = torch.from_numpy(rng.standard_normal((1, 2, h, w)))
@@ -106,14 +107,15 @@ def test_conv_region_and_input_box(seed):
 @pytest.mark.parametrize("pool", ["max", "avg"])
 def test_pool_region_and_input_box_with_ceil_mode(seed, pool):
     rng = np.random.default_rng(1000 + seed)
-    kernel, stride, _, _, region = _random_case(rng)
-    dilation = (1, 1) if pool == "avg" else tuple(int(v) for v in rng.integers(1, 3, 2))
-    pad = tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel)
-    ceil = bool(rng.integers(0, 2))
-    h, w = region.shape
+    while True:  # draw again until the kernel fits the padded map (every seed tests a case)
+        kernel, stride, _, _, region = _random_case(rng)
+        dilation = (1, 1) if pool == "avg" else tuple(int(v) for v in rng.integers(1, 3, 2))
+        pad = tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel)
+        ceil = bool(rng.integers(0, 2))
+        h, w = region.shape
+        if all(d * (k - 1) + 1 <= n + 2 * p for d, k, n, p in zip(dilation, kernel, (h, w), pad)):
+            break
     x = torch.from_numpy(rng.standard_normal((1, 2, h, w)))
-    if any(d * (k - 1) + 1 > n + 2 * p for d, k, n, p in zip(dilation, kernel, (h, w), pad)):
-        pytest.skip("kernel larger than the padded map")
     if pool == "max":
         full = F.max_pool2d(x, kernel, stride, pad, dilation, ceil_mode=ceil)
     else:
