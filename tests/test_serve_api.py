@@ -367,3 +367,25 @@ def test_cli_mistakes_are_one_line(argv, words, capsys):
     err = capsys.readouterr().err
     assert err.startswith("convscope serve: error: ") and words in err and err.count("\n") == 1
 
+
+
+def test_a_job_done_before_its_status_is_read_answers_with_its_entry(client, ws, monkeypatch):
+    """The race CI met: the cache is looked at (nothing yet), the job then stores its entry and says
+    done, and only then is its status read. The answer must be the entry, never a bare "done"."""
+    from convscope.app.serve.jobs import Job
+
+    real_load, looks = ws.cache.load, []
+
+    def load(kind, key):
+        looks.append(key)
+        return None if len(looks) == 1 else real_load(kind, key)  # the first look: not written yet
+
+    def run(key, what, fn):  # the job runs to its end before the server reads its status
+        job = Job(key, what)
+        ws.jobs._work(job, fn)
+        return job
+
+    monkeypatch.setattr(ws.cache, "load", load)
+    monkeypatch.setattr(ws.jobs, "run", run)
+    body = client.post("/api/ask/filters", params={"layer": "conv1", "scale": "layer"}).json()
+    assert body["state"] == "done" and "filters" in body["pictures"] and "numbers" in body, body

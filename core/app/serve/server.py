@@ -89,7 +89,7 @@ def make_app(ws, *, max_upload: int = MAX_UPLOAD):
         job_id, found, job = ws.ask(kind, dict(request.query_params))
         if found is not None:
             return JSONResponse(_entry(job_id, found))
-        return JSONResponse(job.status(), status_code=202)
+        return _status_or_entry(job_id, kind, job_id.partition("-")[2], job, 202)
 
     def job_of(request):
         job_id = request.path_params["job"]
@@ -100,13 +100,18 @@ def make_app(ws, *, max_upload: int = MAX_UPLOAD):
 
     async def job_status(request):
         job_id, kind, key = job_of(request)
+        return _status_or_entry(job_id, kind, key, ws.jobs.get(job_id), 200)
+
+    def _status_or_entry(job_id, kind, key, job, code):
+        """The cached entry, else the job's status. The status is read first: a job stores its entry
+        before it says done, so a job done by then is found in the cache (never a bare "done")."""
+        status = job.status() if job is not None else None
         found = ws.cache.load(kind, key)
         if found is not None:
             return JSONResponse(_entry(job_id, found))
-        job = ws.jobs.get(job_id)
-        if job is None:
+        if status is None:
             raise BadRequest(404, f"no job {job_id!r} (finished jobs are in the cache; ask again)")
-        return JSONResponse(job.status())
+        return JSONResponse(status, status_code=code)
 
     async def cancel(request):
         job_id, _, _ = job_of(request)
