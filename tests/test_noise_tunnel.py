@@ -6,7 +6,7 @@ import pytest
 import convscope as cs
 from convscope.attribution import noise_tunnel, saliency, smoothgrad
 
-from _assertions import batch_sizes
+from _assertions import assert_close as close, batch_sizes
 from _box_muller import box_muller
 
 torch = pytest.importorskip("torch")
@@ -19,9 +19,7 @@ small_net = scaled_small_net
 
 def assert_close(got, ref, tol=1e-5):
     """Agreement within ``tol`` of the reference's largest magnitude (and that magnitude is not tiny)."""
-    scale = np.abs(ref).max()
-    assert scale > 1e-6, scale
-    np.testing.assert_allclose(got, ref, rtol=0, atol=tol * scale)
+    close(got, ref, tol, min_scale=1e-6)
 
 
 @pytest.fixture(scope="module")

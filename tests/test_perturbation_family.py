@@ -8,7 +8,7 @@ import pytest
 import convscope as cs
 from convscope.attribution import feature_ablation, kernel_shap, lime, noise_tunnel, rise, rise_masks, shapley_sampling
 
-from _assertions import batch_sizes
+from _assertions import assert_close as close, batch_sizes
 
 torch = pytest.importorskip("torch")
 from torch_models import scaled_small_net  # noqa: E402
@@ -18,9 +18,7 @@ small_net = scaled_small_net
 
 
 def assert_close(got, ref, tol):
-    scale = np.abs(ref).max()
-    assert scale > 1e-3, scale
-    np.testing.assert_allclose(got, ref, rtol=0, atol=tol * scale)
+    close(got, ref, tol, min_scale=1e-3)
 
 
 @pytest.fixture(scope="module")
