@@ -23,6 +23,7 @@ from convscope.hookspecs import hookimpl
 from ._capture import Stop, capture, eval_mode
 from ._deeplift import deeplift_mode
 from ._functional import is_functional
+from ._layout import Layout
 from ._lrp import lrp_mode
 from ._output import detect_softmax, output_options, strip_softmax
 from ._pool import MIN_ELEMENTS, channels_last_pool_mode
@@ -161,25 +162,35 @@ class TorchBackend(BackendBase):
                     self._detecting = None
 
     def _twice(self, method, *args):
-        """``method(*args)``, again when its pass found a final softmax to leave out."""
+        """``method(*args)``, again when its pass found a final softmax to leave out, and again
+        in NCHW when a channels-last pass failed where NCHW runs (:func:`._layout.channels_last`)."""
         with self._lock:
-            try:
-                return method(*args)
-            except _Redo:
-                return method(*args)
+            for _ in range(2):
+                try:
+                    return self._layout.run(method, *args)
+                except _Redo:
+                    pass
+            return self._layout.run(method, *args)
+
+    @property
+    def _layout(self):
+        """The input layout of this module's passes (:mod:`._layout`), shared like the probes."""
+        return self._found.setdefault("layout", Layout())
 
     @property
     def choices(self) -> dict:
         """What convscope chose for the user, ``{option: why}``; empty when nothing was chosen."""
+        refused = self._layout.refused
+        chosen = {} if refused is None else {"layout": refused}
         if self.output != "scores":
-            return {}
+            return chosen
         if "head" not in self._found:
             try:
                 self.layers()
             except ValueError:
-                return {}
+                return chosen
         head = self._found.get("head")
-        return {} if head is None else {"output": head.describe()}
+        return chosen if head is None else {"output": head.describe(), **chosen}
 
     def _pool_mode(self, x):
         """Large CPU max pools through the channels-last kernel (:mod:`._pool`), for
@@ -209,8 +220,10 @@ class TorchBackend(BackendBase):
                 raise _Redo
         return out
 
-    def _tensor(self, x):
-        return self._torch.from_numpy(x).to(self._device, self._dtype)
+    def _tensor(self, x, layout=True):
+        """``x`` on the module's device; a CPU batch large enough runs channels-last (:mod:`._layout`)."""
+        t = self._torch.from_numpy(x).to(self._device, self._dtype)
+        return self._layout.tensor(t) if layout else t
 
     def _note_input(self, x):
         if self._input_shape is None:
@@ -219,7 +232,8 @@ class TorchBackend(BackendBase):
     def _numpy(self, t, what=None, owner=""):
         """To float32 NumPy; with ``what``, NaN or Inf the model produced is reported."""
         t = t.detach()
-        a = (t if t.dtype == self._torch.float32 and t.device.type == "cpu" else t.to("cpu", self._torch.float32)).numpy()
+        a = (t if t.dtype == self._torch.float32 and t.device.type == "cpu" else t.to("cpu", self._torch.float32))
+        a = a.contiguous().numpy()  # a channels-last pass's tensors come back C-ordered
         return a if what is None else check_finite(a, what, owner)
 
     # ----------------------------------------------------------------- the protocol
@@ -324,13 +338,13 @@ class TorchBackend(BackendBase):
             if inner:
                 stack.enter_context(capture(torch, self._named, inner, store, replace=True,
                                             leaves=() if from_input else set(wrt), functional=self._functional(inner)))
-            xt = self._tensor(x).requires_grad_(from_input)
+            xt = self._tensor(x, layout=False).requires_grad_(from_input)  # NCHW: see ._layout
             fed = xt
             if isinstance(rule_set, RelevanceRules):  # below the softmax stripping, which then hides it
                 stack.enter_context(lrp_mode(torch, self.module, self._named, rule_set, xt,
                                              self._found.get("head") is not None))
             elif rule_set is not None:
-                fed = torch.cat([xt, self._tensor(np.ascontiguousarray(rule_set.baseline, np.float32))])
+                fed = torch.cat([xt, self._tensor(np.ascontiguousarray(rule_set.baseline, np.float32), layout=False)])
                 stack.enter_context(deeplift_mode(torch, len(fed), rule_set.eps))
             stack.enter_context(self._scores())
             store[OUTPUT] = self._run(fed)
