@@ -8,15 +8,16 @@
     convscope's ONNX backend vs raw torch autograd on the same module (target <= 0.7, at one
     thread and at two: :func:`rows` gives both);
 (b) forward of the same file: backend.forward vs a bare onnxruntime session.run (target <= 1.05),
-    the bare session built once with the backend's own session options (idle threads that
-    sleep, no pre-packing) and once with ONNX Runtime's defaults (idle threads that spin);
+    the bare session built once with the backend's own session options (threads that stop
+    spinning after a run, no pre-packing) and once with ONNX Runtime's defaults (threads that
+    spin on);
 (c) VGG-19 (about 550 MB of float32 weights): load, building the gradient graph and its
     session, and the first gradient, timed in a fresh process with its peak memory.
 
 Timings alternate the contenders in blocks of a few calls and report medians per call, so
-that load from other processes on the machine hits both alike, while a contender's
-spinning threads (torch's OpenMP pool, ONNX Runtime's default pool) only meet the other
-one at block boundaries. All ratios come from this one run.
+that load from other processes on the machine hits both alike. Each block starts after a
+short rest, so that a contender's threads left spinning (torch's OpenMP pool, ONNX Runtime's
+default pool) do not take the cores from the next one. All ratios come from this one run.
 """
 from __future__ import annotations
 
@@ -47,14 +48,17 @@ def _export(model, path=None, size=224):
     return path or target.getvalue()
 
 
-def interleaved(calls: dict, repeats: int, warmup: int = 3, block: int = 3) -> dict:
-    """Median seconds per call of each named function, run in alternating blocks of ``block`` calls."""
+def interleaved(calls: dict, repeats: int, warmup: int = 3, block: int = 3, settle: float = 0.05) -> dict:
+    """Median seconds per call of each named function, run in alternating blocks of ``block`` calls,
+    each block after ``settle`` seconds of rest (untimed), in which the threads the block before
+    left spinning (torch's OpenMP pool, a session with ONNX Runtime's defaults) go to sleep."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     times = {name: [] for name in calls}
     for _ in range(max(1, repeats // block)):
         for name, fn in calls.items():
+            time.sleep(settle)
             start = time.perf_counter()
             for _ in range(block):
                 fn()

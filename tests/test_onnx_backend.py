@@ -165,16 +165,16 @@ def test_callable_seeds_run_one_forward_and_a_backward_that_recomputes_nothing(m
         np.testing.assert_array_equal(again[name], called[name])
 
 
-def test_idle_threads_sleep_unless_spinning_is_asked(demo):
+def test_threads_stop_spinning_after_each_run_unless_spinning_is_asked(demo):
     def entries(backend):
         backend.forward(images(1))
         options = [s.get_session_options() for s in backend._sessions._sessions.values()]
-        return {o.get_session_config_entry("session.intra_op.allow_spinning") for o in options}
+        return {o.get_session_config_entry("session.force_spinning_stop") for o in options}
 
-    assert entries(demo) == {"0"}
+    assert entries(demo) == {"1"}
     spinning = convscope.load(convscope.data.demo_path("onnx"), spinning=True)
     with pytest.raises(Exception, match="does not have configuration"):
-        entries(spinning)  # the entry is left unset: ONNX Runtime's default, spinning threads
+        entries(spinning)  # the entry is left unset: ONNX Runtime's default, threads spinning on
     np.testing.assert_array_equal(spinning.forward(images(2)), demo.forward(images(2)))
     with pytest.raises(TypeError, match=r"'spinning' parameter of convscope.load must be True or False\. "
                                         r"Got 'yes' instead"):

@@ -73,9 +73,9 @@ class OnnxBackend(BackendBase):
     an output name or index given as ``output=`` the old spelling of ``select=``: both warn
     once). The backend's ``output`` says which, and ``choices`` maps an option to what was
     chosen for the user and how to change it (``{}`` when nothing was). ``threads`` sets ONNX Runtime's
-    intra-op threads. Their idle threads sleep rather than spin (busy-wait), which leaves the
-    cores to the NumPy work between passes and to other frameworks in the process;
-    ``spinning=True`` restores ONNX Runtime's default.
+    intra-op threads. They spin (busy-wait) only while a pass runs and sleep between passes,
+    which leaves the cores to the NumPy work there and to other frameworks in the process;
+    ``spinning=True`` restores ONNX Runtime's default (spinning on after a pass).
 
     ``providers`` are ONNX Runtime's execution providers, a name or a list of names and
     ``(name, options)`` pairs as ``InferenceSession`` takes them (``"cuda"``, ``"tensorrt"``,

@@ -5,7 +5,7 @@
 * initializers that older exporters also list as graph inputs are treated as constants;
 * a model below opset :data:`MIN_OPSET` is converted (``onnx.version_converter``) on its
   weight-free structure, so the gradient rules meet one form of every operator and may use
-  ScatterND with ``reduction="add"`` (opset 16);
+  ScatterND and ScatterElements with ``reduction="add"`` (opset 16);
 * the image input is the one 4-d float input (or ``input=``), the explained tensor the one
   graph output (or ``select=``, a name or an index); when that output is a final Softmax or
   LogSoftmax, the scores explained are its input, as Simonyan et al. (2014) advise, unless

@@ -8,10 +8,16 @@ convolution kernels, which ONNX Runtime re-lays out for its blocked convolutions
 go in as data. Pre-packing, which would give every session its own re-laid-out copy of
 every matrix, is off.
 
-Idle worker threads sleep instead of spinning (busy-waiting for the next task), unless
-``spinning=True``: between two runs a synthesis loop does NumPy work, and a gradient with
-seeds from a callable runs NumPy between its forward and backward sessions; spinning
-threads take the cores that work needs (and those of other frameworks in the process).
+Worker threads spin (busy-wait for the next task) only while a run is in progress and sleep
+once it returns (``session.force_spinning_stop``), unless ``spinning=True`` (ONNX Runtime's
+default: they go on spinning after a run). Between two runs a synthesis loop does NumPy
+work, and a gradient with seeds from a callable runs NumPy between its forward and backward
+sessions; threads spinning then take the cores that work needs (and those of other
+frameworks in the process). Within a run, spinning hands each parallel operator to the
+workers without waking them: ResNet-18's input gradient at two threads takes 36.8 against
+40.2 ms with threads that sleep at every hand-off (``allow_spinning=0``, the setting before),
+the same at one thread; with a busy loop between gradients the process uses 1.62 cores per
+wall second, against 1.49 sleeping and 1.99 spinning on.
 
 Every session runs on the backend's execution providers (:func:`resolve_providers`): CUDA
 when ``onnxruntime-gpu`` is installed and sees a GPU, else the CPU, unless ``providers=``
@@ -276,7 +282,7 @@ class SessionCache:
         if self._threads:
             options.intra_op_num_threads = int(self._threads)
         if not self._spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         for name in shared:
             options.add_initializer(name, self._ort_value(name))
