@@ -49,7 +49,8 @@ def _cases(model, x, target, *, layer, steps):
             lambda: A.integrated_gradients(backend, x, target, steps=steps, batch_size=ig_batch,
                                            method="gausslegendre"),
             lambda: captum.IntegratedGradients(model).attribute(xt, target=tt, n_steps=steps,
-                                                                internal_batch_size=ig_batch)),
+                                                                internal_batch_size=ig_batch,
+                                                                return_convergence_delta=True)),
         "grad_cam (upsampled)": (
             lambda: A.grad_cam(backend, x, target, layer=layer),
             lambda: captum.LayerAttribution.interpolate(

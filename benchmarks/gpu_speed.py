@@ -94,8 +94,8 @@ def _captum_calls(model, x, target):
                 xt.clone().requires_grad_(), target=tt).detach().cpu().numpy(),
             "grad_cam": gradcam,
             "integrated_gradients": lambda: attr.IntegratedGradients(model).attribute(
-                xt, target=tt, n_steps=STEPS, method="riemann_middle",
-                internal_batch_size=len(x) * STEPS).detach().cpu().numpy(),
+                xt, target=tt, n_steps=STEPS, method="riemann_middle", internal_batch_size=len(x) * STEPS,
+                return_convergence_delta=True)[0].detach().cpu().numpy(),
             "occlusion": lambda: attr.Occlusion(model).attribute(
                 xt, sliding_window_shapes=(c, *WINDOW), strides=(c, *STRIDE),
                 baselines=xt.mean(dim=(2, 3), keepdim=True), target=tt,

@@ -8,6 +8,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import convscope  # noqa: E402
 from convscope.backend import INPUT, OUTPUT  # noqa: E402
+from convscope.backends.torch import _pool  # noqa: E402
 from convscope.backends.torch._pool import MIN_ELEMENTS, channels_last_pool_mode  # noqa: E402
 
 pytestmark = pytest.mark.backend("torch")
@@ -20,7 +21,7 @@ def inputs():
     quantised = torch.randint(0, 3, (2, 64, 33, 33)).float()  # ties everywhere, odd size
     nan = torch.randn(2, 64, 32, 32)
     nan[0, 0, 1, 1] = float("nan")
-    return {"flat": flat, "quantised": quantised, "nan": nan, "random": torch.randn(2, 64, 35, 37)}
+    return {"flat": flat, "quantised": quantised, "nan": nan, "random": torch.randn(3, 64, 35, 37)}
 
 
 SETTINGS = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=2, ceil_mode=True),
@@ -38,9 +39,17 @@ def pooled(call, x, kw):
                             kw.get("dilation", 1), kw.get("ceil_mode", False)), None
 
 
+@pytest.fixture(params=["whole", "per image"])
+def chunks(request, monkeypatch):
+    """The batch pooled at once, or one image per chunk (as a large batch goes through)."""
+    if request.param == "per image":
+        monkeypatch.setattr(_pool, "CHUNK_ELEMENTS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("call", ["functional", "with indices", "module", "torch.max_pool2d"])
 @pytest.mark.parametrize("kw", SETTINGS, ids=str)
-def test_same_values_indices_and_gradients_as_pytorch(call, kw):
+def test_same_values_indices_and_gradients_as_pytorch(call, kw, chunks):
     for name, x in inputs().items():
         a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         want, want_idx = pooled(call, a, kw)

@@ -71,8 +71,10 @@ def captum_peers(module, x, target, *, layer, steps, window, stride, per_eval) -
         "saliency": lambda: attr.Saliency(model).attribute(xt.clone().requires_grad_(), target=tt).numpy(),
         "guided_backprop": lambda: attr.GuidedBackprop(model).attribute(
             xt.clone().requires_grad_(), target=tt).detach().numpy(),
+        # with the convergence delta, which convscope always reports (one forward of the end points)
         "integrated_gradients": lambda: attr.IntegratedGradients(model).attribute(
-            xt, target=tt, n_steps=steps, method="riemann_middle", internal_batch_size=len(x) * steps).detach().numpy(),
+            xt, target=tt, n_steps=steps, method="riemann_middle", internal_batch_size=len(x) * steps,
+            return_convergence_delta=True)[0].detach().numpy(),
         "occlusion": lambda: attr.Occlusion(model).attribute(
             xt, sliding_window_shapes=(c, *window), strides=(c, *stride), baselines=xt.mean(dim=(2, 3), keepdim=True),
             target=tt, perturbations_per_eval=per_eval).numpy(),
@@ -114,6 +116,7 @@ def _tape_peers(tf, model, x, target, *, layer, steps, window, stride, per_eval,
         alphas = (np.arange(steps, dtype=np.float32) + 0.5) / steps
         path = np.concatenate([a * x for a in alphas])  # black baseline, sample-minor
         g = tape_gradient(path).numpy().reshape(steps, *x.shape).mean(axis=0)
+        model(pack(np.concatenate([x, np.zeros_like(x)])), training=False)  # the end points, for the delta
         return x * g
 
     batches = [to_native(b) for b in occluded_batches(x_nchw, window, stride, per_eval)]
