@@ -141,3 +141,18 @@ def test_an_error_that_is_not_a_runtime_error_is_raised_at_once():
     finally:
         handle.remove()
     assert calls == [1]
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "convnext", "shufflenet", "vit", "densenet", "padded"])
+def test_modern_architectures_give_their_nchw_numbers_in_channels_last(name):
+    """Depthwise and grouped convs, channel shuffles, LayerNorm over permuted maps, patch
+    embeddings, concatenation: channels-last forward passes keep each model's NCHW numbers."""
+    import onnx_exports
+
+    torch.manual_seed(0)
+    model = onnx_exports.modules()[name]().eval()
+    x = np.random.default_rng(0).random((MIN_BATCH + 1, 3, onnx_exports.SIZE, onnx_exports.SIZE), dtype=np.float32)
+    backend = convscope.load(model)
+    got, want = backend.forward(x), _reference(model, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert "layout" not in backend.choices  # each of them takes the layout
