@@ -162,15 +162,13 @@ class TorchBackend(BackendBase):
                     self._detecting = None
 
     def _twice(self, method, *args):
-        """``method(*args)``, again when its pass found a final softmax to leave out, and again
-        in NCHW when a channels-last pass failed where NCHW runs (:func:`._layout.channels_last`)."""
+        """``method(*args)``, again when its pass found a final softmax to leave out; a pass that
+        failed in channels-last runs again in NCHW first (:meth:`._layout.Layout.run`)."""
         with self._lock:
-            for _ in range(2):
-                try:
-                    return self._layout.run(method, *args)
-                except _Redo:
-                    pass
-            return self._layout.run(method, *args)
+            try:
+                return self._layout.run(method, *args)
+            except _Redo:
+                return self._layout.run(method, *args)
 
     @property
     def _layout(self):
@@ -220,10 +218,8 @@ class TorchBackend(BackendBase):
                 raise _Redo
         return out
 
-    def _tensor(self, x, layout=True):
-        """``x`` on the module's device; a CPU batch large enough runs channels-last (:mod:`._layout`)."""
-        t = self._torch.from_numpy(x).to(self._device, self._dtype)
-        return self._layout.tensor(t) if layout else t
+    def _tensor(self, x):
+        return self._torch.from_numpy(x).to(self._device, self._dtype)
 
     def _note_input(self, x):
         if self._input_shape is None:
@@ -289,7 +285,7 @@ class TorchBackend(BackendBase):
 
     def _forward_pass(self, x):
         with self._lock, self._eval_mode(), self._torch.inference_mode(), self._pool_mode(x), self._scores():
-            return self._numpy(self._run(self._tensor(x)), "the output", "forward")
+            return self._numpy(self._run(self._layout.tensor(self._tensor(x))), "the output", "forward")
 
     def _activations(self, x, names):
         return self._twice(self._activations_pass, x, names)
@@ -301,7 +297,7 @@ class TorchBackend(BackendBase):
         functional = self._functional(inner)  # its mode needs version counters: no inference tensors
         grad_off = self._torch.inference_mode() if functional is None else self._torch.no_grad()
         with self._lock, self._eval_mode(), grad_off, self._pool_mode(x):
-            xt = self._tensor(x)
+            xt = self._layout.tensor(self._tensor(x))
             try:  # the softmax hook after the capture hooks: a capture sees the layer's own output
                 with capture(self._torch, self._named, inner, store, replace=False, stop_when_done=stop,
                              functional=functional), self._scores():
@@ -338,13 +334,13 @@ class TorchBackend(BackendBase):
             if inner:
                 stack.enter_context(capture(torch, self._named, inner, store, replace=True,
                                             leaves=() if from_input else set(wrt), functional=self._functional(inner)))
-            xt = self._tensor(x, layout=False).requires_grad_(from_input)  # NCHW: see ._layout
+            xt = self._tensor(x).requires_grad_(from_input)  # NCHW, unlike forward passes: see ._layout
             fed = xt
             if isinstance(rule_set, RelevanceRules):  # below the softmax stripping, which then hides it
                 stack.enter_context(lrp_mode(torch, self.module, self._named, rule_set, xt,
                                              self._found.get("head") is not None))
             elif rule_set is not None:
-                fed = torch.cat([xt, self._tensor(np.ascontiguousarray(rule_set.baseline, np.float32), layout=False)])
+                fed = torch.cat([xt, self._tensor(np.ascontiguousarray(rule_set.baseline, np.float32))])
                 stack.enter_context(deeplift_mode(torch, len(fed), rule_set.eps))
             stack.enter_context(self._scores())
             store[OUTPUT] = self._run(fed)

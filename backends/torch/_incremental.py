@@ -112,7 +112,7 @@ class IncrementalPlan:
     def scores(self, patches, corners):
         """(B, K) float32 scores of the image with ``patches`` (B, C, h, w) pasted at ``corners``."""
         region = window_region(corners, patches.shape[-2:], tuple(self.image.shape[-2:]))
-        crop = self.backend._tensor(np.ascontiguousarray(patches, np.float32), layout=False)
+        crop = self.backend._tensor(np.ascontiguousarray(patches, np.float32))
         return self._call(Cropped(self.image, region, crop), region)
 
     # ---------------------------------------------------------------- the pass
