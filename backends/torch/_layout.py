@@ -17,10 +17,11 @@ Gradient passes stay in NCHW. The layouts round differently, and a gradient is n
 in its input: where a max pool's window holds near-equal values (integrated gradients' steps
 near a black baseline), a last-bit difference moves its argmax and the gradient with it. That
 put integrated gradients 1e-3 apart from Captum's in places, against 1e-7 in NCHW, where
-convscope runs the same kernels as the model's own autograd. A model that
-cannot take that layout fails in it only: ``x.view(n, -1)`` on a feature map needs the NCHW
-strides. The pass then runs again in NCHW, the module stays in NCHW from then on, and
-``backend.choices`` says so. When NCHW fails too, its own error is raised.
+convscope runs the same kernels as the model's own autograd.
+
+A model that cannot take that layout fails in it only: ``x.view(n, -1)`` on a feature map
+needs the NCHW strides. The pass then runs again in NCHW, the module stays in NCHW from then
+on, and ``backend.choices`` says so. When NCHW fails too, its own error is raised.
 """
 from __future__ import annotations
 

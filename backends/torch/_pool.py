@@ -38,14 +38,9 @@ def _chunks(x):
 def _pooled(torch, kernel_fn, x, args, with_indices):
     """``kernel_fn`` (max_pool2d or max_pool2d_with_indices) over channels-last copies of
     ``x``'s chunks, gathered into NCHW tensors."""
-    nhwc = torch.channels_last
-    parts = _chunks(x)
-    if len(parts) == 1:
-        got = kernel_fn(x.contiguous(memory_format=nhwc), *args)
-        return tuple(t.contiguous() for t in got) if with_indices else got.contiguous()
     outs = None
-    for part in parts:
-        got = kernel_fn(x[part].contiguous(memory_format=nhwc), *args)
+    for part in _chunks(x):
+        got = kernel_fn(x[part].contiguous(memory_format=torch.channels_last), *args)
         got = got if with_indices else (got,)
         if outs is None:
             outs = [torch.empty((x.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device) for t in got]
