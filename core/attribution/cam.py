@@ -157,6 +157,25 @@ def _choices(p: LayerPass) -> dict:
 AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
 
 
+def augmentation_mean(x, plain, maps_of):
+    """``aug_smooth``: per entry of the list ``plain`` (the maps of ``x``, one array per layer),
+    the mean over :data:`AUGMENTATIONS` of ``maps_of(xa)`` for ``x`` flipped and scaled, each map
+    flipped back (``plain`` itself for the identity)."""
+    runs = []
+    for flip, factor in AUGMENTATIONS:
+        if not flip and factor == 1.0:
+            runs.append(plain)
+            continue
+        xa = np.ascontiguousarray((x[..., ::-1] if flip else x) * np.float32(factor))
+        runs.append([m[..., ::-1] if flip else m for m in maps_of(xa)])
+    return [np.mean([r[i] for r in runs], axis=0, dtype=np.float64).astype(np.float32) for i in range(len(plain))]
+
+
+def augmentation_info():
+    """What ``info["aug_smooth"]`` records: the augmentations averaged."""
+    return [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+
+
 def first_component(weighted: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``eigen_smooth``: the projection of the centred (h w, C) matrix of ``weighted`` (N, C, h, w)
     on its first principal component, (N, h, w), as pytorch-grad-cam's ``get_2d_projection``;
@@ -200,7 +219,7 @@ def _smoothed(p: LayerPass, target, weights_fn, mode, clip, reshape, aug_smooth,
         info["eigen_smooth"] = True
     if aug_smooth:
         layer_maps = _augmented(p, target, weights_fn, mode, clip, eigen_smooth, reshape, layer_maps)
-        info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+        info["aug_smooth"] = augmentation_info()
     return layer_maps
 
 
@@ -212,17 +231,11 @@ def _check_flag(value, param, owner):
 
 def _augmented(p: LayerPass, target, weights_fn, mode, clip, eigen_smooth, reshape, plain):
     fixed = target if callable(target) or p.classes is None else p.classes
-    maps = []
-    for flip, factor in AUGMENTATIONS:
-        if not flip and factor == 1.0:
-            maps.append(plain)
-            continue
-        xa = p.x[..., ::-1] if flip else p.x
-        q = _pass(p.backend, np.ascontiguousarray(xa * np.float32(factor)), fixed, p.layer, mode, p.records,
-                  p.owner, reshape)
-        m = _layer_map(q, weights_fn(q), clip, eigen_smooth)
-        maps.append(m[..., ::-1] if flip else m)
-    return np.mean(maps, axis=0, dtype=np.float64).astype(np.float32)
+
+    def maps_of(xa):
+        q = _pass(p.backend, xa, fixed, p.layer, mode, p.records, p.owner, reshape)
+        return [_layer_map(q, weights_fn(q), clip, eigen_smooth)]
+    return augmentation_mean(p.x, [plain], maps_of)[0]
 
 
 # --------------------------------------------------------------------------- gradient variants

@@ -24,8 +24,8 @@ from .._validate import check_choice, check_int, describe, param_error
 from ..backend import unchecked
 from ..backend import INPUT, OUTPUT
 from ._layer_maps import check_reshape, to_maps
-from .cam import (AUGMENTATIONS, LayerPass, _check_flag, _grad_cam_pp_weights, _layer_map, _output_seeds, _run,
-                  first_component)
+from .cam import (LayerPass, _check_flag, _grad_cam_pp_weights, _layer_map, _output_seeds, _run, augmentation_info,
+                  augmentation_mean, first_component)
 from .result import AttributionMaps, upsample
 
 __all__ = ["make_cam", "registered_cams", "hires_cam", "xgrad_cam", "eigen_grad_cam", "ablation_cam", "full_grad",
@@ -222,13 +222,8 @@ def multi_layer_cam(model, x, target=None, *, method: str = "grad_cam", layers=N
         info["eigen_smooth"] = True
     if aug_smooth:
         fixed = target if callable(target) else classes
-        runs = [raw]
-        for flip, factor in AUGMENTATIONS:
-            if flip or factor != 1.0:
-                xa = np.ascontiguousarray((x[..., ::-1] if flip else x) * np.float32(factor))
-                runs.append([m[..., ::-1] if flip else m for m in _maps_at_layers(xa, fixed, *run)[0]])
-        raw = [np.mean([r[i] for r in runs], axis=0, dtype=np.float64).astype(np.float32) for i in range(len(layers))]
-        info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+        raw = augmentation_mean(x, raw, lambda xa: _maps_at_layers(xa, fixed, *run)[0])
+        info["aug_smooth"] = augmentation_info()
     per_layer = [_scaled(m, x.shape[2:]) for m in raw]
     stack = np.stack(per_layer, axis=1)
     maps = _scaled(stack.mean(axis=1) if reduce == "mean" else stack.max(axis=1))
@@ -302,14 +297,9 @@ def full_grad(model, x, target=None, *, aug_smooth: bool = False, eigen_smooth: 
     info = {"layers": used, **({"eigen_smooth": True} if eigen_smooth else {})}
     if aug_smooth:
         fixed = target if callable(target) else classes
-        runs = [maps]
-        for flip, factor in AUGMENTATIONS:
-            if flip or factor != 1.0:
-                xa = np.ascontiguousarray((x[..., ::-1] if flip else x) * np.float32(factor))
-                m = _full_grad_maps(backend, xa, fixed, layers, eigen_smooth, owner)[0]
-                runs.append(m[..., ::-1] if flip else m)
-        maps = np.mean(runs, axis=0, dtype=np.float64).astype(np.float32)
-        info["aug_smooth"] = [{"flip": f, "factor": k} for f, k in AUGMENTATIONS]
+        maps = augmentation_mean(x, [maps], lambda xa: [_full_grad_maps(backend, xa, fixed, layers, eigen_smooth,
+                                                                        owner)[0]])[0]
+        info["aug_smooth"] = augmentation_info()
     return AttributionMaps(maps, x, owner, classes, outputs=outputs, info={**info, **with_choices({}, backend)})
 
 
