@@ -16,6 +16,7 @@ import convscope
 from convscope import attribution as A
 from convscope.data import demo_model, shapes
 from _assertions import batch_sizes
+from _torch_reference import hooked_gradients, out_of_place
 
 X = shapes(3, seed=4).images.astype(np.float32)
 AUGMENTATIONS = [(flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1)]  # pytorch-grad-cam's
@@ -28,19 +29,8 @@ def net():
 
 def autograd(net, x, layer, classes):
     """Activations of ``layer`` and the gradient of the scores of ``classes`` there (float64)."""
-    store = {}
-
-    def hook(module, inputs, output):
-        output.retain_grad()
-        store["a"] = output
-
-    handle = dict(net.named_modules())[layer].register_forward_hook(hook)
-    try:
-        out = net(torch.tensor(np.ascontiguousarray(x)))
-        out[np.arange(len(x)), classes].sum().backward()
-    finally:
-        handle.remove()
-    return store["a"].detach().double().numpy(), store["a"].grad.double().numpy()
+    acts, grads, _, _ = hooked_gradients(net, x, [layer], classes)
+    return acts[layer], grads[layer]
 
 
 def projection(wa):
@@ -146,36 +136,16 @@ def test_multi_layer_cam_smooths_each_layer_map_before_scaling(net):
 def fullgrad_terms(net, x, classes):
     """pytorch-grad-cam's FullGrad terms: scale(|dS/dx x|) per input channel, then per conv/norm
     layer the sum over channels of up(scale(|b_c dS/dz_c|)) (the inference-mode norm offset)."""
-    import copy
-
-    ref_net = copy.deepcopy(net)  # the in-place ReLUs would overwrite the outputs the hooks keep
-    for m in ref_net.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = False
+    ref_net = out_of_place(net)
     mods = dict(ref_net.named_modules())
     layers = [n for n, m in mods.items() if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
-    store = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            output.retain_grad()
-            store[name] = output
-        return hook
-
-    hooks = [mods[n].register_forward_hook(keep(n)) for n in layers]
-    try:
-        xt = torch.tensor(np.ascontiguousarray(x), requires_grad=True)
-        out = ref_net(xt)
-        out[np.arange(len(x)), classes].sum().backward()
-    finally:
-        for h in hooks:
-            h.remove()
-    terms = list(scale(np.abs(xt.grad.double().numpy() * xt.detach().double().numpy())).transpose(1, 0, 2, 3))
+    _, grads, gx, _ = hooked_gradients(ref_net, x, layers, classes)
+    terms = list(scale(np.abs(gx * np.asarray(x, np.float64))).transpose(1, 0, 2, 3))
     for n in layers:
         m = mods[n]
         b = (m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
              if isinstance(m, torch.nn.BatchNorm2d) else m.bias).detach().double().numpy()
-        s = scale(np.abs(b[None, :, None, None] * store[n].grad.double().numpy()))
+        s = scale(np.abs(b[None, :, None, None] * grads[n]))
         terms.append(np.stack([up(c) if c.shape[-1] != 64 else c for c in s.transpose(1, 0, 2, 3)]).sum(0))
     return np.stack(terms, axis=1)
 

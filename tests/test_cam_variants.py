@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import convscope
 from convscope import attribution as A
 from convscope.data import demo_model, demo_path, shapes
+from _torch_reference import hooked_gradients, out_of_place
 
 X = shapes(3, seed=4).images.astype(np.float32)
 LAYERS = ["relu3", "relu4"]
@@ -18,31 +19,6 @@ LAYERS = ["relu3", "relu4"]
 @pytest.fixture(scope="module")
 def net():
     return demo_model("torch").eval()
-
-
-def autograd(net, x, layers, classes=None):
-    """Activations, gradients of the explained class score at ``layers``, the input gradient."""
-    mods = dict(net.named_modules())
-    store = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            output.retain_grad()
-            store[name] = output
-        return hook
-
-    hooks = [mods[n].register_forward_hook(keep(n)) for n in layers]
-    try:
-        xt = torch.tensor(x, requires_grad=True)
-        out = net(xt)
-        classes = out.argmax(1).numpy() if classes is None else np.asarray(classes)
-        out[np.arange(len(x)), classes].sum().backward()
-    finally:
-        for h in hooks:
-            h.remove()
-    acts = {n: store[n].detach().double().numpy() for n in layers}
-    grads = {n: store[n].grad.double().numpy() for n in layers}
-    return acts, grads, xt.grad.double().numpy(), classes
 
 
 def up(m, size=64):
@@ -79,7 +55,7 @@ REFS = {
 
 @pytest.mark.parametrize("name", list(REFS))
 def test_variant_equals_the_written_out_formula(net, name):
-    acts, grads, _, classes = autograd(net, X, ["relu4"])
+    acts, grads, _, classes = hooked_gradients(net, X, ["relu4"])
     ref = REFS[name](acts["relu4"], grads["relu4"])
     got = getattr(A, name)(net, X, layer="relu4")
     assert got.info["layer"] == "relu4" and (got.target == classes).all()
@@ -112,7 +88,7 @@ def ablated_scores(net, x, layer, classes):
 def test_ablation_cam_equals_the_papers_formula_and_captums_layer_ablation(net):
     from captum.attr import LayerFeatureAblation
 
-    acts, _, _, classes = autograd(net, X, ["relu4"])
+    acts, _, _, classes = hooked_gradients(net, X, ["relu4"])
     with torch.no_grad():
         y = net(torch.tensor(X))[np.arange(len(X)), classes].double().numpy()
     w = (y[:, None] - ablated_scores(net, X, "relu4", classes)) / y[:, None]
@@ -131,7 +107,7 @@ def test_ablation_cam_equals_the_papers_formula_and_captums_layer_ablation(net):
 
 
 def test_eigen_smooth_is_the_first_component_of_the_weighted_activations(net):
-    acts, grads, _, _ = autograd(net, X, ["relu4"])
+    acts, grads, _, _ = hooked_gradients(net, X, ["relu4"])
     a, g = acts["relu4"], grads["relu4"]
     ref = np.maximum(projection(g.mean((2, 3))[:, :, None, None] * a), 0)
     got = A.grad_cam(net, X, layer="relu4", eigen_smooth=True)
@@ -147,7 +123,7 @@ def test_aug_smooth_averages_flipped_and_scaled_images_mapped_back(net):
     for flip in (False, True):
         for factor in (0.9, 1.0, 1.1):
             xa = (X[..., ::-1] if flip else X) * np.float32(factor)
-            acts, grads, _, _ = autograd(net, np.ascontiguousarray(xa), ["relu4"], classes)
+            acts, grads, _, _ = hooked_gradients(net, np.ascontiguousarray(xa), ["relu4"], classes)
             m = REFS["hires_cam"](acts["relu4"], grads["relu4"])
             maps.append(m[..., ::-1] if flip else m)
     ref = np.mean(maps, axis=0)
@@ -157,7 +133,7 @@ def test_aug_smooth_averages_flipped_and_scaled_images_mapped_back(net):
 
 
 def test_multi_layer_cam_is_the_mean_of_scaled_layer_maps(net):
-    acts, grads, _, _ = autograd(net, X, LAYERS)
+    acts, grads, _, _ = hooked_gradients(net, X, LAYERS)
     per = [up(scale(np.maximum(np.einsum("nc,nchw->nhw", grads[n].mean((2, 3)), acts[n]), 0))) for n in LAYERS]
     ref = scale(np.mean(per, axis=0))
     got = A.multi_layer_cam(net, X, layers=LAYERS)
@@ -169,14 +145,10 @@ def test_multi_layer_cam_is_the_mean_of_scaled_layer_maps(net):
 
 
 def test_full_grad_equals_pytorch_grad_cams_definition(net):
-    import copy
-    ref_net = copy.deepcopy(net)  # the in-place ReLUs would overwrite the norm outputs the hooks keep
-    for m in ref_net.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = False
+    ref_net = out_of_place(net)
     mods = dict(ref_net.named_modules())
     layers = [n for n, m in mods.items() if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
-    acts, grads, gx, _ = autograd(ref_net, X, layers)
+    acts, grads, gx, _ = hooked_gradients(ref_net, X, layers)
     total = scale(np.abs(gx * X.astype(np.float64))).sum(1)
     for n in layers:
         m = mods[n]
@@ -223,7 +195,7 @@ def test_other_backends_give_torchs_maps(net, kind):
 def test_make_cam_adds_a_variant_with_the_shared_signature(net):
     positive = A.make_cam("positive_grad_cam", lambda p: np.maximum(p.grads, 0).mean(axis=(2, 3)),
                           doc="Grad-CAM with positive gradients only.")
-    acts, grads, _, _ = autograd(net, X, ["relu4"])
+    acts, grads, _, _ = hooked_gradients(net, X, ["relu4"])
     ref = np.maximum(np.einsum("nc,nchw->nhw", np.maximum(grads["relu4"], 0).mean((2, 3)), acts["relu4"]), 0)
     got = positive(net, X, layer="relu4")
     np.testing.assert_allclose(got.info["layer_maps"], ref, rtol=1e-4, atol=1e-6)
