@@ -186,9 +186,9 @@ def modules():
             "densenet": DenseNet, "padded": Padded}
 
 
-def export(module, size=SIZE, dynamic=True, softmax=False):
-    """The ONNX bytes of ``module`` (in eval mode) for (N, 3, size, size) images; ``softmax``
-    appends a final softmax named 'prob'."""
+def export(module, size=SIZE, dynamic=True, softmax=False, shape=None):
+    """The ONNX bytes of ``module`` (in eval mode) for (N, 3, size, size) images, or (N, *shape)
+    ones; ``softmax`` appends a final softmax named 'prob'."""
     torch = pytest.importorskip("torch")
     if softmax:
         module = torch.nn.Sequential(module, torch.nn.Softmax(dim=1))
@@ -197,7 +197,7 @@ def export(module, size=SIZE, dynamic=True, softmax=False):
     axes = {"input": {0: "N"}, "prob" if softmax else "logits": {0: "N"}} if dynamic else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, 3, size, size),), buffer, input_names=["input"],
+        torch.onnx.export(module, (torch.zeros(1, *(shape or (3, size, size))),), buffer, input_names=["input"],
                           output_names=["prob" if softmax else "logits"], dynamic_axes=axes, opset_version=17,
                           dynamo=False)
     return buffer.getvalue()

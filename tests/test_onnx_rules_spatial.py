@@ -5,8 +5,6 @@ reference cannot check (cropping pads, integer side paths, operators without a r
 torch-exported modules against torch autograd; and the rules at the oldest opset kept.
 Pointwise operators are in test_onnx_rules_pointwise.py.
 """
-import io
-import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto  # noqa: E402
 
 import convscope  # noqa: E402
+from onnx_exports import export  # noqa: E402
 
 import onnx_models as om  # noqa: E402
 from onnx_rule_cases import CASES, SPATIAL, case_model  # noqa: E402
@@ -167,23 +166,13 @@ def _torch_modules():
     return {"activations": Activations, "shapes": Shapes, "vit": TinyViT}
 
 
-def _export(model, shape):
-    torch = pytest.importorskip("torch")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, *shape),), buffer, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("name", ["activations", "shapes", "vit"])
 def test_torch_exported_models_match_torch_autograd(name):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     module = _torch_modules()[name]().eval()
     shape = (3, 6, 6)
-    backend = convscope.load(_export(module, shape))
+    backend = convscope.load(export(module, shape=shape))
     x = np.random.default_rng(0).standard_normal((2, *shape)).astype(F32)
     seed = np.random.default_rng(1).standard_normal((2, 5)).astype(F32)
     xt = torch.from_numpy(x).requires_grad_(True)

@@ -9,7 +9,6 @@
 - the noise tunnel's in-place draws are the documented ``x + gaussian([seed, i]) * sigma`` (Box-Muller,
   written out in float64 in tests/_box_muller.py).
 """
-import io
 import warnings
 
 import numpy as np
@@ -19,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 import convscope  # noqa: E402
+from onnx_exports import export  # noqa: E402
 from _box_muller import box_muller  # noqa: E402
 from convscope.backend import INPUT, OUTPUT  # noqa: E402
 from convscope.backends.torch._pool import MIN_ELEMENTS, channels_last_pool_mode  # noqa: E402
@@ -33,15 +33,6 @@ def _net():
                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
 
 
-def _export(net, shape):
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, *shape),), buffer, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
-    return buffer.getvalue()
-
-
 def _images():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, (3, 3, 16, 16)).astype(np.float32) / 2  # ties in every pool window, exact zeros
@@ -52,7 +43,7 @@ def _images():
 @pytest.mark.parametrize("rule", ["standard", "guided"])
 def test_onnx_mask_products_equal_torch_and_leave_no_where(rule):
     net = _net()
-    backend = convscope.load(_export(net, (3, 16, 16)))
+    backend = convscope.load(export(net, shape=(3, 16, 16)))
     x = _images()
     target = np.array([1, 3, 0])
     seed = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
