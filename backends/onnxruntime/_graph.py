@@ -6,10 +6,12 @@
 * a model below opset :data:`MIN_OPSET` is converted (``onnx.version_converter``) on its
   weight-free structure, so the gradient rules meet one form of every operator and may use
   ScatterND and ScatterElements with ``reduction="add"`` (opset 16);
-* the image input is the one 4-d float input (or ``input=``), the explained tensor the one
-  graph output (or ``select=``, a name or an index); when that output is a final Softmax or
-  LogSoftmax, the scores explained are its input, as Simonyan et al. (2014) advise, unless
-  ``output="probabilities"``; ``OnnxGraph.left_out`` then names what was left out.
+* the image input is the one 4-d float input (or ``input=``); a channels-last one (N, H, W, C),
+  as exports of Keras models have, is fed through a Transpose from a new (N, C, H, W) input;
+* the explained tensor is the one graph output (or ``select=``, a name or an index); when that
+  output is a final Softmax or LogSoftmax, the scores explained are its input, as Simonyan et
+  al. (2014) advise, unless ``output="probabilities"``; ``OnnxGraph.left_out`` then names what
+  was left out.
 """
 from __future__ import annotations
 
@@ -27,12 +29,17 @@ TARGET_OPSET = 17
 _SOFTMAX = ("Softmax", "LogSoftmax")
 #: what ``load(model, output=...)`` explains: the scores before a final softmax, or its output
 def choices(graph) -> dict:
-    """What convscope chose for the user, by option: ``{"output": why}`` when a final softmax is left out."""
-    if graph.left_out is None:
-        return {}
-    op, name = graph.left_out
-    return {"output": f"the final {op} {name!r} is left out: methods explain the scores before it; "
-                      "load(model, output='probabilities') keeps it"}
+    """What convscope chose for the user, by option: ``{"output": why}`` when a final softmax is
+    left out, ``{"input": why}`` when the file takes channels-last images."""
+    chosen = {}
+    if graph.left_out is not None:
+        op, name = graph.left_out
+        chosen["output"] = (f"the final {op} {name!r} is left out: methods explain the scores before it; "
+                            "load(model, output='probabilities') keeps it")
+    if graph.channels_last is not None:
+        chosen["input"] = (f"the file's input {graph.channels_last!r} takes channels-last images (N, H, W, C); "
+                           "convscope feeds it through a Transpose, so pass (N, C, H, W) arrays as for any model")
+    return chosen
 
 
 @dataclass
@@ -58,6 +65,8 @@ class OnnxGraph:
     producer: dict = field(default_factory=dict)
     #: (op type, tensor) of the final Softmax/LogSoftmax the scores are read before, or None
     left_out: tuple | None = None
+    #: the file's own input when it takes (N, H, W, C) images and ``image`` feeds it through a Transpose
+    channels_last: str | None = None
 
     @property
     def nodes(self):
@@ -167,6 +176,29 @@ def _pick_image(inputs, wanted, onnx):
     return image, dims or (None,) * 4
 
 
+def _looks_channels_last(dims) -> bool:
+    """(N, H, W, C) by its sizes: 1, 3 or 4 channels last, and no such count on axis 1 (the
+    inputs of tf2onnx's and keras2onnx's exports of Keras models)."""
+    return dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4)
+
+
+def _feed_channels_first(structure, image, dims, onnx):
+    """Give the graph a (N, C, H, W) input that a Transpose turns into its (N, H, W, C) one."""
+    helper = onnx.helper
+    names = {v.name for v in structure.graph.input} | {o for n in structure.graph.node for o in n.output}
+    name = next(f"{image.name}{suffix}" for suffix in ("_nchw", *(f"_nchw{i}" for i in range(1, 100)))
+                if f"{image.name}{suffix}" not in names)
+    n, h, w, c = dims
+    fed = helper.make_tensor_value_info(name, image.type.tensor_type.elem_type,
+                                        [d if d is not None else f"{name}_{i}" for i, d in enumerate((n, c, h, w))])
+    inputs = [fed if v.name == image.name else v for v in structure.graph.input]
+    del structure.graph.input[:]
+    structure.graph.input.extend(inputs)
+    structure.graph.node.insert(0, helper.make_node("Transpose", [name], [image.name], perm=[0, 2, 3, 1],
+                                                    name=f"{name}_to_nhwc"))
+    return fed, (n, c, h, w)
+
+
 def _pick_output(outputs, wanted, param="select"):
     names = [v.name for v in outputs]
     if wanted is None:
@@ -201,6 +233,10 @@ def prepare(structure, weights, onnx, *, input=None, select=None, probabilities=
         structure = _convert_opset(structure, weights, opset, onnx)
         opset = TARGET_OPSET
     image, dims = _pick_image(list(structure.graph.input), input, onnx)
+    channels_last = None
+    if _looks_channels_last(dims):
+        channels_last = image.name
+        image, dims = _feed_channels_first(structure, image, dims, onnx)
     final = _pick_output(list(structure.graph.output), select, select_param)
     producer = {out: i for i, node in enumerate(structure.graph.node) for out in node.output if out}
     scores, left_out = final, None
@@ -209,4 +245,5 @@ def prepare(structure, weights, onnx, *, input=None, select=None, probabilities=
         scores, left_out = node.input[0], (node.op_type, final)
     return OnnxGraph(proto=structure, weights=weights, image=image.name, scores=scores, final=final,
                      fixed_batch=dims[0], file_chw=tuple(dims[1:]), opset=opset,
-                     constants=_constants(structure, onnx), producer=producer, left_out=left_out)
+                     constants=_constants(structure, onnx), producer=producer, left_out=left_out,
+                     channels_last=channels_last)
