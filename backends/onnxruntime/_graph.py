@@ -6,8 +6,9 @@
 * a model below opset :data:`MIN_OPSET` is converted (``onnx.version_converter``) on its
   weight-free structure, so the gradient rules meet one form of every operator and may use
   ScatterND and ScatterElements with ``reduction="add"`` (opset 16);
-* the image input is the one 4-d float input (or ``input=``); a channels-last one (N, H, W, C),
-  as exports of Keras models have, is fed through a Transpose from a new (N, C, H, W) input;
+* the image input is the one 4-d float input (or ``input=``); a channels-last one (N, H, W, C)
+  that the graph transposes first, as exports of Keras models do, is fed through a Transpose
+  from a new (N, C, H, W) input;
 * the explained tensor is the one graph output (or ``select=``, a name or an index); when that
   output is a final Softmax or LogSoftmax, the scores explained are its input, as Simonyan et
   al. (2014) advise, unless ``output="probabilities"``; ``OnnxGraph.left_out`` then names what
@@ -176,10 +177,28 @@ def _pick_image(inputs, wanted, onnx):
     return image, dims or (None,) * 4
 
 
-def _looks_channels_last(dims) -> bool:
-    """(N, H, W, C) by its sizes: 1, 3 or 4 channels last, and no such count on axis 1 (the
-    inputs of tf2onnx's and keras2onnx's exports of Keras models)."""
-    return dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4)
+#: operators an exported Keras model applies to its channels-last input before transposing it
+#: (preprocessing layers: Rescaling, Normalization), which keep its layout
+_POINTWISE = {"Identity", "Cast", "Mul", "Add", "Sub", "Div", "Clip"}
+
+
+def _channels_last_input(graph, image) -> bool:
+    """Whether the graph transposes its image input from (N, H, W, C) to (N, C, H, W) before
+    anything else reads it: tf2onnx's and keras2onnx's exports of Keras models start so. The
+    sizes alone cannot tell: an (N, 8, 2, 3) input may be an 8-channel map."""
+    from .adjoint._emit import attr
+
+    reached, found = {image}, False
+    for node in graph.node:  # topological order: a consumer comes after what it reads
+        if not reached.intersection(node.input):
+            continue
+        if node.op_type == "Transpose" and list(attr(node, "perm", ())) == [0, 3, 1, 2]:
+            found = True
+        elif node.op_type in _POINTWISE:
+            reached.update(node.output)
+        else:
+            return False  # something reads the input in its own layout
+    return found
 
 
 def _feed_channels_first(structure, image, dims, onnx):
@@ -234,7 +253,7 @@ def prepare(structure, weights, onnx, *, input=None, select=None, probabilities=
         opset = TARGET_OPSET
     image, dims = _pick_image(list(structure.graph.input), input, onnx)
     channels_last = None
-    if _looks_channels_last(dims):
+    if _channels_last_input(structure.graph, image.name):
         channels_last = image.name
         image, dims = _feed_channels_first(structure, image, dims, onnx)
     final = _pick_output(list(structure.graph.output), select, select_param)
